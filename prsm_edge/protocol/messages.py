@@ -1,0 +1,337 @@
+"""Typed message bodies of the prsm wire protocol.
+
+Every message is a :class:`msgspec.Struct` tagged by ``t`` and carries the envelope header fields
+``v`` (protocol version), ``seq`` (the signer's monotonically increasing sequence number) and ``ts``
+(the signer's clock, Unix milliseconds). Unknown fields are ignored on decode, so a newer node can talk
+to an older coordinator; a message whose ``v`` is newer than ours still decodes by the fields we know.
+
+Amounts of FTNS are integers of micro-FTNS (1 FTNS = 1 000 000 µFTNS), so ledger arithmetic is exact and
+the encoding is deterministic.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final, Literal
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+MICRO: Final = 1_000_000  # µFTNS per FTNS
+
+
+class ResourceType(enum.StrEnum):
+    """The ten kinds of resource the seed names."""
+
+    COMPUTE_CPU = "compute_cpu"
+    COMPUTE_GPU = "compute_gpu"
+    COMPUTE_TPU = "compute_tpu"
+    STORAGE_PERSISTENT = "storage_persistent"
+    STORAGE_MEMORY = "storage_memory"
+    STORAGE_CACHE = "storage_cache"
+    BANDWIDTH_INGRESS = "bandwidth_ingress"
+    BANDWIDTH_EGRESS = "bandwidth_egress"
+    SPECIALIZED_QUANTUM = "specialized_quantum"
+    SPECIALIZED_EDGE = "specialized_edge"
+
+
+# The unit each resource type's capacity is counted in.
+RESOURCE_UNITS: Final[dict[ResourceType, str]] = {
+    ResourceType.COMPUTE_CPU: "cores",
+    ResourceType.COMPUTE_GPU: "gpus",
+    ResourceType.COMPUTE_TPU: "tpus",
+    ResourceType.STORAGE_PERSISTENT: "GB",
+    ResourceType.STORAGE_MEMORY: "GB",
+    ResourceType.STORAGE_CACHE: "GB",
+    ResourceType.BANDWIDTH_INGRESS: "Mbit/s",
+    ResourceType.BANDWIDTH_EGRESS: "Mbit/s",
+    ResourceType.SPECIALIZED_QUANTUM: "qubits",
+    ResourceType.SPECIALIZED_EDGE: "accelerators",
+}
+
+
+class VerificationLevel(enum.StrEnum):
+    """The seed's five verification levels, lowest trust first."""
+
+    SELF_REPORTED = "self_reported"
+    PEER_VERIFIED = "peer_verified"
+    BENCHMARKED = "benchmarked"
+    ECONOMICALLY_STAKED = "economically_staked"
+    HARDWARE_ATTESTED = "hardware_attested"
+
+
+TRUST_SCORE: Final[dict[VerificationLevel, float]] = {
+    VerificationLevel.SELF_REPORTED: 0.6,
+    VerificationLevel.PEER_VERIFIED: 0.8,
+    VerificationLevel.BENCHMARKED: 0.85,
+    VerificationLevel.ECONOMICALLY_STAKED: 0.9,
+    VerificationLevel.HARDWARE_ATTESTED: 0.95,
+}
+
+
+class ResourceSpec(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One resource on offer: its type, how much, and facts that describe it."""
+
+    type: ResourceType
+    capacity: float
+    unit: str
+    details: dict[str, str | int | float | bool] = {}
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, tag_field="t"):
+    """Fields common to every message; the signer sets ``seq`` and ``ts`` when sealing."""
+
+    v: int = PROTOCOL_VERSION
+    seq: int = 0
+    ts: int = 0
+
+
+class NodeBirth(Message, frozen=True, tag="nbirth"):
+    """A node's retained announcement: who it is, what it is, what it offers."""
+
+    node: str
+    bdseq: int
+    public_key: bytes
+    device_class: str
+    software: str
+    hw_fingerprint: str
+    resources: list[ResourceSpec]
+    security_level: str = "standard"
+    min_hourly_rate_micro: int = 0
+    uptime_commitment: float = 0.95
+    can_coordinate: bool = False
+    attestation_key: bytes = b""
+
+
+class NodeState(Message, frozen=True, tag="nstate"):
+    """Retained availability; ``offline`` with the session's ``bdseq`` is the node's Last Will (death)."""
+
+    node: str
+    status: Literal["online", "offline"]
+    bdseq: int
+
+
+class ResourceClaim(Message, frozen=True, tag="claim"):
+    """An update of what a node offers, signed by the node."""
+
+    node: str
+    resources: list[ResourceSpec]
+    level: VerificationLevel = VerificationLevel.SELF_REPORTED
+    reason: str = ""
+
+
+class Heartbeat(Message, frozen=True, tag="hb"):
+    """Periodic telemetry; ``offering`` is false while an owner limit holds capacity back."""
+
+    node: str
+    cpu_util: float
+    mem_util: float
+    temperature_c: float | None = None
+    power_w: float | None = None
+    on_battery: bool | None = None
+    battery_pct: float | None = None
+    offering: bool = True
+    throttle: str = ""
+    uptime_s: float = 0.0
+
+
+class BenchmarkChallenge(Message, frozen=True, tag="bchal"):
+    """A verifier's fresh challenge: run ``workload`` seeded by ``nonce`` and commit before the deadline."""
+
+    challenge_id: str
+    node: str
+    verifier: str
+    workload: str
+    nonce: bytes
+    segments: int
+    segment_size: int
+    claimed_rate: float
+    deadline_ms: int
+    attest: bool = False
+
+
+class BenchmarkProof(Message, frozen=True, tag="bproof"):
+    """A node's commitment to every segment's result (a Merkle root), made before its deadline."""
+
+    challenge_id: str
+    node: str
+    root: bytes
+    elapsed_ms: int
+    quote: bytes = b""
+    quote_sig: bytes = b""
+
+
+class SegmentOpening(msgspec.Struct, frozen=True, kw_only=True):
+    """One opened segment: its result and the Merkle path from it to the committed root."""
+
+    index: int
+    result: bytes
+    path: list[bytes]
+
+
+class ProofOpening(Message, frozen=True, tag="bopen"):
+    """The node's answer to a verifier asking for particular segments."""
+
+    challenge_id: str
+    node: str
+    openings: list[SegmentOpening]
+
+
+class VerificationVote(Message, frozen=True, tag="vote"):
+    """A verifier's signed verdict on one node's claim in one round."""
+
+    round: int
+    subject: str
+    voter: str
+    challenge_id: str
+    accept: bool
+    measured_rate: float = 0.0
+    reason: str = ""
+
+
+class NodeCommand(Message, frozen=True, tag="cmd"):
+    """Coordinator to node: ``rebirth``, ``settings``, ``challenge``, ``lease`` or ``redirect``."""
+
+    verb: str
+    node: str
+    args: dict[str, Any] = {}
+
+
+class CoordState(Message, frozen=True, tag="cstate"):
+    """A coordinator's retained state; ``offline`` is its Last Will."""
+
+    site: str
+    group: str
+    status: Literal["online", "offline"]
+    epoch: int
+    coordinator: str
+    public_key: bytes
+    tier: int = 1
+    members: int = 0
+    capacity_left: int = 0
+
+
+class RosterEntry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One member as the coordinator sees it."""
+
+    node: str
+    level: VerificationLevel
+    online: bool
+    public_key: bytes = b""
+
+
+class Roster(Message, frozen=True, tag="roster"):
+    """The signed member list of one coordinator epoch."""
+
+    group: str
+    epoch: int
+    members: list[RosterEntry]
+
+
+class GroupSummary(Message, frozen=True, tag="summary"):
+    """What a group (or, recursively, a region) looks like from above; carried upward by gateways."""
+
+    site: str
+    group: str
+    epoch: int
+    tier: int
+    members: int
+    online: int
+    capacity: dict[str, float]
+    trust: dict[str, int]
+    utilization: float
+
+
+class Lease(Message, frozen=True, tag="lease"):
+    """Resources of one node granted to one task for a time, at a rate."""
+
+    lease_id: str
+    task_id: str
+    node: str
+    resources: list[ResourceSpec]
+    start_ms: int
+    end_ms: int
+    rate_micro_per_hour: int
+
+
+class LedgerEntry(Message, frozen=True, tag="ledger"):
+    """One append-only, hash-chained FTNS ledger record; ``key`` makes crediting idempotent."""
+
+    index: int
+    prev_hash: bytes
+    account: str
+    amount_micro: int
+    kind: str
+    key: str
+    memo: str = ""
+    evidence: bytes = b""
+
+
+class ApiRequest(Message, frozen=True, tag="apireq"):
+    """A request/response API call over MQTT 3.1.1: the reply names the same ``txid``."""
+
+    txid: str
+    method: str
+    requester: str
+    params: dict[str, Any] = {}
+
+
+class ApiResponse(Message, frozen=True, tag="apiresp"):
+    """The answer to one :class:`ApiRequest`."""
+
+    txid: str
+    method: str
+    ok: bool
+    result: dict[str, Any] = {}
+    error: str = ""
+
+
+AnyMessage = (
+    NodeBirth
+    | NodeState
+    | ResourceClaim
+    | Heartbeat
+    | BenchmarkChallenge
+    | BenchmarkProof
+    | ProofOpening
+    | VerificationVote
+    | NodeCommand
+    | CoordState
+    | Roster
+    | GroupSummary
+    | Lease
+    | LedgerEntry
+    | ApiRequest
+    | ApiResponse
+)
+
+MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
+    NodeBirth,
+    NodeState,
+    ResourceClaim,
+    Heartbeat,
+    BenchmarkChallenge,
+    BenchmarkProof,
+    ProofOpening,
+    VerificationVote,
+    NodeCommand,
+    CoordState,
+    Roster,
+    GroupSummary,
+    Lease,
+    LedgerEntry,
+    ApiRequest,
+    ApiResponse,
+)
+
+
+def to_wire(msg: Message) -> dict[str, Any]:
+    """The message as plain CBOR-encodable data (bytes kept as bytes, enums as their values)."""
+    data: dict[str, Any] = msgspec.to_builtins(msg, builtin_types=(bytes,))
+    return data
+
+
+def from_wire(obj: Any) -> AnyMessage:
+    """Build a typed message from decoded CBOR; raises :class:`msgspec.ValidationError` if it does not fit."""
+    message: AnyMessage = msgspec.convert(obj, AnyMessage)
+    return message

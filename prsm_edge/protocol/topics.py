@@ -1,0 +1,192 @@
+"""The prsm MQTT topic tree: build and parse, nothing else.
+
+Shape (Sparkplug B / Home Assistant style; R = retained)::
+
+    prsm/v1/{site}/{group}/coord/state                 R  coordinator online/offline (its Will: offline)
+    prsm/v1/{site}/{group}/coord/roster                R  signed member list of the epoch
+    prsm/v1/{site}/{group}/summary                     R  signed group summary (carried upward)
+    prsm/v1/{site}/{group}/node/{node}/state           R  node online/offline + bdseq (its Will: offline)
+    prsm/v1/{site}/{group}/node/{node}/birth           R  signed capability manifest and claims
+    prsm/v1/{site}/{group}/node/{node}/claim              signed claim updates
+    prsm/v1/{site}/{group}/node/{node}/proof              benchmark proofs and verification votes
+    prsm/v1/{site}/{group}/node/{node}/telemetry          heartbeats
+    prsm/v1/{site}/{group}/node/{node}/cmd/{verb}         coordinator → node
+    prsm/v1/{site}/{group}/api/{method}/req/{client}      request (transaction id in the payload)
+    prsm/v1/{site}/{group}/api/{method}/resp/{client}     response to that client
+    prsm/v1/{site}/gw/{gateway}/state                  R  gateway uplink state
+
+Every segment we fill in is 1–64 characters of ``[a-z0-9_-]`` (no wildcards, no separators), so a
+topic built from untrusted ids can never widen a subscription or climb out of its subtree.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from prsm_edge.errors import TopicError
+
+__all__ = ["ROOT", "Kind", "Topic", "parse", "valid_segment"]
+
+ROOT: Final = "prsm/v1"
+_SEGMENT = re.compile(r"[a-z0-9_-]{1,64}")
+_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry")
+
+
+class Kind(enum.StrEnum):
+    """What a topic carries."""
+
+    COORD_STATE = "coord/state"
+    COORD_ROSTER = "coord/roster"
+    SUMMARY = "summary"
+    NODE_STATE = "state"
+    NODE_BIRTH = "birth"
+    NODE_CLAIM = "claim"
+    NODE_PROOF = "proof"
+    NODE_TELEMETRY = "telemetry"
+    NODE_CMD = "cmd"
+    API_REQ = "req"
+    API_RESP = "resp"
+    GATEWAY_STATE = "gw/state"
+
+
+RETAINED: Final = frozenset(
+    {
+        Kind.COORD_STATE,
+        Kind.COORD_ROSTER,
+        Kind.SUMMARY,
+        Kind.NODE_STATE,
+        Kind.NODE_BIRTH,
+        Kind.GATEWAY_STATE,
+    }
+)
+
+
+def valid_segment(value: str) -> bool:
+    """True if ``value`` may stand as one topic segment."""
+    return _SEGMENT.fullmatch(value) is not None
+
+
+def _seg(name: str, value: str) -> str:
+    if not valid_segment(value):
+        raise TopicError(f"{name} {value!r} must be 1–64 characters of a-z, 0-9, '_' or '-'")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """One parsed (or to-be-built) topic of the tree."""
+
+    kind: Kind
+    site: str
+    group: str = ""
+    node: str = ""
+    verb: str = ""
+    method: str = ""
+    client: str = ""
+    gateway: str = ""
+
+    @property
+    def retained(self) -> bool:
+        """Whether messages on this topic are published retained."""
+        return self.kind in RETAINED
+
+    def __str__(self) -> str:
+        site = _seg("site", self.site)
+        if self.kind is Kind.GATEWAY_STATE:
+            return f"{ROOT}/{site}/gw/{_seg('gateway', self.gateway)}/state"
+        base = f"{ROOT}/{site}/{_seg('group', self.group)}"
+        match self.kind:
+            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.SUMMARY:
+                return f"{base}/{self.kind.value}"
+            case Kind.NODE_CMD:
+                return f"{base}/node/{_seg('node', self.node)}/cmd/{_seg('verb', self.verb)}"
+            case Kind.API_REQ | Kind.API_RESP:
+                method = _seg("method", self.method)
+                return f"{base}/api/{method}/{self.kind.value}/{_seg('client', self.client)}"
+            case _:
+                return f"{base}/node/{_seg('node', self.node)}/{self.kind.value}"
+
+
+# Builders for the common topics.
+def coord_state(site: str, group: str) -> str:
+    """The coordinator's retained state topic."""
+    return str(Topic(Kind.COORD_STATE, site, group))
+
+
+def coord_roster(site: str, group: str) -> str:
+    """The coordinator's retained roster topic."""
+    return str(Topic(Kind.COORD_ROSTER, site, group))
+
+
+def summary(site: str, group: str) -> str:
+    """The group's retained summary topic."""
+    return str(Topic(Kind.SUMMARY, site, group))
+
+
+def node(kind: Kind, site: str, group: str, node_id: str) -> str:
+    """One of a node's own topics (state, birth, claim, proof, telemetry)."""
+    if kind.value not in _NODE_LEAVES:
+        raise TopicError(f"{kind} is not one of a node's own topics")
+    return str(Topic(kind, site, group, node=node_id))
+
+
+def node_cmd(site: str, group: str, node_id: str, verb: str) -> str:
+    """A command from the coordinator to one node."""
+    return str(Topic(Kind.NODE_CMD, site, group, node=node_id, verb=verb))
+
+
+def api(kind: Kind, site: str, group: str, method: str, client: str) -> str:
+    """An API request or response topic for one client."""
+    if kind not in (Kind.API_REQ, Kind.API_RESP):
+        raise TopicError(f"{kind} is not an API topic")
+    return str(Topic(kind, site, group, method=method, client=client))
+
+
+def gateway_state(site: str, gateway: str) -> str:
+    """A gateway's retained uplink-state topic."""
+    return str(Topic(Kind.GATEWAY_STATE, site, gateway=gateway))
+
+
+def node_filter(site: str, group: str, leaf: str = "+") -> str:
+    """Subscription filter for one leaf (or all with ``#``) of every node in a group."""
+    return f"{ROOT}/{_seg('site', site)}/{_seg('group', group)}/node/+/{leaf}"
+
+
+def group_filter(site: str, group: str) -> str:
+    """Subscription filter for everything in one group."""
+    return f"{ROOT}/{_seg('site', site)}/{_seg('group', group)}/#"
+
+
+def node_subtree(site: str, group: str, node_id: str) -> str:
+    """Everything under one node (for ACLs: the node may write here and nowhere else)."""
+    return f"{ROOT}/{_seg('site', site)}/{_seg('group', group)}/node/{_seg('node', node_id)}/#"
+
+
+def parse(topic: str) -> Topic:
+    """Parse a topic of the tree; raise :class:`TopicError` for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 5 or f"{parts[0]}/{parts[1]}" != ROOT:
+        raise TopicError(f"{topic!r} is not under {ROOT}/")
+    for part in parts[2:]:
+        if not valid_segment(part):
+            raise TopicError(f"{topic!r} has an invalid segment {part!r}")
+    site, rest = parts[2], parts[3:]
+    match rest:
+        case ["gw", gateway, "state"]:
+            return Topic(Kind.GATEWAY_STATE, site, gateway=gateway)
+        case [group, "coord", "state"]:
+            return Topic(Kind.COORD_STATE, site, group)
+        case [group, "coord", "roster"]:
+            return Topic(Kind.COORD_ROSTER, site, group)
+        case [group, "summary"]:
+            return Topic(Kind.SUMMARY, site, group)
+        case [group, "node", node_id, "cmd", verb]:
+            return Topic(Kind.NODE_CMD, site, group, node=node_id, verb=verb)
+        case [group, "node", node_id, leaf] if leaf in _NODE_LEAVES:
+            return Topic(Kind(leaf), site, group, node=node_id)
+        case [group, "api", method, ("req" | "resp") as direction, client]:
+            return Topic(Kind(direction), site, group, method=method, client=client)
+    raise TopicError(f"{topic!r} is not a topic of the prsm tree")
