@@ -9,7 +9,6 @@ per message.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -103,11 +102,12 @@ class SeqStore:
         self.path = path
         self.block = block
         start = 0
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                start = int(path.read_text(encoding="ascii").strip() or "0")
-            except (OSError, ValueError) as exc:
-                raise IdentityError(f"the sequence file {path} is damaged ({exc}); delete it") from None
+        try:
+            start = int(path.read_text(encoding="ascii").strip() or "0")
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"the sequence file {path} is damaged ({exc}); delete it") from None
         self._next = start + 1
         self._reserved = start
         self._reserve()

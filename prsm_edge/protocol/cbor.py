@@ -16,7 +16,7 @@ import cbor2
 
 from prsm_edge.errors import Reason, RejectedMessage
 
-__all__ = ["Limits", "check_bounds", "dumps", "loads"]
+__all__ = ["Limits", "check_bounds", "dumps", "loads", "loads_checked"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,11 @@ def check_bounds(data: bytes, limits: Limits) -> None:
 def loads(data: bytes, limits: Limits) -> Any:
     """Decode one untrusted CBOR item after checking its bounds; every failure is a rejection."""
     check_bounds(data, limits)
+    return loads_checked(data)
+
+
+def loads_checked(data: bytes) -> Any:
+    """Decode bytes that already passed :func:`check_bounds`; every failure is a rejection."""
     try:
         return cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError) as exc:

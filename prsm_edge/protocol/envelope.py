@@ -13,6 +13,7 @@ bounded payload decode → typed message. Every refusal is a :class:`RejectedMes
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import msgspec
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from prsm_edge.errors import Reason, RejectedMessage
+from prsm_edge.errors import LocalError, Reason, RejectedMessage
 from prsm_edge.protocol import cbor
 from prsm_edge.protocol.messages import AnyMessage, Message, from_wire, to_wire
 
@@ -54,6 +55,7 @@ PAYLOAD_LIMITS: Final = cbor.Limits(max_bytes=64 * 1024, max_depth=8, max_items=
 _HEADER_LIMITS: Final = cbor.Limits(max_bytes=256, max_depth=1, max_items=16)
 
 
+@functools.lru_cache(maxsize=4096)
 def node_id_for(public_key: bytes) -> str:
     """The node id belonging to an Ed25519 public key: ``n`` + 80 bits of its SHA-256 in base32."""
     digest = hashlib.sha256(public_key).digest()[:10]
@@ -83,6 +85,11 @@ class Signer:
         """Sign ``msg`` as of ``now_ms`` with the next sequence number (or ``seq``) and encode it."""
         stamped = msgspec.structs.replace(msg, seq=self._next_seq() if seq is None else seq, ts=now_ms)
         payload = cbor.dumps(to_wire(stamped))
+        try:
+            # Never emit what a receiver must refuse (a bignum, an oversized list, ...).
+            cbor.check_bounds(payload, PAYLOAD_LIMITS)
+        except RejectedMessage as exc:
+            raise LocalError(f"cannot send {type(msg).__name__}: {exc.detail}") from None
         signature = self._key.sign(_sig_structure(self._protected, payload)).signature
         return cbor.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [self._protected, {}, payload, signature]))
 
@@ -100,6 +107,7 @@ class Opened:
 KeyResolver = Callable[[bytes], VerifyKey | None]
 
 
+@functools.lru_cache(maxsize=4096)
 def self_certifying(kid: bytes) -> VerifyKey | None:
     """Resolve a key id that is itself a 32-byte Ed25519 public key."""
     if len(kid) != 32:
@@ -148,7 +156,7 @@ def open_envelope(
         key.verify(_sig_structure(protected, payload), signature)
     except BadSignatureError:
         raise RejectedMessage(Reason.BAD_SIGNATURE, "signature does not verify") from None
-    body = cbor.loads(payload, payload_limits)
+    body = cbor.loads_checked(payload)
     if not isinstance(body, dict):
         raise RejectedMessage(Reason.MALFORMED, "payload must be a CBOR map")
     try:
