@@ -209,6 +209,7 @@ class CoordState(Message, frozen=True, tag="cstate"):
     tier: int = 1
     members: int = 0
     capacity_left: int = 0
+    acl: bool = False
 
 
 class RosterEntry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):

@@ -1,0 +1,379 @@
+"""The agent on a device: announce what it offers, keep heartbeats going, obey the owner's limits.
+
+Lifecycle (Sparkplug B rules): connect with a signed Last Will (``offline`` + this connection's
+``bdseq``) → wait for the coordinator's retained ``online`` state → if the broker enforces per-node
+ACLs and we hold no credentials, ask to join and reconnect with the credentials the coordinator sealed
+to our key → publish the birth (retained, signed claims) and ``online`` → heartbeats with telemetry →
+answer commands (``rebirth``, ``settings``, ``redirect``). A new coordinator epoch triggers a rebirth.
+Births, claims and states go through the on-disk outbox (QoS 1, survive restarts); heartbeats are live
+data (QoS 0) and are sent only when the outbox is empty so they never overtake an earlier message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import aiomqtt
+from nacl.exceptions import CryptoError
+from nacl.public import SealedBox
+
+from prsm_edge import __version__
+from prsm_edge.errors import PrsmEdgeError, RejectedMessage
+from prsm_edge.identity import Identity, SeqStore, load_or_create
+from prsm_edge.io.session import ConnectParams, Session
+from prsm_edge.io.store import Outbox
+from prsm_edge.protocol import topics
+from prsm_edge.protocol.envelope import open_envelope
+from prsm_edge.protocol.messages import (
+    MICRO,
+    ApiRequest,
+    ApiResponse,
+    CoordState,
+    Heartbeat,
+    Message,
+    NodeBirth,
+    NodeCommand,
+    NodeState,
+    ResourceClaim,
+    ResourceSpec,
+)
+from prsm_edge.protocol.offer import Guardrails, Readings, guardrail
+
+__all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
+
+log = logging.getLogger(__name__)
+
+
+class Redirected(PrsmEdgeError):
+    """The group refused us (full) or told us to go elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One telemetry reading."""
+
+    cpu_util: float
+    mem_util: float
+    readings: Readings = field(default_factory=Readings)
+
+
+def psutil_sample() -> Sample:
+    """A cheap reading of this machine's load and sensors (absent sensors stay ``None``)."""
+    import psutil
+
+    temp: float | None = None
+    reader = getattr(psutil, "sensors_temperatures", None)
+    if reader is not None:
+        try:
+            temps = [t.current for group in reader().values() for t in group if t.current]
+        except OSError:
+            temps = []
+        temp = max(temps) if temps else None
+    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+    return Sample(
+        cpu_util=psutil.cpu_percent(interval=None) / 100.0,
+        mem_util=psutil.virtual_memory().percent / 100.0,
+        readings=Readings(
+            temperature_c=temp,
+            on_battery=None if battery is None else not battery.power_plugged,
+            battery_pct=None if battery is None else float(battery.percent),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """Everything an agent needs to run; built from settings, detection and the firmware profile."""
+
+    site: str
+    group: str
+    broker_url: str
+    workdir: Path
+    resources: list[ResourceSpec]
+    device_class: str = "generic"
+    hw_fingerprint: str = ""
+    heartbeat_interval_s: float = 10.0
+    keepalive_s: int = 10
+    guardrails: Guardrails = field(default_factory=Guardrails)
+    can_coordinate: bool = False
+    security_level: str = "standard"
+    min_hourly_rate_micro: int = MICRO // 10
+    uptime_commitment: float = 0.95
+    sample: Callable[[], Sample] = psutil_sample
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds (the protocol's timestamps)."""
+    return time.time_ns() // 1_000_000
+
+
+class Agent:
+    """One node's agent connected to one group."""
+
+    def __init__(self, options: AgentOptions, identity: Identity | None = None) -> None:
+        self.options = options
+        options.workdir.mkdir(parents=True, exist_ok=True)
+        self.identity = identity or load_or_create(options.workdir)
+        self.node_id = self.identity.node_id
+        self.signer = self.identity.signer(SeqStore(options.workdir / "node.seq"))
+        self.outbox = Outbox(options.workdir / "outbox.sqlite")
+        self._bdseq_path = options.workdir / "node.bdseq"
+        self.bdseq = self._read_bdseq()
+        self.coordinator: CoordState | None = None
+        self.resources = list(options.resources)
+        self.offering = True
+        self.throttle = ""
+        self.born = asyncio.Event()
+        self.births = 0
+        self.redirect: str | None = None
+        self._creds_path = options.workdir / "broker-credentials.json"
+        self._started = time.monotonic()
+        self._pending_join: str | None = None
+        o = options
+        self.session = Session(
+            o.broker_url,
+            self.node_id,
+            handler=self._on_message,
+            subscriptions=[
+                (topics.coord_state(o.site, o.group), 1),
+                (f"{topics.ROOT}/{o.site}/{o.group}/node/{self.node_id}/cmd/+", 1),
+                (topics.api(topics.Kind.API_RESP, o.site, o.group, "join", self.node_id), 1),
+            ],
+            prepare=self._prepare,
+            on_connect=self._on_connect,
+            goodbye=self._goodbye,
+            outbox=self.outbox,
+            keepalive=o.keepalive_s,
+        )
+
+    # ---- connection --------------------------------------------------------------------------
+    def _read_bdseq(self) -> int:
+        try:
+            return int(self._bdseq_path.read_text(encoding="ascii").strip() or "0")
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _credentials(self) -> tuple[str | None, str | None]:
+        try:
+            data = json.loads(self._creds_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None, None
+        if data.get("broker") != self.options.broker_url or data.get("group") != self.options.group:
+            return None, None
+        return str(data["username"]), str(data["password"])
+
+    def _prepare(self) -> ConnectParams:
+        self.bdseq += 1
+        self._bdseq_path.write_text(str(self.bdseq), encoding="ascii")
+        self.born.clear()
+        self.coordinator = None
+        o = self.options
+        will_msg = NodeState(node=self.node_id, status="offline", bdseq=self.bdseq)
+        # seq 0: the Will is signed now but delivered (if ever) later; receivers tie it to the session by
+        # bdseq, and a sequence number spent on it would look like a gap in the live stream.
+        will = aiomqtt.Will(
+            topics.node(topics.Kind.NODE_STATE, o.site, o.group, self.node_id),
+            self.signer.seal(will_msg, now_ms(), seq=0),
+            qos=1,
+            retain=True,
+        )
+        username, password = self._credentials()
+        return ConnectParams(username, password, will)
+
+    async def _on_connect(self) -> None:
+        log.debug("%s connected (bdseq %d); waiting for the coordinator", self.node_id, self.bdseq)
+
+    def _goodbye(self) -> list[tuple[str, bytes]]:
+        o = self.options
+        msg = NodeState(node=self.node_id, status="offline", bdseq=self.bdseq)
+        return [
+            (
+                topics.node(topics.Kind.NODE_STATE, o.site, o.group, self.node_id),
+                self.signer.seal(msg, now_ms()),
+            )
+        ]
+
+    # ---- incoming ----------------------------------------------------------------------------
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            parsed = topics.parse(topic)
+            opened = open_envelope(payload)
+        except (RejectedMessage, PrsmEdgeError) as exc:
+            log.debug("ignoring a message on %s: %s", topic, exc)
+            return
+        msg = opened.message
+        if parsed.kind is topics.Kind.COORD_STATE and isinstance(msg, CoordState):
+            if opened.signer != msg.coordinator or opened.kid != msg.public_key:
+                log.warning("ignoring a coordinator state not signed by the coordinator it names")
+                return
+            await self._coordinator_state(msg)
+            return
+        coord = self.coordinator
+        if coord is None or opened.signer != coord.coordinator:
+            log.debug("ignoring %s from %s: not our coordinator", type(msg).__name__, opened.signer)
+            return
+        if parsed.kind is topics.Kind.NODE_CMD and isinstance(msg, NodeCommand) and msg.node == self.node_id:
+            await self._command(msg)
+        elif parsed.kind is topics.Kind.API_RESP and isinstance(msg, ApiResponse):
+            await self._join_response(msg)
+
+    async def _coordinator_state(self, msg: CoordState) -> None:
+        if msg.status != "online":
+            log.info("coordinator %s is offline; waiting", msg.coordinator)
+            self.coordinator = None
+            self.born.clear()
+            return
+        previous = self.coordinator
+        self.coordinator = msg
+        if previous is not None and previous.epoch == msg.epoch and previous.coordinator == msg.coordinator:
+            return  # a periodic refresh of the same coordinator run
+        username, _ = self._credentials()
+        if msg.acl and username is None:
+            await self._request_join()
+        else:
+            self._birth()
+
+    async def _request_join(self) -> None:
+        o = self.options
+        txid = secrets.token_hex(8)
+        self._pending_join = txid
+        req = ApiRequest(txid=txid, method="join", requester=self.node_id)
+        topic = topics.api(topics.Kind.API_REQ, o.site, o.group, "join", self.node_id)
+        await self.session.publish(topic, self.signer.seal(req, now_ms()), qos=1)
+        log.info("%s asked to join %s/%s", self.node_id, o.site, o.group)
+
+    async def _join_response(self, msg: ApiResponse) -> None:
+        if msg.method != "join" or msg.txid != self._pending_join:
+            return
+        self._pending_join = None
+        if not msg.ok:
+            self.redirect = msg.error or "refused"
+            log.warning("join refused: %s %s", msg.error, msg.result)
+            raise Redirected(f"the group refused to admit this node: {msg.error}")
+        sealed = msg.result.get("sealed_password")
+        if not isinstance(sealed, bytes):
+            self._birth()  # no ACL: nothing to store
+            return
+        try:
+            box = SealedBox(self.identity.signing_key.to_curve25519_private_key())
+            password = box.decrypt(sealed).decode()
+        except (CryptoError, UnicodeDecodeError) as exc:
+            log.warning("could not open the credentials from the coordinator: %s", exc)
+            return
+        creds = {"broker": self.options.broker_url, "group": self.options.group}
+        creds |= {"username": self.node_id, "password": password}
+        tmp = self._creds_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(creds), encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(self._creds_path)
+        log.info("%s received broker credentials; reconnecting with them", self.node_id)
+        self.session.request_reconnect()
+
+    async def _command(self, cmd: NodeCommand) -> None:
+        match cmd.verb:
+            case "rebirth":
+                log.info("%s: rebirth requested (%s)", self.node_id, cmd.args.get("why", ""))
+                self._birth()
+            case "redirect":
+                self.redirect = str(cmd.args.get("reason", "redirected"))
+                raise Redirected(f"the coordinator redirected this node: {self.redirect}")
+            case _:
+                log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
+
+    # ---- outgoing ----------------------------------------------------------------------------
+    def _topic(self, kind: topics.Kind) -> str:
+        return topics.node(kind, self.options.site, self.options.group, self.node_id)
+
+    def _send(self, kind: topics.Kind, msg: Message, *, retain: bool = False) -> None:
+        self.session.enqueue(self._topic(kind), self.signer.seal(msg, now_ms()), retain=retain)
+
+    def _birth(self) -> None:
+        o = self.options
+        birth = NodeBirth(
+            node=self.node_id,
+            bdseq=self.bdseq,
+            public_key=self.identity.public_key,
+            device_class=o.device_class,
+            software=f"prsm-edge {__version__}",
+            hw_fingerprint=o.hw_fingerprint,
+            resources=self.resources,
+            security_level=o.security_level,
+            min_hourly_rate_micro=o.min_hourly_rate_micro,
+            uptime_commitment=o.uptime_commitment,
+            can_coordinate=o.can_coordinate,
+        )
+        self._send(topics.Kind.NODE_BIRTH, birth, retain=True)
+        self._send(
+            topics.Kind.NODE_STATE,
+            NodeState(node=self.node_id, status="online", bdseq=self.bdseq),
+            retain=True,
+        )
+        self.births += 1
+        self.born.set()
+
+    def update_resources(self, resources: list[ResourceSpec], reason: str = "") -> None:
+        """Offer different capacity (the owner changed settings); sent as a signed claim."""
+        self.resources = list(resources)
+        if self.births:  # before the first birth there is nothing to update: the birth carries it
+            self._send(
+                topics.Kind.NODE_CLAIM,
+                ResourceClaim(node=self.node_id, resources=self.resources, reason=reason),
+            )
+
+    def heartbeat(self) -> Heartbeat:
+        """Sample telemetry and apply the owner's guardrails."""
+        sample = self.options.sample()
+        reason = guardrail(sample.readings, self.options.guardrails)
+        if reason != self.throttle:
+            log.warning(
+                "%s: %s", self.node_id, f"holding capacity back: {reason}" if reason else "offering again"
+            )
+        self.offering, self.throttle = not reason, reason
+        r = sample.readings
+        return Heartbeat(
+            node=self.node_id,
+            cpu_util=round(sample.cpu_util, 4),
+            mem_util=round(sample.mem_util, 4),
+            temperature_c=r.temperature_c,
+            power_w=r.power_w,
+            on_battery=r.on_battery,
+            battery_pct=r.battery_pct,
+            offering=self.offering,
+            throttle=self.throttle,
+            uptime_s=round(time.monotonic() - self._started, 1),
+        )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.heartbeat_interval_s)
+            if not self.born.is_set() or len(self.outbox):
+                continue
+            hb = self.heartbeat()
+            await self.session.publish(
+                self._topic(topics.Kind.NODE_TELEMETRY), self.signer.seal(hb, now_ms())
+            )
+
+    async def run(self) -> None:
+        """Run until cancelled (graceful leave: ``offline`` is published) or redirected."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.session.run(), name=f"{self.node_id}-session")
+                tg.create_task(self._heartbeats(), name=f"{self.node_id}-heartbeat")
+        except* Redirected as group:
+            raise group.exceptions[0] from None
+        finally:
+            self.outbox.close()
+
+
+def with_resources(options: AgentOptions, resources: list[ResourceSpec]) -> AgentOptions:
+    """A copy of ``options`` offering ``resources``."""
+    return replace(options, resources=resources)

@@ -1,0 +1,80 @@
+"""Helpers to run a coordinator and agents against a real broker inside one test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions, CredentialIssuer
+from prsm_edge.identity import load_or_create
+from prsm_edge.node.agent import Agent, AgentOptions, Sample
+from prsm_edge.protocol.messages import ResourceSpec, ResourceType
+
+SITE, GROUP = "lab", "g1"
+
+
+def cpu(cores: float) -> list[ResourceSpec]:
+    return [ResourceSpec(type=ResourceType.COMPUTE_CPU, capacity=cores, unit="cores")]
+
+
+def quiet_sample() -> Sample:
+    return Sample(cpu_util=0.1, mem_util=0.2)
+
+
+def agent_options(url: str, workdir: Path, **kw: object) -> AgentOptions:
+    base: dict[str, object] = {
+        "site": SITE,
+        "group": GROUP,
+        "broker_url": url,
+        "workdir": workdir,
+        "resources": cpu(2.0),
+        "hw_fingerprint": f"fp-{workdir.name}",
+        "heartbeat_interval_s": 0.2,
+        "keepalive_s": 2,
+        "sample": quiet_sample,
+    }
+    base.update(kw)
+    return AgentOptions(**base)  # type: ignore[arg-type]
+
+
+def coordinator(url: str, workdir: Path, issuer: CredentialIssuer | None = None, **kw: object) -> Coordinator:
+    opts: dict[str, object] = {
+        "site": SITE,
+        "group": GROUP,
+        "broker_url": url,
+        "workdir": workdir,
+        "heartbeat_timeout_s": 3.0,
+        "summary_interval_s": 0.5,
+        "tick_s": 0.1,
+    }
+    opts.update(kw)
+    ident = load_or_create(workdir / "key")
+    return Coordinator(ident, CoordinatorOptions(**opts), issuer=issuer)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(*runnables: Coordinator | Agent) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Run coordinators/agents as tasks; cancel (gracefully) on exit."""
+    tasks = [asyncio.create_task(r.run()) for r in runnables]
+    try:
+        yield tasks
+    finally:
+        for task in reversed(tasks):
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``predicate()`` holds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+    assert predicate(), what
+
+
+def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
