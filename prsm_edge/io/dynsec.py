@@ -1,0 +1,360 @@
+"""Drive Mosquitto's dynamic-security plugin over MQTT, as its admin client.
+
+Commands go as JSON to ``$CONTROL/dynamic-security/v1``; the plugin answers each batch on
+``$CONTROL/dynamic-security/v1/response``. Every method here waits for its answer and raises
+:class:`~prsm_edge.errors.BrokerError` on an error reply or a timeout.
+
+Mosquitto 2.0.x (Debian 12 ships 2.0.11) does **not** substitute ``%u`` or ``%c`` in dynamic-security
+ACLs (checked: an ACL ``a/%u/#`` matches only the literal topic ``a/%u/...``; the substitution arrived
+in 2.1). So each node gets a role of its own, ``prsm-node-{node_id}``, created by :meth:`DynSec.add_node`,
+next to the shared read-only ``prsm-node`` role; and anonymous joiners, who have no user name and whose
+client id cannot be named in a 2.0 ACL, may publish to any ``api/join/req/+`` and read any
+``api/join/resp/+``: join responses carry secrets sealed to the joiner's key, and the coordinator checks
+that a request's signer owns its topic.
+
+Every command is idempotent for a coordinator restart: a role, group or client that exists already is
+brought to the wanted state (``modify*``) instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiomqtt
+
+from prsm_edge.errors import BrokerError
+from prsm_edge.io.broker import RunningBroker
+from prsm_edge.protocol import topics
+
+__all__ = [
+    "CONTROL_TOPIC",
+    "GROUP_JOINER",
+    "RESPONSE_TOPIC",
+    "ROLE_COORDINATOR",
+    "ROLE_JOINER",
+    "ROLE_NODE",
+    "ROLE_VIEWER",
+    "DynSec",
+    "group_roles",
+    "node_role",
+    "node_role_acls",
+]
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC: Final = "$CONTROL/dynamic-security/v1/response"
+ROLE_NODE: Final = "prsm-node"
+ROLE_COORDINATOR: Final = "prsm-coordinator"
+ROLE_JOINER: Final = "prsm-joiner"
+ROLE_VIEWER: Final = "prsm-viewer"
+GROUP_JOINER: Final = "prsm-joiner"
+_NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the shared one
+
+Acl = dict[str, Any]
+
+
+def _allow(acltype: str, topic: str, priority: int = 0) -> Acl:
+    return {"acltype": acltype, "topic": topic, "priority": priority, "allow": True}
+
+
+def _deny(acltype: str, topic: str, priority: int) -> Acl:
+    return {"acltype": acltype, "topic": topic, "priority": priority, "allow": False}
+
+
+def _check(name: str, value: str) -> str:
+    if not topics.valid_segment(value):
+        raise BrokerError(f"{name} {value!r} must be 1–64 characters of a-z, 0-9, '_' or '-'")
+    return value
+
+
+def _base(site: str, group: str) -> str:
+    return f"{topics.ROOT}/{_check('site', site)}/{_check('group', group)}"
+
+
+def node_role(node_id: str) -> str:
+    """The name of the role that holds one node's own ACLs."""
+    return f"{ROLE_NODE}-{_check('node id', node_id)}"
+
+
+def node_role_acls(site: str, group: str, node_id: str) -> list[Acl]:
+    """What only this node may do: publish under its subtree and its API requests, read its commands."""
+    base, node = _base(site, group), _check("node id", node_id)
+    return [
+        # A node must not forge commands, not even to itself: checked before the allow below.
+        _deny("publishClientSend", f"{base}/node/{node}/cmd/#", priority=1),
+        _allow("publishClientSend", f"{base}/node/{node}/#"),
+        _allow("publishClientSend", f"{base}/api/+/req/{node}"),
+        _allow("subscribePattern", f"{base}/node/{node}/cmd/#"),
+        _allow("subscribePattern", f"{base}/api/+/resp/{node}"),
+    ]
+
+
+def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
+    """The shared roles of a group, by name, with their ACLs."""
+    base = _base(site, group)
+    gateways = f"{topics.ROOT}/{site}/gw/#"
+    return {
+        ROLE_NODE: [
+            _allow("subscribePattern", f"{base}/coord/#"),
+            _allow("subscribePattern", f"{base}/summary"),
+            _allow("subscribePattern", f"{base}/node/+/birth"),
+            _allow("subscribePattern", f"{base}/node/+/proof"),
+        ],
+        ROLE_COORDINATOR: [
+            _allow("publishClientSend", f"{base}/#"),
+            _allow("subscribePattern", f"{base}/#"),
+            _allow("publishClientSend", gateways),
+            _allow("subscribePattern", gateways),
+        ],
+        ROLE_JOINER: [
+            _allow("publishClientSend", f"{base}/api/join/req/+"),
+            _allow("subscribePattern", f"{base}/api/join/resp/+"),
+            _allow("subscribePattern", f"{base}/coord/state"),
+        ],
+        ROLE_VIEWER: [
+            _allow("subscribePattern", f"{base}/#"),
+            _allow("subscribePattern", gateways),
+            _allow("subscribePattern", "$SYS/broker/#"),
+        ],
+    }
+
+
+def _benign(command: str, error: str) -> bool:
+    """Errors that only say the wanted state holds already (a restart re-running its setup)."""
+    error = error.lower()
+    if command.startswith("create"):
+        return "already exists" in error
+    if command.startswith("delete"):
+        return "not found" in error
+    return False
+
+
+class DynSec:
+    """An admin connection to the dynamic-security plugin; use as ``async with DynSec(...) as ds``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._username = username
+        self._password = password
+        self._client: aiomqtt.Client | None = None
+        self._stack = AsyncExitStack()
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._lock = asyncio.Lock()
+        self._group: tuple[str, str] | None = None
+        self._open = False
+
+    @classmethod
+    def for_broker(cls, broker: RunningBroker, *, timeout: float = 5.0) -> DynSec:
+        """The admin connection to a broker started by :func:`~prsm_edge.io.broker.start_broker`."""
+        if not broker.acl_enforced or broker.admin_username is None or broker.admin_password is None:
+            raise BrokerError(
+                f"the {broker.kind} broker at {broker.url} has no dynamic security; "
+                "start Mosquitto with acl=True to issue per-node credentials"
+            )
+        return cls(
+            broker.connect_host, broker.port, broker.admin_username, broker.admin_password, timeout=timeout
+        )
+
+    async def __aenter__(self) -> Self:
+        self._open = True
+        try:
+            await self._connect()
+        except BrokerError:
+            self._open = False
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._open = False
+        await self._disconnect()
+        self._fail_pending(BrokerError("the dynamic-security connection was closed"))
+
+    async def _connect(self) -> None:
+        await self._disconnect()
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self._username,
+            password=self._password,
+            identifier=f"prsm-dynsec-{secrets.token_hex(6)}",
+            timeout=self.timeout,
+        )
+        try:
+            await self._stack.enter_async_context(client)
+            await client.subscribe(RESPONSE_TOPIC, qos=1)
+        except aiomqtt.MqttError as exc:
+            await self._disconnect()
+            raise BrokerError(
+                f"cannot connect to the dynamic-security plugin at {self.host}:{self.port}: {exc}"
+            ) from exc
+        self._client = client
+        self._reader = asyncio.create_task(self._read(client), name="dynsec-reader")
+
+    async def _disconnect(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._client = None
+        stack, self._stack = self._stack, AsyncExitStack()
+        with contextlib.suppress(aiomqtt.MqttError):
+            await stack.aclose()
+
+    def _fail_pending(self, error: BrokerError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        try:
+            async for message in client.messages:
+                self._resolve(message.payload)
+        except aiomqtt.MqttError as exc:
+            log.warning("the dynamic-security connection dropped (the next command reconnects): %s", exc)
+            self._client = None
+            self._fail_pending(BrokerError(f"the dynamic-security connection dropped: {exc}"))
+
+    def _resolve(self, payload: object) -> None:
+        if not isinstance(payload, bytes | bytearray):
+            return
+        try:
+            responses = json.loads(payload)["responses"]
+            batch = str(responses[0]["correlationData"]).split(":", 1)[0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            log.warning("ignoring a malformed dynamic-security response: %.200r", payload)
+            return
+        future = self._pending.pop(batch, None)
+        if future is not None and not future.done():
+            future.set_result([r for r in responses if isinstance(r, dict)])
+
+    async def _send(self, payload: str) -> None:
+        """Publish to the control topic, reconnecting once if the broker restarted under us."""
+        for attempt in (1, 2):
+            if self._client is None:
+                await self._connect()
+            assert self._client is not None
+            try:
+                await self._client.publish(CONTROL_TOPIC, payload, qos=1)
+                return
+            except aiomqtt.MqttError as exc:
+                if attempt == 2:
+                    raise BrokerError(f"could not send a dynamic-security command: {exc}") from exc
+                log.info("the dynamic-security connection failed (%s); reconnecting", exc)
+                self._client = None
+
+    async def command(self, *commands: dict[str, Any]) -> list[dict[str, Any]]:
+        """Send ``commands`` as one batch; return their responses, raising on any error but benign ones."""
+        if not self._open:
+            raise BrokerError("DynSec is not connected: use it as 'async with DynSec(...) as ds'")
+        batch = secrets.token_hex(8)
+        tagged = [{**c, "correlationData": f"{batch}:{i}"} for i, c in enumerate(commands)]
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        async with self._lock:
+            self._pending[batch] = future
+            try:
+                await self._send(json.dumps({"commands": tagged}))
+                async with asyncio.timeout(self.timeout):
+                    responses = await future
+            except TimeoutError:
+                names = ", ".join(c["command"] for c in commands)
+                raise BrokerError(
+                    f"the dynamic-security plugin did not answer ({names}) within {self.timeout:.0f} s; "
+                    "is the plugin loaded and are these admin credentials?"
+                ) from None
+            finally:
+                self._pending.pop(batch, None)
+        by_tag = {str(r.get("correlationData")): r for r in responses}
+        for tag, sent in zip((c["correlationData"] for c in tagged), commands, strict=True):
+            reply = by_tag.get(tag)
+            if reply is None:
+                raise BrokerError(f"the dynamic-security plugin did not answer {sent['command']}")
+            error = reply.get("error")
+            if error is not None and not _benign(sent["command"], str(error)):
+                subject = sent.get("rolename") or sent.get("username") or sent.get("groupname") or ""
+                raise BrokerError(f"dynamic security refused {sent['command']} {subject}: {error}")
+        return [by_tag[c["correlationData"]] for c in tagged]
+
+    @staticmethod
+    def _ensure_role(name: str, acls: Sequence[Acl]) -> list[dict[str, Any]]:
+        return [
+            {"command": "createRole", "rolename": name, "acls": list(acls)},
+            {"command": "modifyRole", "rolename": name, "acls": list(acls)},
+        ]
+
+    @staticmethod
+    def _ensure_client(
+        username: str, password: str, roles: Sequence[tuple[str, int]]
+    ) -> list[dict[str, Any]]:
+        role_list = [{"rolename": r, "priority": p} for r, p in roles]
+        return [
+            {"command": "createClient", "username": username, "password": password, "roles": role_list},
+            {"command": "modifyClient", "username": username, "password": password, "roles": role_list},
+            {"command": "enableClient", "username": username},
+        ]
+
+    async def setup_group(self, site: str, group: str) -> None:
+        """Create (or reset) the group's roles, the anonymous joiner group, and make it the anonymous one."""
+        commands: list[dict[str, Any]] = []
+        for name, acls in group_roles(site, group).items():
+            commands += self._ensure_role(name, acls)
+        joiner_roles = [{"rolename": ROLE_JOINER, "priority": 0}]
+        commands += [
+            {"command": "createGroup", "groupname": GROUP_JOINER, "roles": joiner_roles},
+            {"command": "modifyGroup", "groupname": GROUP_JOINER, "roles": joiner_roles},
+            {"command": "setAnonymousGroup", "groupname": GROUP_JOINER},
+        ]
+        await self.command(*commands)
+        self._group = (site, group)
+        log.info("dynamic security set up for %s/%s", site, group)
+
+    def _site_group(self) -> tuple[str, str]:
+        if self._group is None:
+            raise BrokerError("call DynSec.setup_group(site, group) before adding nodes")
+        return self._group
+
+    async def add_node(self, node_id: str, password: str) -> None:
+        """Let ``node_id`` connect with ``password`` and act only as that node (replaces an old password)."""
+        site, group = self._site_group()
+        role = node_role(node_id)
+        await self.command(
+            *self._ensure_role(role, node_role_acls(site, group, node_id)),
+            *self._ensure_client(node_id, password, [(role, _NODE_ROLE_PRIORITY), (ROLE_NODE, 0)]),
+        )
+        log.info("broker credentials issued to node %s", node_id)
+
+    async def remove_node(self, node_id: str) -> None:
+        """Delete the node's client (which disconnects it) and its role; absent ones are fine."""
+        await self.command(
+            {"command": "deleteClient", "username": _check("node id", node_id)},
+            {"command": "deleteRole", "rolename": node_role(node_id)},
+        )
+        log.info("broker credentials of node %s removed", node_id)
+
+    async def add_client(self, username: str, password: str, role: str) -> None:
+        """Create (or reset) a client with one role, e.g. the coordinator's or a dashboard viewer's."""
+        await self.command(*self._ensure_client(username, password, [(role, 0)]))
+        log.info("broker client %s has role %s", username, role)
