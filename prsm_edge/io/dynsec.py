@@ -94,6 +94,7 @@ def node_role_acls(site: str, group: str, node_id: str) -> list[Acl]:
         _allow("publishClientSend", f"{base}/node/{node}/#"),
         _allow("publishClientSend", f"{base}/api/+/req/{node}"),
         _allow("subscribePattern", f"{base}/node/{node}/cmd/#"),
+        _allow("subscribePattern", f"{base}/node/{node}/bench/#"),  # the network benchmark's echo
         _allow("subscribePattern", f"{base}/api/+/resp/{node}"),
     ]
 

@@ -267,7 +267,12 @@ class Group:
         kind = parsed.kind
         if kind in (topics.Kind.COORD_STATE, topics.Kind.COORD_ROSTER, topics.Kind.SUMMARY):
             return []  # our own retained output, or a rival coordinator's (election is elsewhere)
-        if kind in (topics.Kind.NODE_CMD, topics.Kind.API_RESP, topics.Kind.GATEWAY_STATE):
+        if kind in (
+            topics.Kind.NODE_CMD,
+            topics.Kind.NODE_BENCH,
+            topics.Kind.API_RESP,
+            topics.Kind.GATEWAY_STATE,
+        ):
             return []
         if not payload:
             return []  # a cleared retained message

@@ -11,6 +11,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/node/{node}/proof              benchmark proofs and verification votes
     prsm/v1/{site}/{group}/node/{node}/telemetry          heartbeats
     prsm/v1/{site}/{group}/node/{node}/cmd/{verb}         coordinator → node
+    prsm/v1/{site}/{group}/node/{node}/bench/{leaf}       the node's own network-benchmark echo
     prsm/v1/{site}/{group}/api/{method}/req/{client}      request (transaction id in the payload)
     prsm/v1/{site}/{group}/api/{method}/resp/{client}     response to that client
     prsm/v1/{site}/gw/{gateway}/state                  R  gateway uplink state
@@ -47,6 +48,7 @@ class Kind(enum.StrEnum):
     NODE_PROOF = "proof"
     NODE_TELEMETRY = "telemetry"
     NODE_CMD = "cmd"
+    NODE_BENCH = "bench"
     API_REQ = "req"
     API_RESP = "resp"
     GATEWAY_STATE = "gw/state"
@@ -101,8 +103,8 @@ class Topic:
         match self.kind:
             case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.SUMMARY:
                 return f"{base}/{self.kind.value}"
-            case Kind.NODE_CMD:
-                return f"{base}/node/{_seg('node', self.node)}/cmd/{_seg('verb', self.verb)}"
+            case Kind.NODE_CMD | Kind.NODE_BENCH:
+                return f"{base}/node/{_seg('node', self.node)}/{self.kind.value}/{_seg('verb', self.verb)}"
             case Kind.API_REQ | Kind.API_RESP:
                 method = _seg("method", self.method)
                 return f"{base}/api/{method}/{self.kind.value}/{_seg('client', self.client)}"
@@ -183,8 +185,8 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.COORD_ROSTER, site, group)
         case [group, "summary"]:
             return Topic(Kind.SUMMARY, site, group)
-        case [group, "node", node_id, "cmd", verb]:
-            return Topic(Kind.NODE_CMD, site, group, node=node_id, verb=verb)
+        case [group, "node", node_id, ("cmd" | "bench") as sub, verb]:
+            return Topic(Kind(sub), site, group, node=node_id, verb=verb)
         case [group, "node", node_id, leaf] if leaf in _NODE_LEAVES:
             return Topic(Kind(leaf), site, group, node=node_id)
         case [group, "api", method, ("req" | "resp") as direction, client]:

@@ -12,7 +12,7 @@ import pytest
 
 from prsm_edge.errors import BrokerError
 from prsm_edge.io.broker import RunningBroker, start_broker
-from prsm_edge.io.dynsec import ROLE_COORDINATOR, ROLE_VIEWER, DynSec, node_role
+from prsm_edge.io.dynsec import ROLE_COORDINATOR, ROLE_VIEWER, DynSec, node_role, node_role_acls
 from tests.conftest import require_mosquitto
 
 pytestmark = pytest.mark.integration
@@ -223,7 +223,7 @@ async def test_setup_is_idempotent_and_survives_a_coordinator_restart(tmp_path: 
             await d.add_client("coord", "pw-coord", ROLE_COORDINATOR)
             await d.add_client("coord", "pw-coord", ROLE_COORDINATOR)
             (reply,) = await d.command({"command": "getRole", "rolename": node_role("n1")})
-            assert len(reply["data"]["role"]["acls"]) == 5  # replaced, not appended
+            assert len(reply["data"]["role"]["acls"]) == len(node_role_acls(SITE, GROUP, "n1"))  # replaced
         first_admin = b.admin_password
     # A new broker process on the same working directory: credentials and roles persist.
     async with start_broker(work, ws_port=None) as b:

@@ -23,6 +23,7 @@ def test_built_topics_parse_back(
         t.Topic(t.Kind.COORD_ROSTER, site, group),
         t.Topic(t.Kind.SUMMARY, site, group),
         t.Topic(t.Kind.NODE_CMD, site, group, node=node, verb=verb),
+        t.Topic(t.Kind.NODE_BENCH, site, group, node=node, verb=verb),
         t.Topic(t.Kind.API_REQ, site, group, method=method, client=client),
         t.Topic(t.Kind.API_RESP, site, group, method=method, client=client),
         t.Topic(t.Kind.GATEWAY_STATE, site, gateway=gw),
