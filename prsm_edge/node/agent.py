@@ -29,6 +29,7 @@ from prsm_edge.errors import PrsmEdgeError, RejectedMessage
 from prsm_edge.identity import Identity, SeqStore, load_or_create
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
+from prsm_edge.node.detect import read_sensors
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.messages import (
@@ -64,28 +65,10 @@ class Sample:
     readings: Readings = field(default_factory=Readings)
 
 
-def psutil_sample() -> Sample:
-    """A cheap reading of this machine's load and sensors (absent sensors stay ``None``)."""
-    import psutil
-
-    temp: float | None = None
-    reader = getattr(psutil, "sensors_temperatures", None)
-    if reader is not None:
-        try:
-            temps = [t.current for group in reader().values() for t in group if t.current]
-        except OSError:
-            temps = []
-        temp = max(temps) if temps else None
-    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
-    return Sample(
-        cpu_util=psutil.cpu_percent(interval=None) / 100.0,
-        mem_util=psutil.virtual_memory().percent / 100.0,
-        readings=Readings(
-            temperature_c=temp,
-            on_battery=None if battery is None else not battery.power_plugged,
-            battery_pct=None if battery is None else float(battery.percent),
-        ),
-    )
+def sensor_sample() -> Sample:
+    """This machine's load and sensors now (absent sensors stay ``None``)."""
+    s = read_sensors()
+    return Sample(cpu_util=s.cpu_util, mem_util=s.mem_util, readings=s.readings())
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +89,7 @@ class AgentOptions:
     security_level: str = "standard"
     min_hourly_rate_micro: int = MICRO // 10
     uptime_commitment: float = 0.95
-    sample: Callable[[], Sample] = psutil_sample
+    sample: Callable[[], Sample] = sensor_sample
 
 
 def now_ms() -> int:
