@@ -46,7 +46,9 @@ def main() -> None:
     stream = []
     for i in range(per_node):
         for n in nodes:
-            hb = m.Heartbeat(node=n.node_id, cpu_util=0.4, mem_util=0.3, temperature_c=50.0, uptime_s=float(i))
+            hb = m.Heartbeat(
+                node=n.node_id, cpu_util=0.4, mem_util=0.3, temperature_c=50.0, uptime_s=float(i)
+            )
             stream.append((t.node(t.Kind.NODE_TELEMETRY, SITE, GROUP, n.node_id), n.seal(hb, now + i)))
     wire = len(stream[0][1])
 

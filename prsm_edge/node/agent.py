@@ -116,6 +116,7 @@ class Agent:
         self.born = asyncio.Event()
         self.births = 0
         self.redirect: str | None = None
+        self._redirected = asyncio.Event()
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
@@ -239,9 +240,8 @@ class Agent:
             return
         self._pending_join = None
         if not msg.ok:
-            self.redirect = msg.error or "refused"
-            log.warning("join refused: %s %s", msg.error, msg.result)
-            raise Redirected(f"the group refused to admit this node: {msg.error}")
+            self._leave(f"the group refused to admit this node: {msg.error or 'refused'}")
+            return
         sealed = msg.result.get("sealed_password")
         if not isinstance(sealed, bytes):
             self._birth()  # no ACL: nothing to store
@@ -267,10 +267,19 @@ class Agent:
                 log.info("%s: rebirth requested (%s)", self.node_id, cmd.args.get("why", ""))
                 self._birth()
             case "redirect":
-                self.redirect = str(cmd.args.get("reason", "redirected"))
-                raise Redirected(f"the coordinator redirected this node: {self.redirect}")
+                self._leave(f"the coordinator redirected this node: {cmd.args.get('reason', '')}")
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
+
+    def _leave(self, why: str) -> None:
+        """Stop this agent: :meth:`run` raises :class:`Redirected` so the caller can look elsewhere."""
+        log.warning("%s: %s", self.node_id, why)
+        self.redirect = why
+        self._redirected.set()
+
+    async def _watch_redirect(self) -> None:
+        await self._redirected.wait()
+        raise Redirected(self.redirect or "redirected")
 
     # ---- outgoing ----------------------------------------------------------------------------
     def _topic(self, kind: topics.Kind) -> str:
@@ -351,6 +360,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.session.run(), name=f"{self.node_id}-session")
                 tg.create_task(self._heartbeats(), name=f"{self.node_id}-heartbeat")
+                tg.create_task(self._watch_redirect(), name=f"{self.node_id}-redirect")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:

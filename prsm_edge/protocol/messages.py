@@ -136,7 +136,12 @@ class Heartbeat(Message, frozen=True, tag="hb"):
 
 
 class BenchmarkChallenge(Message, frozen=True, tag="bchal"):
-    """A verifier's fresh challenge: run ``workload`` seeded by ``nonce`` and commit before the deadline."""
+    """A verifier's fresh challenge: run ``workload`` seeded by ``nonce`` and commit before the deadline.
+
+    ``opens`` segments are opened after the commitment, chosen by ``H(nonce ‖ root ‖ salt)`` where the
+    verifier reveals ``salt`` only after the root arrives (``open_commit`` = ``H(salt)``), so the prover
+    can neither know nor grind the choice. ``issued_ms`` is the verifier's clock when it sent this.
+    """
 
     challenge_id: str
     node: str
@@ -147,6 +152,9 @@ class BenchmarkChallenge(Message, frozen=True, tag="bchal"):
     segment_size: int
     claimed_rate: float
     deadline_ms: int
+    issued_ms: int = 0
+    opens: int = 4
+    open_commit: bytes = b""
     attest: bool = False
 
 
@@ -170,11 +178,12 @@ class SegmentOpening(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ProofOpening(Message, frozen=True, tag="bopen"):
-    """The node's answer to a verifier asking for particular segments."""
+    """The node's opening of the segments its root and the verifier's revealed ``salt`` select."""
 
     challenge_id: str
     node: str
     openings: list[SegmentOpening]
+    salt: bytes = b""
 
 
 class VerificationVote(Message, frozen=True, tag="vote"):
@@ -256,7 +265,10 @@ class Lease(Message, frozen=True, tag="lease"):
 
 
 class LedgerEntry(Message, frozen=True, tag="ledger"):
-    """One append-only, hash-chained FTNS ledger record; ``key`` makes crediting idempotent."""
+    """One append-only, hash-chained FTNS ledger record; ``key`` makes crediting idempotent.
+
+    ``at_ms`` is when it was appended; the chain hash covers the ledger fields, not ``v``/``seq``/``ts``.
+    """
 
     index: int
     prev_hash: bytes
@@ -264,6 +276,7 @@ class LedgerEntry(Message, frozen=True, tag="ledger"):
     amount_micro: int
     kind: str
     key: str
+    at_ms: int = 0
     memo: str = ""
     evidence: bytes = b""
 

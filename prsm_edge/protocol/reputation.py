@@ -1,0 +1,208 @@
+"""Reputation and verification level: what a node has shown, weighted, and how much of it is current.
+
+**Reputation** has four dimensions, each an estimate in ``[0, 1]``:
+
+* ``verification``: share of passed checks (benchmark proofs, quorums) — weight 0.4;
+* ``uptime``: observed uptime over the uptime the node committed to, capped at 1 — weight 0.25;
+* ``vote_honesty``: share of the node's votes as a verifier that agreed with the decided outcome — 0.2;
+* ``responsiveness``: share of challenges and requests answered in time — weight 0.15.
+
+Each observation moves its dimension by ``alpha`` towards the observed value (an exponential moving
+average); between observations every dimension decays towards the ``prior`` (0.5) with a half-life
+(7 days by default), so old merit and old blame both fade. The overall score is the weighted sum.
+
+**Verification level** is held only on *current* evidence; the levels form a ladder and a node holds the
+highest level whose evidence, and the evidence of every level below it, is current:
+
+* ``self_reported`` (0.6): always;
+* ``peer_verified`` (0.8): a peer quorum accepted its claim within ``peer_validity_ms`` (24 h);
+* ``benchmarked`` (0.85): and a benchmark proof passed within ``proof_validity_ms`` (6 h);
+* ``economically_staked`` (0.9): and its stake is at least the required stake;
+* ``hardware_attested`` (0.95): and a hardware attestation verified within ``attestation_validity_ms``.
+
+So attestation does not skip stake: an attested node without stake is ``benchmarked``. Stake is what
+makes availability and fraud violations cost something; attestation proves the hardware, not that the
+node will keep its promises. A failure (rejected quorum, failed proof, failed attestation) clears that
+evidence at once, and so every level above it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from prsm_edge.errors import LocalError
+from prsm_edge.protocol.messages import TRUST_SCORE, VerificationLevel
+
+__all__ = [
+    "DAY_MS",
+    "WEIGHTS",
+    "Dimension",
+    "LevelPolicy",
+    "Reputation",
+    "TrustEvidence",
+]
+
+DAY_MS: Final = 86_400_000
+HOUR_MS: Final = 3_600_000
+
+
+class Dimension(enum.StrEnum):
+    """The four things reputation measures."""
+
+    VERIFICATION = "verification"
+    UPTIME = "uptime"
+    VOTE_HONESTY = "vote_honesty"
+    RESPONSIVENESS = "responsiveness"
+
+
+WEIGHTS: Final[dict[Dimension, float]] = {
+    Dimension.VERIFICATION: 0.4,
+    Dimension.UPTIME: 0.25,
+    Dimension.VOTE_HONESTY: 0.2,
+    Dimension.RESPONSIVENESS: 0.15,
+}
+
+
+@dataclass(slots=True)
+class _Estimate:
+    value: float
+    at_ms: int
+
+
+class Reputation:
+    """One node's reputation, decaying towards ``prior`` with ``half_life_ms`` between observations."""
+
+    def __init__(
+        self,
+        now_ms: int,
+        *,
+        prior: float = 0.5,
+        half_life_ms: int = 7 * DAY_MS,
+        alpha: float = 0.2,
+        weights: dict[Dimension, float] | None = None,
+    ) -> None:
+        if not 0.0 <= prior <= 1.0 or half_life_ms <= 0 or not 0.0 < alpha <= 1.0:
+            raise LocalError("need 0 <= prior <= 1, half_life_ms > 0 and 0 < alpha <= 1")
+        self.prior = prior
+        self.half_life_ms = half_life_ms
+        self.alpha = alpha
+        w = dict(WEIGHTS if weights is None else weights)
+        total = sum(w.get(d, 0.0) for d in Dimension)
+        if total <= 0:
+            raise LocalError("reputation weights must sum to a positive number")
+        self.weights = {d: w.get(d, 0.0) / total for d in Dimension}
+        self._dims = {d: _Estimate(prior, now_ms) for d in Dimension}
+
+    def value(self, dim: Dimension, now_ms: int) -> float:
+        """The dimension's estimate as of ``now_ms``, decayed towards the prior."""
+        est = self._dims[dim]
+        age = max(0, now_ms - est.at_ms)
+        return self.prior + (est.value - self.prior) * math.pow(0.5, age / self.half_life_ms)
+
+    def observe(self, dim: Dimension, observed: float, now_ms: int, weight: float = 1.0) -> None:
+        """Move ``dim`` towards ``observed`` (clamped to [0, 1]) by ``alpha × weight``."""
+        if not math.isfinite(observed):
+            raise LocalError(f"an observation must be finite, not {observed!r}")
+        x = min(1.0, max(0.0, observed))
+        current = self.value(dim, now_ms)
+        step = min(1.0, self.alpha * max(0.0, weight))
+        self._dims[dim] = _Estimate(current + (x - current) * step, max(now_ms, self._dims[dim].at_ms))
+
+    def observe_check(self, passed: bool, now_ms: int) -> None:
+        """A benchmark proof or quorum passed or failed; a failure weighs twice a pass."""
+        self.observe(Dimension.VERIFICATION, 1.0 if passed else 0.0, now_ms, 1.0 if passed else 2.0)
+
+    def observe_uptime(self, observed: float, commitment: float, now_ms: int) -> None:
+        """Observed uptime (0..1) over a period against the uptime the node committed to."""
+        ratio = 1.0 if commitment <= 0 else observed / commitment
+        self.observe(Dimension.UPTIME, ratio, now_ms)
+
+    def observe_vote(self, agreed: bool, now_ms: int) -> None:
+        """As a verifier, the node voted with (or against) the decided outcome."""
+        self.observe(Dimension.VOTE_HONESTY, 1.0 if agreed else 0.0, now_ms, 1.0 if agreed else 2.0)
+
+    def observe_response(self, in_time: bool, now_ms: int) -> None:
+        """The node answered a challenge or request in time, or not."""
+        self.observe(Dimension.RESPONSIVENESS, 1.0 if in_time else 0.0, now_ms)
+
+    def score(self, now_ms: int) -> float:
+        """The weighted reputation in [0, 1]."""
+        return sum(self.weights[d] * self.value(d, now_ms) for d in Dimension)
+
+    def breakdown(self, now_ms: int) -> dict[str, float]:
+        """Every dimension's current value, for the owner and the dashboard."""
+        return {d.value: self.value(d, now_ms) for d in Dimension}
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPolicy:
+    """How long each kind of evidence stays current."""
+
+    peer_validity_ms: int = 24 * HOUR_MS
+    proof_validity_ms: int = 6 * HOUR_MS
+    attestation_validity_ms: int = 24 * HOUR_MS
+
+
+@dataclass(slots=True)
+class TrustEvidence:
+    """The evidence one node holds now; each ``*_ms`` is when it last passed (``None``: none current)."""
+
+    quorum_ms: int | None = None
+    proof_ms: int | None = None
+    attestation_ms: int | None = None
+    stake_micro: int = 0
+    required_stake_micro: int = 0
+    history: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=32))
+
+    def record_quorum(self, accepted: bool, now_ms: int) -> None:
+        """A peer panel decided on the node's claim (an inconclusive panel is not recorded)."""
+        self.quorum_ms = now_ms if accepted else None
+        self.history.append((now_ms, "quorum passed" if accepted else "quorum rejected"))
+
+    def record_proof(self, passed: bool, now_ms: int) -> None:
+        """A benchmark proof was checked."""
+        self.proof_ms = now_ms if passed else None
+        self.history.append((now_ms, "proof passed" if passed else "proof failed"))
+
+    def record_attestation(self, verified: bool, now_ms: int) -> None:
+        """A hardware attestation quote was checked against the registered attestation key."""
+        self.attestation_ms = now_ms if verified else None
+        self.history.append((now_ms, "attestation verified" if verified else "attestation failed"))
+
+    def record_stake(self, stake_micro: int, required_micro: int) -> None:
+        """The node's current stake and what its offer requires."""
+        self.stake_micro = stake_micro
+        self.required_stake_micro = required_micro
+
+    def held(self, now_ms: int, policy: LevelPolicy = LevelPolicy()) -> dict[VerificationLevel, bool]:
+        """Which levels' own evidence is current, each on its own (not yet the ladder)."""
+
+        def fresh(at: int | None, validity: int) -> bool:
+            return at is not None and 0 <= now_ms - at <= validity
+
+        return {
+            VerificationLevel.SELF_REPORTED: True,
+            VerificationLevel.PEER_VERIFIED: fresh(self.quorum_ms, policy.peer_validity_ms),
+            VerificationLevel.BENCHMARKED: fresh(self.proof_ms, policy.proof_validity_ms),
+            VerificationLevel.ECONOMICALLY_STAKED: self.required_stake_micro > 0
+            and self.stake_micro >= self.required_stake_micro,
+            VerificationLevel.HARDWARE_ATTESTED: fresh(self.attestation_ms, policy.attestation_validity_ms),
+        }
+
+    def level(self, now_ms: int, policy: LevelPolicy = LevelPolicy()) -> VerificationLevel:
+        """The highest level whose evidence and the evidence of every level below it is current."""
+        held = self.held(now_ms, policy)
+        level = VerificationLevel.SELF_REPORTED
+        for candidate in VerificationLevel:
+            if not held[candidate]:
+                break
+            level = candidate
+        return level
+
+    def trust_score(self, now_ms: int, policy: LevelPolicy = LevelPolicy()) -> float:
+        """The seed's trust score of the level held now."""
+        return TRUST_SCORE[self.level(now_ms, policy)]
