@@ -12,7 +12,7 @@ import msgspec
 
 from prsm_edge import paths
 from prsm_edge.errors import ConfigError
-from prsm_edge.node import attest
+from prsm_edge.io import attest
 
 
 def register(sub: Any) -> None:

@@ -9,33 +9,53 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import aiomqtt
+import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
-from prsm_edge.errors import Reason
+from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
+from prsm_edge.io import attest
 from prsm_edge.io.session import ConnectParams, Session
-from prsm_edge.io.store import RosterStore
-from prsm_edge.protocol import topics
+from prsm_edge.io.store import LedgerStore, RosterStore
+from prsm_edge.protocol import cbor, topics
+from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
 from prsm_edge.protocol.group import (
+    ApiCall,
     Effect,
     GrantJoin,
     Group,
     GroupConfig,
+    Member,
     Publish,
     Rejection,
     StoreMember,
     Verification,
 )
-from prsm_edge.protocol.messages import ApiResponse
+from prsm_edge.protocol.ledger import Ledger
+from prsm_edge.protocol.messages import (
+    ApiRequest,
+    ApiResponse,
+    BenchmarkProof,
+    ProofOpening,
+    VerificationVote,
+)
+from prsm_edge.protocol.verifier import (
+    LevelChange,
+    RecordLedger,
+    Verifier,
+    VerifierConfig,
+    VerifierEffect,
+    VerifyQuote,
+)
 
 __all__ = ["Coordinator", "CoordinatorOptions", "CredentialIssuer", "seal_secret"]
 
@@ -68,6 +88,19 @@ class CoordinatorOptions:
     tick_s: float = 1.0
     username: str | None = None
     password: str | None = None
+    verify: bool = True
+    verification: VerifierConfig | None = None  # None: the defaults for this site/group
+
+
+def _check_quote(request: VerifyQuote) -> bool:
+    """Verify a TPM quote carried in a proof (runs tpm2_checkquote; call from a thread)."""
+    try:
+        quote = msgspec.convert(cbor.loads(request.quote, PAYLOAD_LIMITS), attest.Quote)
+        attest.verify_quote(request.attestation_key, quote, request.nonce, request.claim_hash)
+    except (PrsmEdgeError, msgspec.ValidationError) as exc:
+        log.warning("attestation of %s refused: %s", request.node, exc)
+        return False
+    return True
 
 
 def now_ms() -> int:
@@ -84,14 +117,16 @@ class Coordinator:
         options: CoordinatorOptions,
         *,
         issuer: CredentialIssuer | None = None,
-        on_verification: Callable[[Verification], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.identity = identity
         self.options = options
         self.issuer = issuer
-        self.on_verification = on_verification
+        self.rng = rng or random.SystemRandom()
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.store = RosterStore(options.workdir / "roster.sqlite")
+        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite")
+        self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
         epoch = self.store.next_epoch()
         self.group = Group(
@@ -108,6 +143,11 @@ class Coordinator:
             )
         )
         self.group.restore(self.store.load())
+        vconfig = options.verification or VerifierConfig(
+            site=options.site, group=options.group, coordinator=identity.node_id
+        )
+        self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32), now_ms=now_ms())
+        self._next_round = time.monotonic() + 1.0
         self._logged: set[tuple[Reason, str]] = set()
         self.ready = asyncio.Event()
         self.session = Session(
@@ -165,9 +205,85 @@ class Coordinator:
                     log.log(level, "rejected a message from %s: %s (%s)", node or "?", reason.value, detail)
                 case GrantJoin():
                     await self._grant(effect)
-                case Verification():
-                    if self.on_verification is not None:
-                        await self.on_verification(effect)
+                case Verification(node=node, message=message):
+                    await self._verification(node, message)
+                case ApiCall(node=node, request=request):
+                    await self._api(node, request)
+
+    async def _verification(
+        self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote
+    ) -> None:
+        member = self.group.members.get(node)
+        if member is None:
+            return
+        match message:
+            case BenchmarkProof():
+                await self._apply_verifier(self.verifier.on_proof(member, message, now_ms()))
+            case ProofOpening():
+                await self._apply_verifier(self.verifier.on_opening(message, now_ms()))
+            case VerificationVote():
+                await self._apply_verifier(self.verifier.on_vote(message))
+
+    async def _apply_verifier(self, effects: list[VerifierEffect]) -> None:
+        for effect in effects:
+            match effect:
+                case Publish():
+                    await self._apply([effect])
+                case LevelChange(node=node, level=level):
+                    log.info("%s now holds %s", node, level.value)
+                    await self._apply(self.group.set_level(node, level))
+                case RecordLedger(entries=entries):
+                    self.ledger_store.append(entries)
+                case VerifyQuote():
+                    verified = await asyncio.to_thread(_check_quote, effect)
+                    await self._apply_verifier(
+                        self.verifier.attestation_result(effect.node, verified, now_ms())
+                    )
+
+    async def _api(self, node: str, request: ApiRequest) -> None:
+        o = self.options
+        result: dict[str, object] = {}
+        error = ""
+        member = self.group.members.get(node)
+        try:
+            if member is None:
+                raise LocalError("not a member of this group")
+            match request.method:
+                case "stake":
+                    amount = request.params.get("amount_micro")
+                    if not isinstance(amount, int) or amount <= 0:
+                        raise LocalError("amount_micro must be a positive integer")
+                    await self._apply_verifier(
+                        self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
+                    )
+                    result = self._trust_status(member)
+                case "status":
+                    result = self._trust_status(member)
+                case _:
+                    raise LocalError(f"unknown method {request.method!r}")
+        except LocalError as exc:
+            error = str(exc)
+        resp = ApiResponse(txid=request.txid, method=request.method, ok=not error, result=result, error=error)
+        topic = topics.api(topics.Kind.API_RESP, o.site, o.group, request.method, node)
+        await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
+
+    def _trust_status(self, member: Member) -> dict[str, object]:
+        required = self.verifier.required_stake(member, now_ms())
+        return {
+            "level": member.level.value,
+            "trust": member.trust,
+            "balance_micro": self.ledger.balance(member.node),
+            "stake_micro": self.ledger.stake(member.node),
+            "required_stake_micro": required.required_micro,
+            "capacity_multiplier": required.capacity_multiplier,
+            "risk_factor": required.risk_factor,
+        }
+
+    def deposit(self, account: str, amount_micro: int, key: str, memo: str = "operator deposit") -> None:
+        """Credit ``account`` in the group's ledger (idempotent by ``key``)."""
+        for effect in self.verifier.deposit(account, amount_micro, key, now_ms(), memo):
+            if isinstance(effect, RecordLedger):
+                self.ledger_store.append(effect.entries)
 
     async def _grant(self, grant: GrantJoin) -> None:
         o = self.options
@@ -189,12 +305,24 @@ class Coordinator:
                 tg.create_task(self._ticker(), name="coordinator-tick")
         finally:
             self.store.close()
+            self.ledger_store.close()
 
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.options.tick_s)
-            if self.session.connected.is_set():
-                await self._apply(self.group.tick(now_ms()))
+            if not self.session.connected.is_set():
+                continue
+            now = now_ms()
+            await self._apply(self.group.tick(now))
+            if not self.options.verify:
+                continue
+            members = self.group.members
+            await self._apply_verifier(self.verifier.tick(members, now))
+            if time.monotonic() >= self._next_round:
+                self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
+                current = list(members.values())
+                await self._apply_verifier(self.verifier.observe_claims(current, now))
+                await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
 
     def _goodbye(self) -> list[tuple[str, bytes]]:
         topic, offline = self.group.state_message("offline")

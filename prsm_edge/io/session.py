@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,22 @@ class ConnectParams:
     username: str | None = None
     password: str | None = None
     will: aiomqtt.Will | None = None
+
+
+async def _publish(
+    client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool, limit: float
+) -> None:
+    """Publish and wait for the broker's acknowledgement for at most ``limit`` seconds.
+
+    The limit is ours (``asyncio.timeout``), not aiomqtt's: aiomqtt implements its own with
+    ``asyncio.wait_for``, which on Python 3.11 can swallow a cancellation that arrives as the publish
+    completes (fixed in 3.12), leaving a loop that was told to stop running forever.
+    """
+    try:
+        async with asyncio.timeout(limit):
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=math.inf)
+    except TimeoutError:
+        raise aiomqtt.MqttError(f"no acknowledgement for {topic} within {limit} s") from None
 
 
 class _Reconnect(Exception):
@@ -116,7 +133,7 @@ class Session:
         if client is None:
             return False
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
+            await _publish(client, topic, payload, qos, retain, 10)
         except aiomqtt.MqttError as exc:
             log.debug("publish to %s failed: %s", topic, exc)
             return False
@@ -206,7 +223,7 @@ class Session:
             if self.goodbye is not None:
                 for topic, payload in self.goodbye():
                     try:
-                        await client.publish(topic, payload, qos=1, retain=True, timeout=2)
+                        await _publish(client, topic, payload, 1, True, 2)
                     except aiomqtt.MqttError as exc:
                         log.debug("goodbye on %s not delivered: %s", topic, exc)
             raise
@@ -236,5 +253,5 @@ class Session:
                 await self._wake.wait()
                 continue
             for item in items:
-                await client.publish(item.topic, item.payload, qos=1, retain=item.retain, timeout=10)
+                await _publish(client, item.topic, item.payload, 1, item.retain, 10)
                 outbox.ack(item.id)

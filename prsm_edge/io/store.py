@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +14,9 @@ import msgspec
 from prsm_edge.errors import RejectedMessage, StorageError
 from prsm_edge.protocol import cbor
 from prsm_edge.protocol.group import Member, member_from_record, member_to_dict
+from prsm_edge.protocol.messages import LedgerEntry
 
-__all__ = ["Outbox", "OutboxItem", "RosterStore"]
+__all__ = ["LedgerStore", "Outbox", "OutboxItem", "RosterStore"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,39 @@ class Outbox:
         with _errors(self.path):
             (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return int(count)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+class LedgerStore:
+    """The FTNS ledger's entries in SQLite, appended in order; the chain is re-verified on load."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = _connect(path)
+        with _errors(path):
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS ledger (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL)"
+            )
+
+    def load(self) -> list[LedgerEntry]:
+        """Every stored entry, in order."""
+        with _errors(self.path):
+            rows = self._db.execute("SELECT entry FROM ledger ORDER BY idx").fetchall()
+        try:
+            return [msgspec.convert(cbor.loads_checked(row[0]), LedgerEntry) for row in rows]
+        except (RejectedMessage, msgspec.ValidationError) as exc:
+            raise StorageError(f"the ledger {self.path} is damaged: {exc}") from None
+
+    def append(self, entries: Iterable[LedgerEntry]) -> None:
+        """Store new entries (their indexes must follow the stored ones)."""
+        with _errors(self.path):
+            self._db.executemany(
+                "INSERT INTO ledger VALUES (?, ?)",
+                [(e.index, cbor.dumps(msgspec.to_builtins(e, builtin_types=(bytes,)))) for e in entries],
+            )
 
     def close(self) -> None:
         """Close the database."""

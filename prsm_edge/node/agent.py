@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiomqtt
+import msgspec
 from nacl.exceptions import CryptoError
 from nacl.public import SealedBox
 
@@ -30,12 +31,14 @@ from prsm_edge.identity import Identity, SeqStore, load_or_create
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
-from prsm_edge.protocol import topics
+from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
+from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
+    BenchmarkChallenge,
     CoordState,
     Heartbeat,
     Message,
@@ -44,8 +47,10 @@ from prsm_edge.protocol.messages import (
     NodeState,
     ResourceClaim,
     ResourceSpec,
+    ResourceType,
 )
 from prsm_edge.protocol.offer import Guardrails, Readings, guardrail
+from prsm_edge.protocol.verifier import CPU_RATE_KEY, claim_hash
 
 __all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
 
@@ -90,6 +95,11 @@ class AgentOptions:
     min_hourly_rate_micro: int = MICRO // 10
     uptime_commitment: float = 0.95
     sample: Callable[[], Sample] = sensor_sample
+    # Verification: the single-core SHA-256 rate claimed for the CPU offer (None: measure at start),
+    # how proofs are computed (tests substitute cheats), and a TPM attestation key when there is one.
+    cpu_rate: float | None = None
+    prover: Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]] = proofs.prove
+    attestor: Attestor | None = None
 
 
 def now_ms() -> int:
@@ -120,6 +130,15 @@ class Agent:
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
+        self.work = ProofWork(
+            self.node_id,
+            prover=options.prover,
+            attestor=options.attestor,
+            claim_hash=lambda: claim_hash(self.resources),
+        )
+        self._api_waiters: dict[str, asyncio.Future[ApiResponse]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cpu_rate = 0
         o = options
         self.session = Session(
             o.broker_url,
@@ -128,7 +147,11 @@ class Agent:
             subscriptions=[
                 (topics.coord_state(o.site, o.group), 1),
                 (f"{topics.ROOT}/{o.site}/{o.group}/node/{self.node_id}/cmd/+", 1),
+                # A joiner may read only join responses; a member reads all of its responses (a join
+                # response matching both is handled once: its transaction is closed by the first).
                 (topics.api(topics.Kind.API_RESP, o.site, o.group, "join", self.node_id), 1),
+                (topics.api_responses_filter(o.site, o.group, self.node_id), 1),
+                (topics.node_filter(o.site, o.group, "proof"), 1),  # panel seats watch peers' proofs
             ],
             prepare=self._prepare,
             on_connect=self._on_connect,
@@ -195,6 +218,12 @@ class Agent:
             log.debug("ignoring a message on %s: %s", topic, exc)
             return
         msg = opened.message
+        if parsed.kind is topics.Kind.NODE_PROOF:
+            if parsed.node != self.node_id and opened.signer == parsed.node:
+                vote = await self.work.observe(opened.signer, msg, now_ms())
+                if vote is not None:
+                    self._send(topics.Kind.NODE_PROOF, vote)
+            return
         if parsed.kind is topics.Kind.COORD_STATE and isinstance(msg, CoordState):
             if opened.signer != msg.coordinator or opened.kid != msg.public_key:
                 log.warning("ignoring a coordinator state not signed by the coordinator it names")
@@ -208,7 +237,10 @@ class Agent:
         if parsed.kind is topics.Kind.NODE_CMD and isinstance(msg, NodeCommand) and msg.node == self.node_id:
             await self._command(msg)
         elif parsed.kind is topics.Kind.API_RESP and isinstance(msg, ApiResponse):
-            await self._join_response(msg)
+            if msg.method == "join":
+                await self._join_response(msg)
+            else:
+                self._api_answer(msg)
 
     async def _coordinator_state(self, msg: CoordState) -> None:
         if msg.status != "online":
@@ -268,8 +300,46 @@ class Agent:
                 self._birth()
             case "redirect":
                 self._leave(f"the coordinator redirected this node: {cmd.args.get('reason', '')}")
+            case "challenge":
+                # Proving takes seconds: run it beside the message loop, not in it.
+                task = asyncio.create_task(self._prove(cmd.args))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            case "open":
+                opening = self.work.open(cmd.args)
+                if opening is not None:
+                    self._send(topics.Kind.NODE_PROOF, opening)
+            case "verify":
+                self.work.sit(cmd.args)
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
+
+    async def _prove(self, args: dict[str, object]) -> None:
+        proof = await self.work.challenge(args, now_ms)
+        if proof is not None:
+            self._send(topics.Kind.NODE_PROOF, proof)
+
+    def _api_answer(self, msg: ApiResponse) -> None:
+        waiter = self._api_waiters.pop(msg.txid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+
+    async def call(self, method: str, params: dict[str, object], wait_s: float = 10.0) -> ApiResponse:
+        """Call a coordinator API method (e.g. ``stake``) and wait for its answer."""
+        o = self.options
+        txid = secrets.token_hex(8)
+        waiter: asyncio.Future[ApiResponse] = asyncio.get_running_loop().create_future()
+        self._api_waiters[txid] = waiter
+        req = ApiRequest(txid=txid, method=method, requester=self.node_id, params=params)
+        self.session.enqueue(
+            topics.api(topics.Kind.API_REQ, o.site, o.group, method, self.node_id),
+            self.signer.seal(req, now_ms()),
+        )
+        try:
+            async with asyncio.timeout(wait_s):
+                return await waiter
+        finally:
+            self._api_waiters.pop(txid, None)
 
     def _leave(self, why: str) -> None:
         """Stop this agent: :meth:`run` raises :class:`Redirected` so the caller can look elsewhere."""
@@ -302,6 +372,7 @@ class Agent:
             min_hourly_rate_micro=o.min_hourly_rate_micro,
             uptime_commitment=o.uptime_commitment,
             can_coordinate=o.can_coordinate,
+            attestation_key=o.attestor.public_key if o.attestor is not None else b"",
         )
         self._send(topics.Kind.NODE_BIRTH, birth, retain=True)
         self._send(
@@ -314,7 +385,7 @@ class Agent:
 
     def update_resources(self, resources: list[ResourceSpec], reason: str = "") -> None:
         """Offer different capacity (the owner changed settings); sent as a signed claim."""
-        self.resources = list(resources)
+        self.resources = self._with_rate(resources)
         if self.births:  # before the first birth there is nothing to update: the birth carries it
             self._send(
                 topics.Kind.NODE_CLAIM,
@@ -354,8 +425,27 @@ class Agent:
                 self._topic(topics.Kind.NODE_TELEMETRY), self.signer.seal(hb, now_ms())
             )
 
+    async def _calibrate(self) -> None:
+        """Put the single-core SHA-256 rate (claimed or measured now) into the CPU offer."""
+        rate = self.options.cpu_rate
+        if rate is None:
+            rate = await asyncio.to_thread(calibrate_cpu_rate)
+        self._cpu_rate = round(rate)
+        self.resources = self._with_rate(self.resources)
+
+    def _with_rate(self, resources: list[ResourceSpec]) -> list[ResourceSpec]:
+        if not self._cpu_rate:
+            return list(resources)
+        return [
+            msgspec.structs.replace(r, details={**r.details, CPU_RATE_KEY: self._cpu_rate})
+            if r.type is ResourceType.COMPUTE_CPU
+            else r
+            for r in resources
+        ]
+
     async def run(self) -> None:
         """Run until cancelled (graceful leave: ``offline`` is published) or redirected."""
+        await self._calibrate()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.session.run(), name=f"{self.node_id}-session")

@@ -125,6 +125,7 @@ class Member:
     offering: bool = True
     throttle: str = ""
     can_coordinate: bool = False
+    attestation_key: bytes = b""
 
     @property
     def trust(self) -> float:
@@ -175,7 +176,15 @@ class Verification:
     message: BenchmarkProof | ProofOpening | VerificationVote
 
 
-Effect = Publish | StoreMember | GrantJoin | Rejection | Verification
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """A signed API request from a node (other than ``join``), for the shell to serve."""
+
+    node: str
+    request: ApiRequest
+
+
+Effect = Publish | StoreMember | GrantJoin | Rejection | Verification | ApiCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +274,12 @@ class Group:
         if parsed.site != c.site or parsed.group != c.group:
             return []
         kind = parsed.kind
-        if kind in (topics.Kind.COORD_STATE, topics.Kind.COORD_ROSTER, topics.Kind.SUMMARY):
+        if kind in (
+            topics.Kind.COORD_STATE,
+            topics.Kind.COORD_ROSTER,
+            topics.Kind.COORD_BEACON,
+            topics.Kind.SUMMARY,
+        ):
             return []  # our own retained output, or a rival coordinator's (election is elsewhere)
         if kind in (
             topics.Kind.NODE_CMD,
@@ -322,7 +336,7 @@ class Group:
             raise RejectedMessage(Reason.MALFORMED, "API request does not match its topic")
         self._fresh(opened.signer, msg, now_ms, birth=True)
         if method != "join":
-            return []  # other API methods are served by the API layer, not the group core
+            return [ApiCall(opened.signer, msg)]
         if self._full_for(opened.signer):
             self.rejected[Reason.GROUP_FULL] += 1
             resp = ApiResponse(
@@ -378,6 +392,7 @@ class Group:
             joined_ms=old.joined_ms if old else now_ms,
             last_seen_ms=now_ms,
             can_coordinate=msg.can_coordinate,
+            attestation_key=msg.attestation_key,
         )
         if old is not None and old.resources == member.resources:
             member.level = old.level  # unchanged claims keep the verification they earned
@@ -515,6 +530,7 @@ class _MemberRecord(msgspec.Struct, kw_only=True):
     joined_ms: int
     last_seen_ms: int
     can_coordinate: bool = False
+    attestation_key: bytes = b""
 
 
 def member_struct(member: Member) -> _MemberRecord:
@@ -530,6 +546,7 @@ def member_struct(member: Member) -> _MemberRecord:
         joined_ms=member.joined_ms,
         last_seen_ms=member.last_seen_ms,
         can_coordinate=member.can_coordinate,
+        attestation_key=member.attestation_key,
     )
 
 
@@ -548,4 +565,5 @@ def member_from_record(data: object) -> Member:
         last_seen_ms=rec.last_seen_ms,
         online=False,
         can_coordinate=rec.can_coordinate,
+        attestation_key=rec.attestation_key,
     )

@@ -221,6 +221,17 @@ class CoordState(Message, frozen=True, tag="cstate"):
     acl: bool = False
 
 
+class Beacon(Message, frozen=True, tag="beacon"):
+    """A verification round's public randomness: the revealed secret of ``round``, the mix it is
+    combined with (the round's subjects), and the commitment to the next round's secret."""
+
+    group: str
+    round: int
+    reveal: bytes
+    mix: bytes
+    commit_next: bytes
+
+
 class RosterEntry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     """One member as the coordinator sees it."""
 
@@ -312,6 +323,7 @@ AnyMessage = (
     | NodeCommand
     | CoordState
     | Roster
+    | Beacon
     | GroupSummary
     | Lease
     | LedgerEntry
@@ -331,6 +343,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     NodeCommand,
     CoordState,
     Roster,
+    Beacon,
     GroupSummary,
     Lease,
     LedgerEntry,

@@ -4,6 +4,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
 
     prsm/v1/{site}/{group}/coord/state                 R  coordinator online/offline (its Will: offline)
     prsm/v1/{site}/{group}/coord/roster                R  signed member list of the epoch
+    prsm/v1/{site}/{group}/coord/beacon                R  verification round beacon (reveal + next commit)
     prsm/v1/{site}/{group}/summary                     R  signed group summary (carried upward)
     prsm/v1/{site}/{group}/node/{node}/state           R  node online/offline + bdseq (its Will: offline)
     prsm/v1/{site}/{group}/node/{node}/birth           R  signed capability manifest and claims
@@ -41,6 +42,7 @@ class Kind(enum.StrEnum):
 
     COORD_STATE = "coord/state"
     COORD_ROSTER = "coord/roster"
+    COORD_BEACON = "coord/beacon"
     SUMMARY = "summary"
     NODE_STATE = "state"
     NODE_BIRTH = "birth"
@@ -58,6 +60,7 @@ RETAINED: Final = frozenset(
     {
         Kind.COORD_STATE,
         Kind.COORD_ROSTER,
+        Kind.COORD_BEACON,
         Kind.SUMMARY,
         Kind.NODE_STATE,
         Kind.NODE_BIRTH,
@@ -101,7 +104,7 @@ class Topic:
             return f"{ROOT}/{site}/gw/{_seg('gateway', self.gateway)}/state"
         base = f"{ROOT}/{site}/{_seg('group', self.group)}"
         match self.kind:
-            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.SUMMARY:
+            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.COORD_BEACON | Kind.SUMMARY:
                 return f"{base}/{self.kind.value}"
             case Kind.NODE_CMD | Kind.NODE_BENCH:
                 return f"{base}/node/{_seg('node', self.node)}/{self.kind.value}/{_seg('verb', self.verb)}"
@@ -121,6 +124,11 @@ def coord_state(site: str, group: str) -> str:
 def coord_roster(site: str, group: str) -> str:
     """The coordinator's retained roster topic."""
     return str(Topic(Kind.COORD_ROSTER, site, group))
+
+
+def coord_beacon(site: str, group: str) -> str:
+    """The coordinator's retained verification beacon."""
+    return str(Topic(Kind.COORD_BEACON, site, group))
 
 
 def summary(site: str, group: str) -> str:
@@ -145,6 +153,11 @@ def api(kind: Kind, site: str, group: str, method: str, client: str) -> str:
     if kind not in (Kind.API_REQ, Kind.API_RESP):
         raise TopicError(f"{kind} is not an API topic")
     return str(Topic(kind, site, group, method=method, client=client))
+
+
+def api_responses_filter(site: str, group: str, client: str) -> str:
+    """Subscription filter for every API response addressed to ``client``."""
+    return f"{ROOT}/{_seg('site', site)}/{_seg('group', group)}/api/+/resp/{_seg('client', client)}"
 
 
 def gateway_state(site: str, gateway: str) -> str:
@@ -183,6 +196,8 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.COORD_STATE, site, group)
         case [group, "coord", "roster"]:
             return Topic(Kind.COORD_ROSTER, site, group)
+        case [group, "coord", "beacon"]:
+            return Topic(Kind.COORD_BEACON, site, group)
         case [group, "summary"]:
             return Topic(Kind.SUMMARY, site, group)
         case [group, "node", node_id, ("cmd" | "bench") as sub, verb]:

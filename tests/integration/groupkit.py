@@ -19,6 +19,10 @@ def cpu(cores: float) -> list[ResourceSpec]:
     return [ResourceSpec(type=ResourceType.COMPUTE_CPU, capacity=cores, unit="cores")]
 
 
+def capacities(resources: list[ResourceSpec]) -> dict[str, float]:
+    return {r.type.value: r.capacity for r in resources}
+
+
 def quiet_sample() -> Sample:
     return Sample(cpu_util=0.1, mem_util=0.2)
 
@@ -34,6 +38,7 @@ def agent_options(url: str, workdir: Path, **kw: object) -> AgentOptions:
         "heartbeat_interval_s": 0.2,
         "keepalive_s": 2,
         "sample": quiet_sample,
+        "cpu_rate": 1_000_000.0,  # skip the start-up calibration; verification tests measure for real
     }
     base.update(kw)
     return AgentOptions(**base)  # type: ignore[arg-type]
@@ -48,6 +53,7 @@ def coordinator(url: str, workdir: Path, issuer: CredentialIssuer | None = None,
         "heartbeat_timeout_s": 3.0,
         "summary_interval_s": 0.5,
         "tick_s": 0.1,
+        "verify": False,  # verification tests switch it on
     }
     opts.update(kw)
     ident = load_or_create(workdir / "key")

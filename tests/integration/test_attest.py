@@ -16,8 +16,8 @@ import msgspec
 import pytest
 
 from prsm_edge.cli import main
-from prsm_edge.node import attest
-from prsm_edge.node.attest import AttestationError, QuoteRejected
+from prsm_edge.io import attest
+from prsm_edge.io.attest import AttestationError, QuoteRejected
 from tests.conftest import free_port, wait_port
 
 NONCE = bytes.fromhex("0011223344556677889900aabbccddee")

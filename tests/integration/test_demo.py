@@ -16,24 +16,13 @@ pytestmark = pytest.mark.integration
 def test_demo_forms_a_group_and_stops_on_time(broker: str) -> None:
     if broker == "mosquitto":
         require_mosquitto()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prsm_edge",
-            "demo",
-            "--nodes",
-            "4",
-            "--seconds",
-            "3",
-            "--no-table",
-            "--broker",
-            broker,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    args = ["demo", "--nodes", "4", "--seconds", "3", "--no-table", "--broker", broker]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "prsm_edge", *args], capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the demo hung; stdout: {exc.stdout!r}; stderr: {exc.stderr!r}") from None
     assert proc.returncode == 0, proc.stderr
     assert "4/4 online" in proc.stdout
     assert f"broker: {broker}" in proc.stderr

@@ -17,7 +17,16 @@ from prsm_edge.protocol import messages as m
 from prsm_edge.protocol import topics as t
 from prsm_edge.protocol.envelope import Signer
 from tests.conftest import Mosquitto
-from tests.integration.groupkit import GROUP, SITE, agent_options, coordinator, cpu, eventually, running
+from tests.integration.groupkit import (
+    GROUP,
+    SITE,
+    agent_options,
+    capacities,
+    coordinator,
+    cpu,
+    eventually,
+    running,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +40,7 @@ async def test_agents_join_heartbeat_and_leave_gracefully(mosquitto: Mosquitto, 
         for a in agents:
             member = g.members[a.node_id]
             assert member.level is m.VerificationLevel.SELF_REPORTED
-            assert member.resources == cpu(2.0)
+            assert capacities(member.resources) == {"compute_cpu": 2.0}
         await eventually(lambda: g.accepted["heartbeat"] >= 6, what="heartbeats arrive")
         assert g.summary().capacity == {"compute_cpu": 6.0}
         # Graceful leave: offline is published at once, not after the keepalive.
@@ -106,7 +115,7 @@ async def test_broker_restart_loses_no_queued_claim(mosquitto: Mosquitto, tmp_pa
         assert len(agent.outbox) == 3  # held on disk while the broker is away
         await asyncio.to_thread(mosquitto.restart)
         await eventually(lambda: coord.group.accepted["claim"] == 3, timeout=20, what="all claims delivered")
-        assert coord.group.members[agent.node_id].resources == cpu(2.5)
+        assert capacities(coord.group.members[agent.node_id].resources) == {"compute_cpu": 2.5}
         assert len(agent.outbox) == 0
 
 

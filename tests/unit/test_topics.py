@@ -21,6 +21,7 @@ def test_built_topics_parse_back(
     built = [
         t.Topic(t.Kind.COORD_STATE, site, group),
         t.Topic(t.Kind.COORD_ROSTER, site, group),
+        t.Topic(t.Kind.COORD_BEACON, site, group),
         t.Topic(t.Kind.SUMMARY, site, group),
         t.Topic(t.Kind.NODE_CMD, site, group, node=node, verb=verb),
         t.Topic(t.Kind.NODE_BENCH, site, group, node=node, verb=verb),
