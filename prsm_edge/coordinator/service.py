@@ -45,6 +45,7 @@ from prsm_edge.protocol.messages import (
     ApiRequest,
     ApiResponse,
     BenchmarkProof,
+    NodeCommand,
     ProofOpening,
     VerificationVote,
 )
@@ -278,6 +279,15 @@ class Coordinator:
             "capacity_multiplier": required.capacity_multiplier,
             "risk_factor": required.risk_factor,
         }
+
+    async def redirect_all(self, reason: str) -> None:
+        """Tell every member to leave and look for another group (this coordinator is stopping)."""
+        o = self.options
+        for node in list(self.group.members):
+            cmd = NodeCommand(verb="redirect", node=node, args={"reason": reason})
+            await self.session.publish(
+                topics.node_cmd(o.site, o.group, node, "redirect"), self.signer.seal(cmd, now_ms()), qos=1
+            )
 
     def deposit(self, account: str, amount_micro: int, key: str, memo: str = "operator deposit") -> None:
         """Credit ``account`` in the group's ledger (idempotent by ``key``)."""

@@ -1,0 +1,106 @@
+"""``prsm-edge coordinate``: host a group — broker, coordinator, LAN announcement — on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from prsm_edge import paths, settings
+from prsm_edge.io.discovery import Advertiser
+from prsm_edge.localgroup import host_group
+from prsm_edge.protocol.formation import GroupAdvert
+from prsm_edge.protocol.messages import PROTOCOL_VERSION
+
+
+def register(sub: Any) -> None:
+    """Add the ``coordinate`` command."""
+    parser = sub.add_parser(
+        "coordinate",
+        help="host a group here: an MQTT broker, the coordinator, and its mDNS announcement",
+        description=(
+            "Run a group coordinator beside an MQTT broker: Mosquitto when installed (per-node credentials "
+            "and ACLs through its dynamic-security plugin, a WebSocket listener for the dashboard), else "
+            "the embedded single-machine fallback (no ACLs). The roster and ledger live in SQLite under "
+            "the work folder and survive restarts. The group is announced on the LAN as _prsm._tcp."
+        ),
+    )
+    parser.add_argument("--site", default=None, help="site name (default: from settings)")
+    parser.add_argument("--group", default="g1", help="group name (default g1)")
+    parser.add_argument("--host", default="0.0.0.0", help="address the broker listens on (default all)")
+    parser.add_argument("--port", type=int, default=1883, help="MQTT port (default 1883; 0 picks one)")
+    parser.add_argument(
+        "--ws-port", type=int, default=9001, help="WebSocket port for the dashboard (default 9001)"
+    )
+    parser.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto")
+    parser.add_argument(
+        "--max-members", type=int, default=200, help="refuse members beyond this (default 200)"
+    )
+    parser.add_argument("--no-advertise", action="store_true", help="do not announce the group with mDNS")
+    parser.add_argument(
+        "--interface", action="append", default=None, metavar="IP", help="mDNS interface (repeat)"
+    )
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not 1 <= args.max_members <= 200:
+        print("prsm-edge: error: --max-members must be between 1 and 200", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_coordinate(args))
+    return 0
+
+
+async def _coordinate(args: argparse.Namespace) -> None:
+    site = args.site or settings.load().site
+    workdir = (args.workdir or paths.data_dir()) / "coordinator" / args.group
+    async with host_group(
+        workdir,
+        site=site,
+        group=args.group,
+        host=args.host,
+        port=args.port,
+        ws_port=args.ws_port,
+        prefer=args.broker,
+        max_members=args.max_members,
+    ) as hosted:
+        coord = hosted.coordinator
+        b = hosted.broker
+        acl = "per-node ACLs" if b.acl_enforced else "NO ACLs (embedded fallback)"
+        print(f"{b.kind} broker at {b.url} (WebSocket {b.ws_url}), {acl}", file=sys.stderr, flush=True)
+        advert = GroupAdvert(
+            site=site,
+            group=args.group,
+            coordinator=coord.identity.node_id,
+            epoch=coord.epoch,
+            version=PROTOCOL_VERSION,
+            members=len(coord.group.members),
+            port=b.port,
+            max_members=args.max_members,
+            key_fingerprint=coord.identity.fingerprint,
+            ws_port=b.ws_port,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            if not args.no_advertise:
+                await stack.enter_async_context(Advertiser(advert, args.interface))
+            task = asyncio.create_task(coord.run())
+            stack.callback(task.cancel)
+            loop = asyncio.get_running_loop()
+            deadline = None if args.seconds is None else loop.time() + args.seconds
+            while deadline is None or loop.time() < deadline:
+                await asyncio.sleep(min(5.0, args.seconds or 5.0))
+                g = coord.group
+                print(
+                    f"{site}/{args.group} epoch {coord.epoch}: {g.online_count}/{len(g.members)} online, "
+                    f"rejected {sum(g.rejected.values())}",
+                    flush=True,
+                )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,89 @@
+"""``prsm-edge join``: contribute this device to a group on the LAN (found by mDNS, or founded)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from prsm_edge import paths
+from prsm_edge.autoform import AutoNode, FormationOptions
+from prsm_edge.node.agent import AgentOptions
+from prsm_edge.node.detect import detect
+from prsm_edge.node.profiles import resolve
+from prsm_edge.protocol.offer import offered
+
+
+def register(sub: Any) -> None:
+    """Add the ``join`` command."""
+    parser = sub.add_parser(
+        "join",
+        help="contribute this device: find a group on the LAN and join it (or found one)",
+        description=(
+            "Detect this device, apply the owner's settings (offered capacity = detected capacity x "
+            "allocation percentage; limits on temperature, power and battery hold capacity back), then "
+            "look for prsm groups on the LAN with mDNS and join the best one (own site first, then the "
+            "least loaded). With no group in reach and allow_coordinate set, found one: start a broker "
+            "and a coordinator here. With --broker, skip discovery and join that broker's group. Ctrl-C "
+            "leaves gracefully (the group sees 'offline' at once)."
+        ),
+    )
+    parser.add_argument("--broker", default=None, help="join the group at this broker URL (mqtt://HOST:PORT)")
+    parser.add_argument("--group", default=None, help="group name (with --broker, or the name to found)")
+    parser.add_argument("--site", default=None, help="site name (default: from settings)")
+    parser.add_argument(
+        "--no-coordinate", action="store_true", help="never found a group; wait for one to appear"
+    )
+    parser.add_argument(
+        "--interface",
+        action="append",
+        default=None,
+        metavar="IP",
+        help="mDNS/broker interface address (repeat)",
+    )
+    parser.add_argument("--discover-seconds", type=float, default=4.0, help="how long to browse (default 4)")
+    parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    resolved = resolve(detect())
+    s = resolved.settings
+    site = args.site or s.site
+    workdir = args.workdir or paths.data_dir()
+    resources = offered(resolved.detected.resource_specs(), s.allocations())
+    agent = AgentOptions(
+        site=site,
+        group=s.group or "g1",
+        broker_url=args.broker or s.broker_url or "mqtt://127.0.0.1:1883",
+        workdir=workdir,
+        resources=resources,
+        device_class=resolved.profile.name,
+        hw_fingerprint=resolved.detected.hw_fingerprint(),
+        heartbeat_interval_s=s.heartbeat_interval_s,
+        guardrails=s.guardrails(),
+        can_coordinate=s.allow_coordinate,
+        security_level=s.security_level,
+        min_hourly_rate_micro=s.min_hourly_rate_micro,
+        uptime_commitment=s.uptime_commitment,
+    )
+    options = FormationOptions(
+        site=site,
+        workdir=workdir,
+        agent=agent,
+        allow_coordinate=s.allow_coordinate and not args.no_coordinate,
+        broker_url=args.broker or s.broker_url,
+        group=args.group or s.group,
+        interfaces=args.interface,
+        discover_s=args.discover_seconds,
+    )
+    node = AutoNode(options, on_event=lambda text: print(text, file=sys.stderr, flush=True))
+    summary = ", ".join(f"{r.capacity:g} {r.unit} {r.type.value}" for r in resources) or "nothing"
+    print(f"node {node.node_id} ({resolved.profile.name}) offers {summary}", file=sys.stderr, flush=True)
+    try:
+        asyncio.run(node.run())
+    except KeyboardInterrupt:
+        print("left the group.", file=sys.stderr)
+    return 0
