@@ -30,11 +30,14 @@ import aiomqtt
 import psutil
 from nacl.signing import SigningKey
 
+from prsm_edge.io.discovery import Advertiser, Browser
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent, AgentOptions, Sample
 from prsm_edge.protocol import messages as m
 from prsm_edge.protocol import topics as t
 from prsm_edge.protocol.envelope import Signer
+from prsm_edge.protocol.formation import GroupAdvert
+from prsm_edge.protocol.messages import PROTOCOL_VERSION
 
 SITE, GROUP = "bench", "g1"
 CPU = [m.ResourceSpec(type=m.ResourceType.COMPUTE_CPU, capacity=1.0, unit="cores")]
@@ -65,7 +68,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from benchmarks.group_formation import _options
 from prsm_edge.node.agent import Agent
-a = Agent(_options({url!r}, Path({work!r}), keepalive_s={keepalive}))
+a = Agent(_options({url!r}, Path({work!r}), keepalive_s={keepalive}, cpu_rate=1e6))
 print(a.node_id, flush=True)
 asyncio.run(a.run())
 """
@@ -90,7 +93,12 @@ async def _wait(pred: Callable[[], bool], limit: float = 60.0) -> float:
 
 async def run(args: argparse.Namespace, work: Path) -> None:
     async with host_group(
-        work / "host", site=SITE, group=GROUP, heartbeat_timeout_s=60, max_members=args.nodes + 100
+        work / "host",
+        site=SITE,
+        group=GROUP,
+        heartbeat_timeout_s=60,
+        max_members=args.nodes + 100,
+        verify=False,  # verification costs are measured by verification_sim.py, not mixed in here
     ) as host:
         coord = host.coordinator
         g = coord.group
@@ -101,7 +109,30 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(coord.run())
             await coord.ready.wait()
-            agents = [Agent(_options(url, work / f"a{i:03d}")) for i in range(args.nodes)]
+            # Discovery: the group's mDNS advert (loopback only: benchmarks never touch the LAN) and the
+            # time a node's browser needs to find it. Agents on a LAN browse in parallel, so formation
+            # time is about this plus the join time below.
+            advert = GroupAdvert(
+                site=SITE,
+                group=GROUP,
+                coordinator=coord.identity.node_id,
+                epoch=coord.epoch,
+                version=PROTOCOL_VERSION,
+                members=0,
+                port=host.broker.port,
+                hosts=("127.0.0.1",),
+            )
+            t0 = time.monotonic()
+            async with Advertiser(advert, ["127.0.0.1"]):
+                registered = time.monotonic() - t0
+                t1 = time.monotonic()
+                async with Browser(["127.0.0.1"]) as browser:
+                    found = await browser.wait_for(lambda a: a.group == GROUP, 10)
+                    browse = time.monotonic() - t1
+            assert found, "the advert was not discovered"
+            print(f"mDNS: register / browse-to-found : {registered:.2f} s / {browse:.2f} s")
+
+            agents = [Agent(_options(url, work / f"a{i:03d}", cpu_rate=1e6)) for i in range(args.nodes)]
             start = time.monotonic()
             tasks = [tg.create_task(a.run()) for a in agents]
             formed = await _wait(lambda: g.online_count >= args.nodes, limit=120)

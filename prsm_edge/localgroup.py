@@ -18,6 +18,7 @@ from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
 from prsm_edge.io.dynsec import DynSec
+from prsm_edge.protocol.verifier import VerifierConfig
 
 __all__ = ["GroupHost", "host_group"]
 
@@ -48,6 +49,8 @@ async def host_group(
     heartbeat_timeout_s: float = 35.0,
     summary_interval_s: float = 10.0,
     http_dir: Path | None = None,
+    verify: bool = True,
+    verification: VerifierConfig | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
@@ -65,6 +68,8 @@ async def host_group(
             max_members=max_members,
             heartbeat_timeout_s=heartbeat_timeout_s,
             summary_interval_s=summary_interval_s,
+            verify=verify,
+            verification=verification,
         )
         if not broker.acl_enforced:
             log.warning(

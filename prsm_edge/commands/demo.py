@@ -20,6 +20,7 @@ from prsm_edge.node.detect import detect
 from prsm_edge.protocol.group import Member
 from prsm_edge.protocol.messages import ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
+from prsm_edge.protocol.verifier import VerifierConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--no-table", action="store_true", help="print one status line a second, not the table"
     )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip benchmark proofs and peer verification (levels stay 0.6)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -88,12 +94,29 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
     _say("detecting this machine's resources …")
     resources, fingerprint = await asyncio.to_thread(_slices, args.nodes)
     _say(f"starting the broker ({args.broker}) …")
+    # Every demo agent proves on this one machine (one process), so challenges are small, deadlines
+    # generous and rounds spaced by the group's size; real devices prove on their own hardware.
+    verification = VerifierConfig(
+        site=args.site,
+        group=args.group,
+        coordinator="",  # the coordinator fills in its own id
+        round_ms=max(10_000, args.nodes * 300),
+        vote_timeout_ms=20_000,
+        segments=256,
+        opens=8,
+        target_ms=50,
+        slack=max(10.0, 2.0 * args.nodes),  # all the agents' proofs of a round share one CPU here
+        network_ms=2_000,
+        min_rate_ratio=0.0,
+    )
     async with host_group(
         workdir,
         site=args.site,
         group=args.group,
         prefer=args.broker,
         heartbeat_timeout_s=args.heartbeat * 3.5,
+        verify=not args.no_verify,
+        verification=verification,
     ) as host:
         b = host.broker
         acl = "per-node ACLs enforced" if b.acl_enforced else "NO ACL enforcement (embedded fallback)"
@@ -139,6 +162,8 @@ async def _show(
                 f"group {g.config.site}/{g.config.group} epoch {g.config.epoch}: {online}/{expected} online"
                 + (f", formed in {formed_at:.1f} s" if formed_at is not None else "")
                 + f", rejected {sum(g.rejected.values())}"
+                + "; levels: "
+                + ", ".join(f"{level} {n}" for level, n in sorted(g.summary().trust.items()))
             )
             if table:
                 print("\x1b[2J\x1b[H" + status + "\n" + _table(list(g.members.values())), flush=True)

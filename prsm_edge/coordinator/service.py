@@ -8,6 +8,7 @@ broker enforces per-node ACLs), and logging rejections once per reason per node.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import secrets
@@ -144,8 +145,9 @@ class Coordinator:
             )
         )
         self.group.restore(self.store.load())
-        vconfig = options.verification or VerifierConfig(
-            site=options.site, group=options.group, coordinator=identity.node_id
+        vconfig = dataclasses.replace(
+            options.verification or VerifierConfig(site=options.site, group=options.group, coordinator=""),
+            coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32), now_ms=now_ms())
         self._next_round = time.monotonic() + 1.0
