@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 
-from prsm_edge.protocol import proofs
+from prsm_edge.errors import LocalError
+from prsm_edge.io import attest
+from prsm_edge.protocol import cbor, proofs
 from prsm_edge.protocol.messages import (
     BenchmarkChallenge,
     BenchmarkProof,
@@ -24,7 +28,7 @@ from prsm_edge.protocol.messages import (
     VerificationVote,
 )
 
-__all__ = ["Attestor", "ProofWork", "calibrate_cpu_rate"]
+__all__ = ["Attestor", "ProofWork", "TpmUnavailable", "calibrate_cpu_rate", "tpm_attestor"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,38 @@ class Attestor:
 
     public_key: bytes
     quote: Callable[[bytes, bytes], bytes]
+
+
+class TpmUnavailable(attest.AttestationError):
+    """No TPM 2.0 answers here, so this node cannot attest; the message says why."""
+
+
+def tpm_attestor(workdir: Path, tcti: str | None = None) -> Attestor:
+    """Enroll (once) an attestation key with the TPM and quote with it; TpmUnavailable if there is none.
+
+    The registered public key is the AK's TPM2B_PUBLIC, which the verifier also checks is a genuine
+    AK (restricted signing key fixed to its TPM). Quotes are the CBOR of :class:`attest.Quote`.
+    """
+    found = attest.tpm_available(tcti)
+    if not found.supported:
+        raise TpmUnavailable(f"no TPM attestation on this node: {found.reason}")
+    chosen = found.tcti
+    key = attest.enroll(workdir, chosen)
+    try:  # a key enrolled earlier with another TPM (or before a TPM clear) cannot be loaded: say so now
+        attest.quote(key, bytes(32), bytes(32), chosen)
+    except attest.AttestationError as exc:
+        raise attest.AttestationError(
+            f"the attestation key in {workdir} does not work with the TPM at {chosen} "
+            f"(enrolled with another TPM, or the TPM was cleared? remove the folder to re-enroll): {exc}"
+        ) from exc
+    lock = threading.Lock()  # one TPM, no resource manager: one quote at a time
+
+    def quote(nonce: bytes, claim_hash: bytes) -> bytes:
+        with lock:
+            q = attest.quote(key, nonce, claim_hash, chosen)
+        return cbor.dumps(msgspec.to_builtins(q, builtin_types=(bytes,)))
+
+    return Attestor(public_key=key.public_tpm2b, quote=quote)
 
 
 def calibrate_cpu_rate(seconds: float = 0.2) -> float:
@@ -85,10 +121,16 @@ class ProofWork:
             return None
         if ch.node != self.node_id:
             return None
+        # The quote binds the nonce and our claim, not the results: have the TPM sign while we prove.
+        quoting = asyncio.create_task(self._quote(ch)) if ch.attest and self.attestor is not None else None
         start = time.monotonic()
         try:
             root, results = await asyncio.to_thread(self.prover, ch)
-        except proofs.ProofError as exc:
+        except BaseException as exc:
+            if quoting is not None:
+                quoting.cancel()
+            if not isinstance(exc, proofs.ProofError):
+                raise
             log.warning("cannot run challenge %s: %s", ch.challenge_id, exc)
             return None
         elapsed = int((time.monotonic() - start) * 1000)
@@ -96,12 +138,22 @@ class ProofWork:
         while len(self._proofs) > _KEEP:
             self._proofs.popitem(last=False)
         proof = proofs.make_proof(ch, root, elapsed)
-        if ch.attest and self.attestor is not None:
-            quote = await asyncio.to_thread(self.attestor.quote, ch.nonce, self.claim_hash())
-            proof = msgspec.structs.replace(proof, quote=quote)
+        if quoting is not None:
+            quote = await quoting
+            if quote:
+                proof = msgspec.structs.replace(proof, quote=quote)
         self.proved += 1
         log.debug("%s proved %s in %d ms", self.node_id, ch.challenge_id, elapsed)
         return proof
+
+    async def _quote(self, ch: BenchmarkChallenge) -> bytes:
+        """A quote for this challenge, or empty (the verifier then records a failed attestation)."""
+        assert self.attestor is not None
+        try:
+            return await asyncio.to_thread(self.attestor.quote, ch.nonce, self.claim_hash())
+        except LocalError as exc:
+            log.warning("cannot attest for challenge %s: %s", ch.challenge_id, exc)
+            return b""
 
     def open(self, args: dict[str, object]) -> Message | None:
         """Open the segments the revealed salt selects."""

@@ -1,4 +1,4 @@
-"""Auto-formation on loopback mDNS: two would-be coordinators converge to one group; a full group redirects."""
+"""Auto-formation on loopback mDNS: two would-be coordinators converge to one; a full group refuses."""
 
 from __future__ import annotations
 

@@ -1,0 +1,146 @@
+"""Hardware attestation on a live group: a real (software) TPM earns hardware_attested; a stolen key not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prsm_edge.localgroup import host_group
+from prsm_edge.node.agent import Agent
+from prsm_edge.node.prover import Attestor, TpmUnavailable, calibrate_cpu_rate, tpm_attestor
+from prsm_edge.protocol.messages import MICRO, TRUST_SCORE, VerificationLevel
+from prsm_edge.protocol.verifier import VerifierConfig
+from tests.conftest import free_port, require_mosquitto
+from tests.integration.groupkit import GROUP, SITE, agent_options, eventually, running
+from tests.integration.test_attest import SoftTpm
+
+pytestmark = pytest.mark.integration
+
+L = VerificationLevel
+ORDER = list(VerificationLevel)
+
+
+def _require_tpm_tools() -> None:
+    for tool in ("swtpm", "tpm2_getcap", "tpm2_quote", "tpm2_checkquote"):
+        if shutil.which(tool) is None:
+            if os.environ.get("CI"):
+                pytest.fail(f"{tool} is not installed; .ci/run installs swtpm, swtpm-tools and tpm2-tools")
+            pytest.skip(f"{tool} is not installed (apt-get install swtpm swtpm-tools tpm2-tools)")
+
+
+@pytest.fixture
+def two_tpms(tmp_path: Path) -> Iterator[tuple[SoftTpm, SoftTpm]]:
+    """The attested node's software TPM, and the forger's own (another TPM, another AK)."""
+    _require_tpm_tools()
+    real = SoftTpm(tmp_path / "swtpm-real")
+    try:
+        other = SoftTpm(tmp_path / "swtpm-forger")
+    except BaseException:
+        real.stop()
+        raise
+    try:
+        yield real, other
+    finally:
+        other.stop()
+        real.stop()
+
+
+def fast_rounds() -> VerifierConfig:
+    # As in test_verification: every agent shares this machine's cores and one GIL, so deadlines are
+    # generous and the minimum measured rate is off; the coordinator fills in its own id.
+    return VerifierConfig(
+        site=SITE,
+        group=GROUP,
+        coordinator="",
+        round_ms=2_000,
+        vote_timeout_ms=4_000,
+        segments=64,
+        opens=8,
+        target_ms=50,
+        slack=20.0,
+        network_ms=800,
+        min_rate_ratio=0.0,
+    )
+
+
+def test_no_tpm_is_reported_with_the_reason(tmp_path: Path) -> None:
+    _require_tpm_tools()
+    with pytest.raises(TpmUnavailable, match="does not answer"):
+        tpm_attestor(tmp_path / "ak", f"swtpm:host=127.0.0.1,port={free_port()}")
+    assert not (tmp_path / "ak").exists(), "nothing is enrolled without a TPM"
+
+
+async def test_tpm_node_reaches_hardware_attested_and_a_stolen_key_does_not(
+    two_tpms: tuple[SoftTpm, SoftTpm], tmp_path: Path
+) -> None:
+    require_mosquitto()
+    started = time.monotonic()
+    real_tpm, forger_tpm = two_tpms
+    attestor = tpm_attestor(tmp_path / "ak", real_tpm.tcti)
+    assert tpm_attestor(tmp_path / "ak", real_tpm.tcti).public_key == attestor.public_key, "idempotent"
+    # The forger registers the real node's AK public key (it is public), but its TPM holds another AK.
+    own = tpm_attestor(tmp_path / "forger-ak", forger_tpm.tcti)
+    assert own.public_key != attestor.public_key
+    stolen = Attestor(public_key=attestor.public_key, quote=own.quote)
+
+    rate = calibrate_cpu_rate(0.1)
+    async with host_group(
+        tmp_path / "host", site=SITE, group=GROUP, heartbeat_timeout_s=10, verification=fast_rounds()
+    ) as host:
+        coord = host.coordinator
+        assert coord.options.verify
+        url = host.broker.url
+        plain = [Agent(agent_options(url, tmp_path / f"h{i}", cpu_rate=rate)) for i in range(3)]
+        attested = Agent(agent_options(url, tmp_path / "tpm", cpu_rate=rate, attestor=attestor))
+        forger = Agent(agent_options(url, tmp_path / "forger", cpu_rate=rate, attestor=stolen))
+        everyone = (*plain, attested, forger)
+        g = coord.group
+        highest: dict[str, int] = {}
+
+        def levels_reached(want: dict[str, VerificationLevel]) -> bool:
+            for a in everyone:
+                level = ORDER.index(g.members[a.node_id].level) if a.node_id in g.members else 0
+                highest[a.node_id] = max(highest.get(a.node_id, 0), level)
+            return all(g.members[node].level is level for node, level in want.items())
+
+        async with running(coord, *everyone):
+            await eventually(lambda: g.online_count == 5, timeout=15, what="all joined")
+            assert g.members[attested.node_id].attestation_key == attestor.public_key
+            assert g.members[forger.node_id].attestation_key == attestor.public_key
+            for a in everyone:
+                coord.deposit(a.node_id, 100 * MICRO, key=f"deposit:{a.node_id}")
+            for a in everyone:
+                resp = await a.call("stake", {"amount_micro": 90 * MICRO})
+                assert resp.ok, resp.error
+
+            want = {a.node_id: L.ECONOMICALLY_STAKED for a in (*plain, forger)}
+            want[attested.node_id] = L.HARDWARE_ATTESTED
+            await eventually(lambda: levels_reached(want), timeout=25, what="levels reached")
+
+            # The roster holds the attested node at 0.95, and the node sees the same through the API.
+            member = g.members[attested.node_id]
+            assert member.trust == TRUST_SCORE[L.HARDWARE_ATTESTED] == 0.95
+            status = await attested.call("status", {})
+            assert status.ok and status.result["level"] == L.HARDWARE_ATTESTED.value
+            assert status.result["trust"] == 0.95
+            # Its quotes were verified; the forger's were all refused, so it never rose above staked.
+            history = {
+                a.node_id: [e for _, e in coord.verifier.nodes[a.node_id].evidence.history] for a in everyone
+            }
+            assert "attestation verified" in history[attested.node_id]
+            assert "attestation failed" not in history[attested.node_id]
+            assert "attestation failed" in history[forger.node_id]
+            assert "attestation verified" not in history[forger.node_id]
+            assert highest[forger.node_id] <= ORDER.index(L.ECONOMICALLY_STAKED)
+            # Nodes without a TPM are never asked for a quote and stop at staked.
+            for a in plain:
+                assert highest[a.node_id] == ORDER.index(L.ECONOMICALLY_STAKED)
+                assert not any("attestation" in e for e in history[a.node_id])
+            # The forger's proofs are honest: only its attestation is refused, nothing is slashed.
+            assert coord.ledger.stake(forger.node_id) == 90 * MICRO
+    assert time.monotonic() - started < 30
