@@ -25,6 +25,7 @@ from nacl.signing import VerifyKey
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest
+from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
@@ -103,11 +104,6 @@ def _check_quote(request: VerifyQuote) -> bool:
         log.warning("attestation of %s refused: %s", request.node, exc)
         return False
     return True
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds (the protocol's timestamps)."""
-    return time.time_ns() // 1_000_000
 
 
 class Coordinator:

@@ -28,6 +28,7 @@ from nacl.public import SealedBox
 from prsm_edge import __version__
 from prsm_edge.errors import PrsmEdgeError, RejectedMessage
 from prsm_edge.identity import Identity, SeqStore, load_or_create
+from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
@@ -100,11 +101,6 @@ class AgentOptions:
     cpu_rate: float | None = None
     prover: Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]] = proofs.prove
     attestor: Attestor | None = None
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds (the protocol's timestamps)."""
-    return time.time_ns() // 1_000_000
 
 
 class Agent:

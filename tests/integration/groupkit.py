@@ -11,12 +11,31 @@ from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions, Crede
 from prsm_edge.identity import load_or_create
 from prsm_edge.node.agent import Agent, AgentOptions, Sample
 from prsm_edge.protocol.messages import ResourceSpec, ResourceType
+from prsm_edge.protocol.verifier import VerifierConfig
 
 SITE, GROUP = "lab", "g1"
 
 
 def cpu(cores: float) -> list[ResourceSpec]:
     return [ResourceSpec(type=ResourceType.COMPUTE_CPU, capacity=cores, unit="cores")]
+
+
+def fast_rounds() -> VerifierConfig:
+    """Verification for tests: every agent shares this machine's cores and one GIL, so rounds are quick,
+    deadlines generous and the minimum measured rate is off; the coordinator fills in its own id."""
+    return VerifierConfig(
+        site=SITE,
+        group=GROUP,
+        coordinator="",
+        round_ms=2_000,
+        vote_timeout_ms=4_000,
+        segments=64,
+        opens=8,
+        target_ms=50,
+        slack=20.0,
+        network_ms=800,
+        min_rate_ratio=0.0,
+    )
 
 
 def capacities(resources: list[ResourceSpec]) -> dict[str, float]:

@@ -14,9 +14,8 @@ from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent
 from prsm_edge.node.prover import Attestor, TpmUnavailable, calibrate_cpu_rate, tpm_attestor
 from prsm_edge.protocol.messages import MICRO, TRUST_SCORE, VerificationLevel
-from prsm_edge.protocol.verifier import VerifierConfig
 from tests.conftest import free_port, require_mosquitto
-from tests.integration.groupkit import GROUP, SITE, agent_options, eventually, running
+from tests.integration.groupkit import GROUP, SITE, agent_options, eventually, fast_rounds, running
 from tests.integration.test_attest import SoftTpm
 
 pytestmark = pytest.mark.integration
@@ -48,24 +47,6 @@ def two_tpms(tmp_path: Path) -> Iterator[tuple[SoftTpm, SoftTpm]]:
     finally:
         other.stop()
         real.stop()
-
-
-def fast_rounds() -> VerifierConfig:
-    # As in test_verification: every agent shares this machine's cores and one GIL, so deadlines are
-    # generous and the minimum measured rate is off; the coordinator fills in its own id.
-    return VerifierConfig(
-        site=SITE,
-        group=GROUP,
-        coordinator="",
-        round_ms=2_000,
-        vote_timeout_ms=4_000,
-        segments=64,
-        opens=8,
-        target_ms=50,
-        slack=20.0,
-        network_ms=800,
-        min_rate_ratio=0.0,
-    )
 
 
 def test_no_tpm_is_reported_with_the_reason(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,31 +11,12 @@ from prsm_edge.node.agent import Agent
 from prsm_edge.node.prover import calibrate_cpu_rate
 from prsm_edge.protocol import proofs
 from prsm_edge.protocol.messages import MICRO, BenchmarkChallenge, VerificationLevel
-from prsm_edge.protocol.verifier import VerifierConfig
 from tests.conftest import require_mosquitto
-from tests.integration.groupkit import GROUP, SITE, agent_options, eventually, running
+from tests.integration.groupkit import GROUP, SITE, agent_options, eventually, fast_rounds, running
 
 pytestmark = pytest.mark.integration
 
 L = VerificationLevel
-
-
-def fast_rounds(coordinator: str) -> VerifierConfig:
-    # Every agent of the test shares this machine's two cores, so deadlines are generous and the
-    # minimum measured rate low; real nodes prove on their own hardware with the defaults.
-    return VerifierConfig(
-        site=SITE,
-        group=GROUP,
-        coordinator=coordinator,
-        round_ms=2_000,
-        vote_timeout_ms=4_000,
-        segments=64,
-        opens=8,
-        target_ms=50,
-        slack=20.0,
-        network_ms=800,
-        min_rate_ratio=0.0,  # deadline only: one process shares the GIL here
-    )
 
 
 def too_slow(ch: BenchmarkChallenge) -> tuple[bytes, list[bytes]]:
@@ -63,10 +43,10 @@ def junk_after_half(ch: BenchmarkChallenge) -> tuple[bytes, list[bytes]]:
 async def test_levels_are_earned_by_honest_nodes_and_lost_by_cheats(tmp_path: Path) -> None:
     require_mosquitto()
     rate = calibrate_cpu_rate(0.1)
-    async with host_group(tmp_path / "host", site=SITE, group=GROUP, heartbeat_timeout_s=10) as host:
+    async with host_group(
+        tmp_path / "host", site=SITE, group=GROUP, heartbeat_timeout_s=10, verification=fast_rounds()
+    ) as host:
         coord = host.coordinator
-        coord.verifier.config = fast_rounds(coord.identity.node_id)
-        coord.options = dataclasses.replace(coord.options, verify=True)
         url = host.broker.url
         honest = [Agent(agent_options(url, tmp_path / f"h{i}", cpu_rate=rate)) for i in range(3)]
         overclaimer = Agent(agent_options(url, tmp_path / "over", cpu_rate=rate * 20, prover=too_slow))
