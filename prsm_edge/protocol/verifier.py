@@ -163,6 +163,7 @@ class _Node:
     reputation: Reputation
     evidence: TrustEvidence = field(default_factory=TrustEvidence)
     claims: list[float] = field(default_factory=list)
+    claim: bytes = b""  # claim_hash of the resources the current evidence was gathered on
     open_flags: int = 0
     level: VerificationLevel = VerificationLevel.SELF_REPORTED
 
@@ -198,6 +199,13 @@ class Verifier:
         for m in members:
             rate = claimed_cpu_rate(m.resources)
             state = self._node(m.node, now_ms)
+            digest = claim_hash(m.resources)
+            if state.claim and state.claim != digest:
+                # Evidence was for the old claim: the new one holds nothing until it is checked.
+                state.evidence.quorum_ms = state.evidence.proof_ms = state.evidence.attestation_ms = None
+                state.evidence.history.append((now_ms, "claim changed"))
+                self.sampler.flag(m.node, checks=1)
+            state.claim = digest
             if rate > 0:
                 cohort[m.node] = (m.device_class, rate)
                 flags += fraud.jump(m.node, state.claims, rate)

@@ -1,0 +1,344 @@
+"""The verification engine driven in memory against real ProofWork nodes, with explicit time."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from prsm_edge.node.prover import ProofWork, Prover
+from prsm_edge.protocol import merkle, peers, proofs
+from prsm_edge.protocol.group import Member, Publish
+from prsm_edge.protocol.ledger import Ledger, LedgerKind, verify_chain
+from prsm_edge.protocol.messages import (
+    MICRO,
+    Beacon,
+    BenchmarkChallenge,
+    BenchmarkProof,
+    LedgerEntry,
+    NodeCommand,
+    ProofOpening,
+    ResourceSpec,
+    ResourceType,
+    VerificationLevel,
+    VerificationVote,
+)
+from prsm_edge.protocol.reputation import Dimension
+from prsm_edge.protocol.verifier import (
+    CPU_RATE_KEY,
+    LevelChange,
+    RecordLedger,
+    Verifier,
+    VerifierConfig,
+    VerifierEffect,
+)
+
+RATE = 1_000_000.0  # claimed SHA-256/s: with the config below a challenge is ~5k hashes
+T0 = 1_700_000_000_000
+ROUND = 300_000
+L = VerificationLevel
+
+
+def cpu(rate: float = RATE) -> list[ResourceSpec]:
+    """A CPU offer claiming ``rate``."""
+    return [
+        ResourceSpec(type=ResourceType.COMPUTE_CPU, capacity=4, unit="cores", details={CPU_RATE_KEY: rate})
+    ]
+
+
+def junk_prover(ch: BenchmarkChallenge) -> tuple[bytes, list[bytes]]:
+    """A filler that commits to results it never computed."""
+    results = [bytes(32) for _ in range(ch.segments)]
+    return merkle.root_of(results), results
+
+
+Lie = Callable[[VerificationVote], VerificationVote]
+
+
+@dataclass
+class Net:
+    """A coordinator's Verifier and its members' ProofWork, wired together in memory."""
+
+    names: list[str]
+    seed: int = 7
+    provers: dict[str, Prover] = field(default_factory=dict)
+    members: dict[str, Member] = field(init=False)
+    works: dict[str, ProofWork] = field(init=False)
+    v: Verifier = field(init=False)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        cfg = VerifierConfig(site="s", group="g", coordinator="coord", segments=32, opens=4, target_ms=5)
+        self.v = Verifier(cfg, Ledger(), secret=self.rng.randbytes(32), now_ms=T0)
+        self.members = {}
+        self.works = {}
+        for i, n in enumerate(self.names):
+            self.add(n, f"fp-{i}")
+
+    def add(self, node: str, fingerprint: str) -> None:
+        self.members[node] = Member(node, b"", 0, "rpi4", fingerprint, cpu(), joined_ms=T0)
+        self.works[node] = ProofWork(node, prover=self.provers.get(node, proofs.prove))
+
+    async def round(
+        self,
+        now: int,
+        *,
+        delay: dict[str, int] | None = None,
+        lie: Lie | None = None,
+        silent: bool = False,
+        settle_at: int = 1_000,
+    ) -> list[VerifierEffect]:
+        """One full round: claims, beacon, challenges, proofs, openings, votes, settling."""
+        delay = delay or {}
+        effects = self.v.observe_claims(list(self.members.values()), now)
+        effects += self.v.start_round(list(self.members.values()), now, self.rng)
+        cmds = [e.message for e in effects if isinstance(e, Publish) and isinstance(e.message, NodeCommand)]
+        panels: dict[str, list[str]] = {}
+        for c in cmds:
+            if c.verb == "verify":
+                panels.setdefault(c.args["challenge"]["challenge_id"], []).append(c.node)
+                if not silent:
+                    self.works[c.node].sit(c.args)
+        for c in cmds:
+            if c.verb != "challenge":
+                continue
+            node, cid = c.node, c.args["challenge"]["challenge_id"]
+            proof = await self.works[node].challenge(c.args, lambda: now)
+            assert isinstance(proof, BenchmarkProof)
+            at = now + delay.get(node, 2)
+            for p in panels.get(cid, []):
+                assert await self.works[p].observe(node, proof, at) is None
+            opened = self.v.on_proof(self.members[node], proof, at)
+            effects += opened
+            (open_cmd,) = [e.message for e in opened if isinstance(e, Publish)]
+            assert isinstance(open_cmd, NodeCommand) and open_cmd.verb == "open"
+            opening = self.works[node].open(open_cmd.args)
+            assert isinstance(opening, ProofOpening)
+            effects += self.v.on_opening(opening, at + 1)
+            for p in panels.get(cid, []):
+                vote = await self.works[p].observe(node, opening, at + 1)
+                if silent:
+                    assert vote is None
+                    continue
+                assert isinstance(vote, VerificationVote)
+                effects += self.v.on_vote(lie(vote) if lie else vote)
+        effects += self.v.tick(self.members, now + settle_at)
+        return effects
+
+
+def levels(effects: list[VerifierEffect]) -> list[tuple[str, VerificationLevel]]:
+    return [(e.node, e.level) for e in effects if isinstance(e, LevelChange)]
+
+
+def ledger_entries(effects: list[VerifierEffect]) -> list[LedgerEntry]:
+    return [entry for e in effects if isinstance(e, RecordLedger) for entry in e.entries]
+
+
+def fund_and_stake(net: Net, node: str, now: int, fraction: float = 2.0) -> tuple[int, list[VerifierEffect]]:
+    """Deposit and stake ``fraction`` × what the member must stake now."""
+    member = net.members[node]
+    amount = int(net.v.required_stake(member, now).required_micro * fraction)
+    effects = net.v.deposit(node, amount, f"dep:{node}", now, memo="operator deposit")
+    effects += net.v.stake(member, amount, f"stake:{node}", now)
+    return amount, effects
+
+
+async def test_honest_member_is_benchmarked_then_staked() -> None:
+    net = Net([f"n{i}" for i in range(7)])
+    effects = await net.round(T0)
+    # Every member was a subject (all new) and every one passed: one change each, to BENCHMARKED.
+    assert sorted(levels(effects)) == [(n, L.BENCHMARKED) for n in net.names]
+    assert all(verdict.accepted for _, verdict in net.v.verdicts) and len(net.v.verdicts) == 7
+    held = net.v.nodes["n0"].evidence.held(T0 + 1_000)
+    assert held[L.PEER_VERIFIED] and held[L.BENCHMARKED] and not held[L.ECONOMICALLY_STAKED]
+    assert net.v.level_of("n0") is L.BENCHMARKED
+    # Nothing changed: no LevelChange.
+    assert levels(net.v.tick(net.members, T0 + 2_000)) == []
+
+    now = T0 + 3_000
+    amount, effects = fund_and_stake(net, "n0", now, fraction=1.0)
+    assert levels(effects) == [("n0", L.ECONOMICALLY_STAKED)]
+    entries = ledger_entries(effects)
+    assert [e.kind for e in entries] == [LedgerKind.CREDIT, LedgerKind.STAKE]
+    assert net.v.ledger.stake("n0") == amount
+    verify_chain(entries)
+    assert levels(net.v.tick(net.members, now + 1)) == []
+    # Evidence expires: the proof's 6 h validity lapses (the quorum's 24 h does not) and the level
+    # falls to what is left (and says so).
+    late = T0 + 7 * 3_600_000
+    assert levels(net.v.tick(net.members, late)) == [(n, L.PEER_VERIFIED) for n in net.names]
+
+
+async def test_overclaimer_and_junk_filler_are_rejected_and_slashed() -> None:
+    net = Net([f"n{i}" for i in range(6)], provers={"junk": junk_prover})
+    net.add("late", "fp-late")
+    net.add("junk", "fp-junk")
+    stakes: dict[str, int] = {}
+    chain: list[LedgerEntry] = []
+    for node in ("late", "junk"):
+        stakes[node], effects = fund_and_stake(net, node, T0 - 1)
+        chain += ledger_entries(effects)
+    effects = await net.round(T0, delay={"late": 10_000})
+    verdicts = dict(net.v.verdicts)
+    assert verdicts["late"].reason is proofs.VerdictReason.LATE
+    assert verdicts["junk"].reason is proofs.VerdictReason.WRONG_RESULT
+    assert all(verdicts[n].accepted for n in net.names)
+    changed = dict(levels(effects))
+    assert "late" not in changed and "junk" not in changed  # never rose
+    for node in ("late", "junk"):
+        assert net.v.level_of(node) is L.SELF_REPORTED
+        held = net.v.nodes[node].evidence.held(T0 + 1_000)
+        assert not held[L.BENCHMARKED] and not held[L.PEER_VERIFIED]
+    slashes = {e.account: e for e in ledger_entries(effects) if e.kind == LedgerKind.SLASH}
+    assert set(slashes) == {"late", "junk"}
+    assert slashes["late"].amount_micro == -(-stakes["late"] * 10 // 100)
+    assert slashes["junk"].amount_micro == -(-stakes["junk"] * 50 // 100)
+    assert slashes["late"].key.startswith("slash:performance:late:")
+    assert slashes["junk"].key.startswith("slash:fraud:junk:")
+    assert all(len(e.evidence) == 32 for e in slashes.values())
+    assert net.v.ledger.stake("late") == stakes["late"] - slashes["late"].amount_micro
+    chain += ledger_entries(effects)
+    assert verify_chain(chain) == net.v.ledger.head
+    # Even staked, a node without proof evidence stays SELF_REPORTED.
+    assert levels(net.v.tick(net.members, T0 + 2_000)) == []
+
+
+async def test_colluding_panel_cannot_penalise_an_honest_node() -> None:
+    names = [f"n{i}" for i in range(8)]
+
+    async def run(lying: bool) -> tuple[Net, list[VerifierEffect], set[str]]:
+        net = Net(names, seed=11)
+        fund_and_stake(net, "n0", T0 - 1)
+        liars: set[str] = set()
+
+        def lie(vote: VerificationVote) -> VerificationVote:
+            if vote.subject != "n0":
+                return vote
+            liars.add(vote.voter)
+            return msgspec.structs.replace(vote, accept=False, reason="wrong_result")
+
+        return net, await net.round(T0, lie=lie if lying else None), liars
+
+    honest_net, _, _ = await run(False)
+    net, effects, liars = await run(True)
+    assert len(liars) == 5  # the whole panel voted to reject
+    assert dict(net.v.verdicts)["n0"].accepted
+    assert ("n0", L.ECONOMICALLY_STAKED) in levels(effects)  # staked beforehand, and not slashed
+    assert net.v.ledger.stake("n0") == honest_net.v.ledger.stake("n0") > 0
+    assert net.v.nodes["n0"].evidence.held(T0 + 1_000)[L.PEER_VERIFIED]
+    assert not [e for e in ledger_entries(effects) if e.kind == LedgerKind.SLASH]
+    for liar in liars:
+        lied = net.v.nodes[liar].reputation.value(Dimension.VOTE_HONESTY, T0 + 1_000)
+        honest = honest_net.v.nodes[liar].reputation.value(Dimension.VOTE_HONESTY, T0 + 1_000)
+        assert lied < honest
+
+
+async def test_silent_panel_leaves_only_proof_evidence() -> None:
+    net = Net([f"n{i}" for i in range(6)])
+    assert levels(await net.round(T0, silent=True, settle_at=1_000)) == []
+    assert net.v.checks  # not complete, not expired yet
+    effects = net.v.tick(net.members, T0 + 20_000)
+    assert not net.v.checks
+    assert levels(effects) == []  # the ladder needs PEER_VERIFIED first
+    held = net.v.nodes["n0"].evidence.held(T0 + 20_000)
+    assert held[L.BENCHMARKED] and not held[L.PEER_VERIFIED]
+    assert all(verdict.accepted for _, verdict in net.v.verdicts)
+    rep = net.v.nodes["n0"].reputation
+    assert rep.value(Dimension.RESPONSIVENESS, T0 + 20_000) < rep.prior
+
+
+async def test_beacon_reveals_commitment_and_panels_are_recomputable() -> None:
+    net = Net([f"n{i}" for i in range(9)])
+    previous: Beacon | None = None
+    for r in range(1, 4):
+        now = T0 + r * ROUND
+        effects = net.v.start_round(list(net.members.values()), now, net.rng)
+        (beacon,) = [e.message for e in effects if isinstance(e, Publish) and isinstance(e.message, Beacon)]
+        assert beacon.round == r
+        if previous is not None:
+            assert peers.verify_reveal(previous.commit_next, beacon.reveal, r)
+            assert not peers.verify_reveal(previous.commit_next, beacon.reveal, r + 1)
+        cmds = [e.message for e in effects if isinstance(e, Publish) and isinstance(e.message, NodeCommand)]
+        subjects = [c.node for c in cmds if c.verb == "challenge"]
+        assert beacon.mix == hashlib.sha256("\n".join(subjects).encode()).digest()
+        value = peers.beacon_value(beacon.reveal, beacon.round, beacon.mix)
+        for subject in subjects:
+            (cid,) = [
+                c.args["challenge"]["challenge_id"]
+                for c in cmds
+                if c.verb == "challenge" and c.node == subject
+            ]
+            used = [c.node for c in cmds if c.verb == "verify" and c.args["challenge"]["challenge_id"] == cid]
+            assert used == peers.select_verifiers(value, subject, r, list(net.members), k=5)
+        previous = beacon
+        net.v.checks.clear()  # let every member be a subject again next round
+
+
+def test_duplicate_fingerprints_and_cohort_outliers_raise_sampling() -> None:
+    net = Net([f"n{i}" for i in range(7)])
+    for n in net.names:
+        for _ in range(40):
+            net.v.sampler.record(n, True)
+    assert all(net.v.sampler.probability(n) < 1.0 for n in net.names)
+    before = {n: net.v.required_stake(net.members[n], T0).required_micro for n in net.names}
+    net.members["n1"].hw_fingerprint = "same"
+    net.members["n2"].hw_fingerprint = "same"
+    net.members["n5"].resources = cpu(RATE * 20)  # one rpi4 claiming twenty times its cohort
+    net.v.observe_claims(list(net.members.values()), T0)
+    flagged = {"n1", "n2", "n5"}
+    for n in net.names:
+        assert (net.v.sampler.probability(n) == 1.0) is (n in flagged)
+    assert net.v.required_stake(net.members["n1"], T0).required_micro > before["n1"]
+    assert net.v.required_stake(net.members["n0"], T0).required_micro == before["n0"]
+
+
+async def test_long_clean_record_is_sampled_less_than_a_new_node() -> None:
+    net = Net([f"n{i}" for i in range(6)])
+    for r in range(12):
+        await net.round(T0 + r * ROUND)
+    assert net.v.sampler.record_of("n0").run == 12
+    net.add("fresh", "fp-fresh")
+    assert net.v.sampler.probability("fresh") == 1.0
+    assert net.v.sampler.probability("n0") < 1.0
+    rng = random.Random(3)
+    old = sum(net.v.sampler.should_verify("n0", rng) for _ in range(2_000))
+    new = sum(net.v.sampler.should_verify("fresh", rng) for _ in range(2_000))
+    assert new == 2_000 and old < 1_900
+    effects = net.v.start_round(list(net.members.values()), T0 + 12 * ROUND, net.rng)
+    assert any(
+        isinstance(e, Publish)
+        and isinstance(e.message, NodeCommand)
+        and e.message.verb == "challenge"
+        and e.message.node == "fresh"
+        for e in effects
+    )
+
+
+async def test_changed_claim_drops_evidence_of_the_old_claim() -> None:
+    net = Net([f"n{i}" for i in range(6)])
+    await net.round(T0)
+    fund_and_stake(net, "n0", T0 + 2_000)
+    assert net.v.level_of("n0") is L.ECONOMICALLY_STAKED
+    now = T0 + 3_000
+    assert levels(net.v.observe_claims(list(net.members.values()), now)) == []  # same claim: kept
+    net.members["n0"].resources = cpu(RATE * 1.2)  # a faster claim nobody has checked
+    effects = net.v.observe_claims(list(net.members.values()), now)
+    assert levels(effects) == [("n0", L.SELF_REPORTED)]
+    held = net.v.nodes["n0"].evidence.held(now)
+    assert not held[L.PEER_VERIFIED] and not held[L.BENCHMARKED]
+    assert net.v.sampler.probability("n0") == 1.0
+    assert net.v.level_of("n1") is L.BENCHMARKED
+    # Checked again on the new claim, it earns its levels back.
+    effects = await net.round(now + ROUND)
+    assert ("n0", L.ECONOMICALLY_STAKED) in levels(effects)
+
+
+def test_stake_below_requirement_does_not_count() -> None:
+    net = Net(["a", "b"])
+    amount, _ = fund_and_stake(net, "a", T0, fraction=0.5)
+    assert net.v.ledger.stake("a") == amount > MICRO
+    assert not net.v.nodes["a"].evidence.held(T0)[L.ECONOMICALLY_STAKED]
