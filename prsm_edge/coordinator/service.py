@@ -174,6 +174,8 @@ class Coordinator:
     async def _on_connect(self) -> None:
         topic, online = self.group.state_message("online")
         await self.session.publish(topic, self.signer.seal(online, now_ms()), qos=1, retain=True)
+        if self.options.verify:
+            await self._apply([self.verifier.opening_beacon()])
         log.info(
             "coordinator %s online for %s/%s (epoch %d, %d known members)",
             self.identity.node_id,

@@ -130,7 +130,7 @@ class Agent:
             self.node_id,
             prover=options.prover,
             attestor=options.attestor,
-            claim_hash=lambda: claim_hash(self.resources),
+            claim_hash=lambda: claim_hash(self.node_id, self.resources),
         )
         self._api_waiters: dict[str, asyncio.Future[ApiResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()

@@ -126,6 +126,7 @@ class Member:
     throttle: str = ""
     can_coordinate: bool = False
     attestation_key: bytes = b""
+    uptime_commitment: float = 0.95
 
     @property
     def trust(self) -> float:
@@ -393,6 +394,7 @@ class Group:
             last_seen_ms=now_ms,
             can_coordinate=msg.can_coordinate,
             attestation_key=msg.attestation_key,
+            uptime_commitment=msg.uptime_commitment,
         )
         if old is not None and old.resources == member.resources:
             member.level = old.level  # unchanged claims keep the verification they earned
@@ -531,6 +533,7 @@ class _MemberRecord(msgspec.Struct, kw_only=True):
     last_seen_ms: int
     can_coordinate: bool = False
     attestation_key: bytes = b""
+    uptime_commitment: float = 0.95
 
 
 def member_struct(member: Member) -> _MemberRecord:
@@ -547,6 +550,7 @@ def member_struct(member: Member) -> _MemberRecord:
         last_seen_ms=member.last_seen_ms,
         can_coordinate=member.can_coordinate,
         attestation_key=member.attestation_key,
+        uptime_commitment=member.uptime_commitment,
     )
 
 
@@ -566,4 +570,5 @@ def member_from_record(data: object) -> Member:
         online=False,
         can_coordinate=rec.can_coordinate,
         attestation_key=rec.attestation_key,
+        uptime_commitment=rec.uptime_commitment,
     )

@@ -75,14 +75,17 @@ log = logging.getLogger(__name__)
 CPU_RATE_KEY: Final = "sha256_per_s"  # single-core SHA-256 rate a node claims in its CPU offer
 
 
-def claim_hash(resources: list[ResourceSpec]) -> bytes:
-    """SHA-256 of the claim's deterministic CBOR: what an attestation quote binds to."""
+def claim_hash(node: str, resources: list[ResourceSpec]) -> bytes:
+    """SHA-256 of the node id and its claim in deterministic CBOR: what an attestation quote binds to.
+
+    The node id is in it so a quote made for one node cannot be relayed as another's.
+    """
     # capacity as float: a sender's int 2 and a receiver's decoded 2.0 must hash alike.
     canon = [
         {"type": r.type.value, "capacity": float(r.capacity), "unit": r.unit, "details": r.details}
         for r in resources
     ]
-    return hashlib.sha256(cbor.dumps(canon)).digest()
+    return hashlib.sha256(cbor.dumps([node, canon])).digest()
 
 
 def claimed_cpu_rate(resources: list[ResourceSpec]) -> float:
@@ -112,6 +115,8 @@ class VerifierConfig:
     min_rate_ratio: float = 0.6
     policy: LevelPolicy = field(default_factory=LevelPolicy)
     stake_policy: stake_mod.StakePolicy = field(default_factory=stake_mod.StakePolicy)
+    availability_window_ms: int = 3_600_000  # uptime is judged against the commitment per window
+    max_tick_gap_ms: int = 10_000  # a longer pause between ticks (the coordinator was down) is not counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,10 @@ class _Node:
     claim: bytes = b""  # claim_hash of the resources the current evidence was gathered on
     open_flags: int = 0
     level: VerificationLevel = VerificationLevel.SELF_REPORTED
+    window_start_ms: int = 0
+    observed_ms: int = 0
+    online_ms: int = 0
+    last_tick_ms: int | None = None
 
 
 class Verifier:
@@ -199,7 +208,7 @@ class Verifier:
         for m in members:
             rate = claimed_cpu_rate(m.resources)
             state = self._node(m.node, now_ms)
-            digest = claim_hash(m.resources)
+            digest = claim_hash(m.node, m.resources)
             if state.claim and state.claim != digest:
                 # Evidence was for the old claim: the new one holds nothing until it is checked.
                 state.evidence.quorum_ms = state.evidence.proof_ms = state.evidence.attestation_ms = None
@@ -219,6 +228,12 @@ class Verifier:
         return self._refresh_stakes(members, now_ms)
 
     # ---- rounds ------------------------------------------------------------------------------
+    def opening_beacon(self) -> Publish:
+        """Round 0's beacon: no reveal yet, only the commitment to round 1's secret (publish at start)."""
+        c = self.config
+        msg = Beacon(group=c.group, round=self.round, reveal=b"", mix=b"", commit_next=self._commit)
+        return Publish(topics.coord_beacon(c.site, c.group), msg, retain=True)
+
     def start_round(self, members: list[Member], now_ms: int, rng: random.Random) -> list[VerifierEffect]:
         """Reveal this round's beacon, choose subjects and panels, and issue the challenges."""
         c = self.config
@@ -315,7 +330,7 @@ class Verifier:
                         member.attestation_key,
                         proof.quote,
                         check.challenge.nonce,
-                        claim_hash(member.resources),
+                        claim_hash(member.node, member.resources),
                     )
                 )
             else:
@@ -343,7 +358,7 @@ class Verifier:
     def attestation_result(self, node: str, verified: bool, now_ms: int) -> list[VerifierEffect]:
         """The shell's verdict on a quote."""
         self._node(node, now_ms).evidence.record_attestation(verified, now_ms)
-        return []
+        return self._level(node, now_ms)
 
     # ---- settling ----------------------------------------------------------------------------
     def tick(self, members: dict[str, Member], now_ms: int) -> list[VerifierEffect]:
@@ -355,8 +370,54 @@ class Verifier:
             if complete or expired:
                 del self.checks[cid]
                 effects += self._settle(check, members.get(check.challenge.node), now_ms)
+        for member in members.values():
+            effects += self._availability(member, now_ms)
         effects += self._refresh_stakes(list(members.values()), now_ms)
         return effects
+
+    def _availability(self, member: Member, now_ms: int) -> list[VerifierEffect]:
+        """Account uptime; at the end of each window compare it with the commitment and slash a shortfall."""
+        c = self.config
+        state = self._node(member.node, now_ms)
+        if state.last_tick_ms is None:
+            state.last_tick_ms = state.window_start_ms = now_ms
+            return []
+        gap = now_ms - state.last_tick_ms
+        state.last_tick_ms = now_ms
+        if 0 < gap <= c.max_tick_gap_ms:
+            state.observed_ms += gap
+            if member.online:
+                state.online_ms += gap
+        if now_ms - state.window_start_ms < c.availability_window_ms or state.observed_ms <= 0:
+            return []
+        uptime = state.online_ms / state.observed_ms
+        evidence = {
+            "window_start_ms": state.window_start_ms,
+            "observed_ms": state.observed_ms,
+            "online_ms": state.online_ms,
+            "commitment": member.uptime_commitment,
+        }
+        state.window_start_ms, state.observed_ms, state.online_ms = now_ms, 0, 0
+        state.reputation.observe_uptime(uptime, member.uptime_commitment, now_ms)
+        if not stake_mod.availability_violated(uptime, member.uptime_commitment):
+            return []
+        held = self.ledger.stake(member.node)
+        if held <= 0:
+            return []
+        reason = f"uptime {uptime:.1%} below the committed {member.uptime_commitment:.1%}"
+        log.warning("%s: %s", member.node, reason)
+        record = stake_mod.slash(
+            member.node,
+            stake_mod.SlashKind.AVAILABILITY,
+            held,
+            evidence,
+            now_ms,
+            reason=reason,
+            policy=c.stake_policy,
+        )
+        before = len(self.ledger)
+        stake_mod.apply_slash(self.ledger, record)
+        return [RecordLedger(tuple(self.ledger.since(before)))] if len(self.ledger) > before else []
 
     @staticmethod
     def _proof_time(check: _Check) -> int:

@@ -342,3 +342,30 @@ def test_stake_below_requirement_does_not_count() -> None:
     amount, _ = fund_and_stake(net, "a", T0, fraction=0.5)
     assert net.v.ledger.stake("a") == amount > MICRO
     assert not net.v.nodes["a"].evidence.held(T0)[L.ECONOMICALLY_STAKED]
+
+
+def test_uptime_below_the_commitment_is_slashed_once_per_window() -> None:
+    cfg = VerifierConfig(site="s", group="g", coordinator="coord", availability_window_ms=60_000)
+    v = Verifier(cfg, Ledger(), secret=bytes(32), now_ms=T0)
+    steady = Member("steady", b"", 0, "rpi4", "fp-1", cpu(), joined_ms=T0, uptime_commitment=0.95)
+    flaky = Member("flaky", b"", 0, "rpi4", "fp-2", cpu(), joined_ms=T0, uptime_commitment=0.95)
+    for m in (steady, flaky):
+        v.deposit(m.node, 100 * MICRO, f"dep-{m.node}", T0)
+        v.stake(m, 50 * MICRO, f"stake-{m.node}", T0)
+    members = {"steady": steady, "flaky": flaky}
+    effects: list[VerifierEffect] = []
+    for second in range(0, 61):
+        flaky.online = second < 30  # online for half the window: 50 % against a 95 % commitment
+        effects += v.tick(members, T0 + second * 1000)
+    slashes = [e for r in effects if isinstance(r, RecordLedger) for e in r.entries if e.kind == "slash"]
+    assert [e.account for e in slashes] == ["flaky"]
+    assert slashes[0].key.startswith("slash:availability:flaky:")
+    assert slashes[0].evidence and "uptime 48.3%" in slashes[0].memo  # 29 of the 60 s counted
+    assert v.ledger.stake("flaky") == 50 * MICRO - slashes[0].amount_micro == 47_500_000  # 5 %
+    assert v.ledger.stake("steady") == 50 * MICRO
+    assert v.nodes["flaky"].reputation.value(Dimension.UPTIME, T0 + 60_000) < v.nodes[
+        "steady"
+    ].reputation.value(Dimension.UPTIME, T0 + 60_000)
+    # A coordinator outage (no ticks) is not counted against anyone.
+    more = v.tick(members, T0 + 10 * 60_000)
+    assert not [r for r in more if isinstance(r, RecordLedger)]
