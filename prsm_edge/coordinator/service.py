@@ -280,6 +280,14 @@ class Coordinator:
             "risk_factor": required.risk_factor,
         }
 
+    async def push_limits(self, node: str, limits: dict[str, float]) -> None:
+        """Ask ``node`` to offer at most these fractions of its owner's offer (it never offers more)."""
+        o = self.options
+        cmd = NodeCommand(verb="settings", node=node, args={"limit": limits})
+        await self.session.publish(
+            topics.node_cmd(o.site, o.group, node, "settings"), self.signer.seal(cmd, now_ms()), qos=1
+        )
+
     async def redirect_all(self, reason: str) -> None:
         """Tell every member to leave and look for another group (this coordinator is stopping)."""
         o = self.options

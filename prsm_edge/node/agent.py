@@ -294,6 +294,8 @@ class Agent:
             case "rebirth":
                 log.info("%s: rebirth requested (%s)", self.node_id, cmd.args.get("why", ""))
                 self._birth()
+            case "settings":
+                self._apply_limits(cmd.args.get("limit"))
             case "redirect":
                 self._leave(f"the coordinator redirected this node: {cmd.args.get('reason', '')}")
             case "challenge":
@@ -309,6 +311,30 @@ class Agent:
                 self.work.sit(cmd.args)
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
+
+    def _apply_limits(self, limits: object) -> None:
+        """A coordinator's push: offer at most these fractions (0–1) of what the owner offers, per type.
+
+        The owner's settings stay the ceiling: a push can hold capacity back, never offer more than
+        the owner allowed. A push with any value outside 0–1 is refused whole.
+        """
+        if not isinstance(limits, dict) or not all(isinstance(k, str) for k in limits):
+            log.warning("%s: ignoring a settings push without a 'limit' map", self.node_id)
+            return
+        fractions: dict[str, float] = {}
+        for key, value in limits.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                log.warning(
+                    "%s: refusing a settings push: %s=%r is not a fraction 0–1", self.node_id, key, value
+                )
+                return
+            fractions[key] = float(value)
+        scaled = [
+            msgspec.structs.replace(r, capacity=round(r.capacity * fractions.get(r.type.value, 1.0), 3))
+            for r in self.options.resources
+        ]
+        log.info("%s: coordinator limits applied: %s", self.node_id, fractions)
+        self.update_resources(scaled, reason="coordinator limit within the owner's settings")
 
     async def _prove(self, args: dict[str, object]) -> None:
         proof = await self.work.challenge(args, now_ms)

@@ -162,3 +162,19 @@ def _now() -> int:
     import time
 
     return time.time_ns() // 1_000_000
+
+
+async def test_settings_push_holds_capacity_back_but_never_raises_it(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    coord = coordinator(mosquitto.url, tmp_path / "coord")
+    agent = Agent(agent_options(mosquitto.url, tmp_path / "a"))  # the owner offers 2 cores
+    async with running(coord, agent):
+        await eventually(lambda: coord.group.online_count == 1)
+        member = coord.group.members[agent.node_id]
+        await coord.push_limits(agent.node_id, {"compute_cpu": 0.5})
+        await eventually(lambda: capacities(member.resources) == {"compute_cpu": 1.0}, what="limit applied")
+        await coord.push_limits(agent.node_id, {"compute_cpu": 1.5})  # more than the owner allows
+        await coord.push_limits(agent.node_id, {"compute_cpu": 1.0})  # back to the owner's full offer
+        await eventually(lambda: capacities(member.resources) == {"compute_cpu": 2.0}, what="back to 2")
+        assert coord.group.accepted["claim"] == 2  # the refused push sent no claim

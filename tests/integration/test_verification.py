@@ -101,6 +101,15 @@ async def test_levels_are_earned_by_honest_nodes_and_lost_by_cheats(tmp_path: Pa
                 v.accepted for node, v in coord.verifier.verdicts if node in {a.node_id for a in honest}
             )
             assert sum(a.work.voted for a in (*honest, overclaimer, faker)) > 0
+
+            # A node that held the top of its ladder and starts cheating loses it, and its stake pays.
+            turncoat = honest[0]
+            assert g.members[turncoat.node_id].level is L.ECONOMICALLY_STAKED
+            turncoat.work.prover = junk_after_half
+            await eventually(
+                lambda: g.members[turncoat.node_id].level is L.SELF_REPORTED, timeout=20, what="level lost"
+            )
+            assert coord.ledger.stake(turncoat.node_id) < 60 * MICRO
         # The ledger is one hash chain, stored and reloaded intact.
         from prsm_edge.io.store import LedgerStore
         from prsm_edge.protocol.ledger import verify_chain
