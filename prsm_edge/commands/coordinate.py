@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from prsm_edge import paths, settings
+from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
+from prsm_edge.identity import load_or_create
 from prsm_edge.io.discovery import Advertiser
+from prsm_edge.io.session import parse_url
 from prsm_edge.localgroup import host_group
 from prsm_edge.protocol.formation import GroupAdvert
 from prsm_edge.protocol.messages import PROTOCOL_VERSION
@@ -35,7 +38,22 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--ws-port", type=int, default=9001, help="WebSocket port for the dashboard (default 9001)"
     )
-    parser.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto")
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        default="auto",
+        help="which broker to start here (auto: Mosquitto if installed, else the embedded fallback)",
+    )
+    parser.add_argument(
+        "--external",
+        default=None,
+        metavar="URL",
+        help="start no broker: use an existing one (mqtt://HOST:PORT); its ACLs are yours to run",
+    )
+    parser.add_argument("--username", default=None, help="the coordinator's login on the --external broker")
+    parser.add_argument(
+        "--password", default=None, help="the coordinator's password on the --external broker"
+    )
     parser.add_argument(
         "--max-members", type=int, default=200, help="refuse members beyond this (default 200)"
     )
@@ -60,6 +78,9 @@ def _run(args: argparse.Namespace) -> int:
 async def _coordinate(args: argparse.Namespace) -> None:
     site = args.site or settings.load().site
     workdir = (args.workdir or paths.data_dir()) / "coordinator" / args.group
+    if args.external:
+        await _external(args, site, workdir)
+        return
     async with host_group(
         workdir,
         site=site,
@@ -74,33 +95,66 @@ async def _coordinate(args: argparse.Namespace) -> None:
         b = hosted.broker
         acl = "per-node ACLs" if b.acl_enforced else "NO ACLs (embedded fallback)"
         print(f"{b.kind} broker at {b.url} (WebSocket {b.ws_url}), {acl}", file=sys.stderr, flush=True)
-        advert = GroupAdvert(
-            site=site,
-            group=args.group,
-            coordinator=coord.identity.node_id,
-            epoch=coord.epoch,
-            version=PROTOCOL_VERSION,
-            members=len(coord.group.members),
-            port=b.port,
-            max_members=args.max_members,
-            key_fingerprint=coord.identity.fingerprint,
-            ws_port=b.ws_port,
-        )
-        async with contextlib.AsyncExitStack() as stack:
-            if not args.no_advertise:
-                await stack.enter_async_context(Advertiser(advert, args.interface))
-            task = asyncio.create_task(coord.run())
-            stack.callback(task.cancel)
-            loop = asyncio.get_running_loop()
-            deadline = None if args.seconds is None else loop.time() + args.seconds
-            while deadline is None or loop.time() < deadline:
-                await asyncio.sleep(min(5.0, args.seconds or 5.0))
-                g = coord.group
-                print(
-                    f"{site}/{args.group} epoch {coord.epoch}: {g.online_count}/{len(g.members)} online, "
-                    f"rejected {sum(g.rejected.values())}",
-                    flush=True,
-                )
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _serve(args, site, coord, b.port, b.ws_port, ())
+
+
+async def _external(args: argparse.Namespace, site: str, workdir: Path) -> None:
+    address = parse_url(args.external)
+    options = CoordinatorOptions(
+        site=site,
+        group=args.group,
+        broker_url=args.external,
+        workdir=workdir,
+        max_members=args.max_members,
+        username=args.username,
+        password=args.password,
+    )
+    coord = Coordinator(load_or_create(workdir), options)
+    print(
+        f"coordinating through the existing broker {args.external}; per-node ACLs are not managed here",
+        file=sys.stderr,
+        flush=True,
+    )
+    hosts = () if address.host in ("localhost", "127.0.0.1", "0.0.0.0") else (address.host,)
+    await _serve(args, site, coord, address.port, None, hosts)
+
+
+async def _serve(
+    args: argparse.Namespace,
+    site: str,
+    coord: Coordinator,
+    port: int,
+    ws_port: int | None,
+    hosts: tuple[str, ...],
+) -> None:
+    advert = GroupAdvert(
+        site=site,
+        group=args.group,
+        coordinator=coord.identity.node_id,
+        epoch=coord.epoch,
+        version=PROTOCOL_VERSION,
+        members=len(coord.group.members),
+        port=port,
+        max_members=args.max_members,
+        key_fingerprint=coord.identity.fingerprint,
+        hosts=hosts,
+        ws_port=ws_port,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        if not args.no_advertise:
+            await stack.enter_async_context(Advertiser(advert, args.interface))
+        task = asyncio.create_task(coord.run())
+        stack.callback(task.cancel)
+        loop = asyncio.get_running_loop()
+        deadline = None if args.seconds is None else loop.time() + args.seconds
+        while deadline is None or loop.time() < deadline:
+            await asyncio.sleep(min(5.0, args.seconds or 5.0))
+            g = coord.group
+            print(
+                f"{site}/{args.group} epoch {coord.epoch}: {g.online_count}/{len(g.members)} online, "
+                f"rejected {sum(g.rejected.values())}",
+                flush=True,
+            )
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prsm_edge import paths
 from prsm_edge.autoform import AutoNode, FormationOptions
+from prsm_edge.errors import PrsmEdgeError
+from prsm_edge.io import attest
 from prsm_edge.node.agent import AgentOptions
 from prsm_edge.node.detect import detect
 from prsm_edge.node.profiles import resolve
+from prsm_edge.node.prover import Attestor, tpm_attestor
 from prsm_edge.protocol.offer import offered
 
 
@@ -45,7 +49,23 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--discover-seconds", type=float, default=4.0, help="how long to browse (default 4)")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
+    parser.add_argument(
+        "--no-attest", action="store_true", help="do not offer TPM attestation even where a TPM is present"
+    )
     parser.set_defaults(handler=_run)
+
+
+def _attestor(workdir: Path) -> Attestor | None:
+    """This device's TPM attestation key, or None (with the reason) where it has no usable TPM."""
+    availability = attest.tpm_available(None)
+    if not availability.supported:
+        print(f"hardware attestation: not available ({availability.reason})", file=sys.stderr)
+        return None
+    try:
+        return tpm_attestor(workdir / "attestation")
+    except PrsmEdgeError as exc:
+        print(f"hardware attestation: not available ({exc})", file=sys.stderr)
+        return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -69,6 +89,8 @@ def _run(args: argparse.Namespace) -> int:
         min_hourly_rate_micro=s.min_hourly_rate_micro,
         uptime_commitment=s.uptime_commitment,
     )
+    if not args.no_attest:
+        agent = replace(agent, attestor=_attestor(workdir))
     options = FormationOptions(
         site=site,
         workdir=workdir,

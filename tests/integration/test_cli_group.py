@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, require_mosquitto
+from tests.conftest import Mosquitto, free_port, require_mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,68 @@ def test_coordinate_and_join_as_processes(tmp_path: Path) -> None:
         join.send_signal(signal.SIGINT)  # graceful leave
         assert join.wait(15) == 0
         _wait_line(coord, "0/1 online", 12)
+    finally:
+        for proc in (join, coord):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if coord.stdout is not None:
+            coord.stdout.close()
+
+
+def test_coordinate_through_an_existing_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    env = {**os.environ, "PRSM_EDGE_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+    coord = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prsm_edge",
+            "coordinate",
+            "--external",
+            mosquitto.url,
+            "--no-advertise",
+            "--group",
+            "ext",
+            "--site",
+            "lab",
+            "--seconds",
+            "30",
+            "--workdir",
+            str(tmp_path / "c"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    join = None
+    try:
+        _wait_line(coord, "coordinating through the existing broker", 15)
+        join = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prsm_edge",
+                "join",
+                "--broker",
+                mosquitto.url,
+                "--group",
+                "ext",
+                "--site",
+                "lab",
+                "--workdir",
+                str(tmp_path / "n"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        _wait_line(coord, "1/1 online", 20)
     finally:
         for proc in (join, coord):
             if proc is not None and proc.poll() is None:
