@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
@@ -477,8 +477,3 @@ class Agent:
             raise group.exceptions[0] from None
         finally:
             self.outbox.close()
-
-
-def with_resources(options: AgentOptions, resources: list[ResourceSpec]) -> AgentOptions:
-    """A copy of ``options`` offering ``resources``."""
-    return replace(options, resources=resources)
