@@ -161,6 +161,7 @@ class _Check:
     opening: ProofOpening | None = None
     verdict: proofs.Verdict | None = None
     votes: list[VerificationVote] = field(default_factory=list)
+    claim: bytes = b""  # the claim this check was issued against
 
 
 @dataclass(slots=True)
@@ -291,7 +292,9 @@ class Verifier:
         if member.attestation_key:
             challenge = msgspec.structs.replace(challenge, attest=True)
         panel = tuple(peers.select_verifiers(beacon, member.node, self.round, eligible, k=c.panel))
-        self.checks[challenge.challenge_id] = _Check(challenge, issued.salt, self.round, panel, now_ms)
+        self.checks[challenge.challenge_id] = _Check(
+            challenge, issued.salt, self.round, panel, now_ms, claim=claim_hash(member.node, member.resources)
+        )
         wire = msgspec.to_builtins(challenge, builtin_types=(bytes,))
         # Seat the panel before the subject hears of the challenge, so its proof finds them waiting.
         effects: list[VerifierEffect] = []
@@ -350,9 +353,14 @@ class Verifier:
 
     def on_vote(self, vote: VerificationVote) -> list[VerifierEffect]:
         """A panel member's signed verdict."""
-        for check in self.checks.values():
-            if check.challenge.challenge_id == vote.challenge_id and vote.voter in check.panel:
-                check.votes.append(vote)
+        check = self.checks.get(vote.challenge_id)
+        if (
+            check is not None
+            and vote.voter in check.panel
+            and vote.subject == check.challenge.node
+            and vote.round == check.round
+        ):
+            check.votes.append(vote)
         return []
 
     def attestation_result(self, node: str, verified: bool, now_ms: int) -> list[VerifierEffect]:
@@ -431,6 +439,10 @@ class Verifier:
             reason = "no commitment before the deadline" if check.proof is None else "no opening"
             verdict = proofs.Verdict(False, proofs.VerdictReason.LATE, reason)
         self.verdicts.append((node, verdict))
+        if verdict.accepted and member is not None and claim_hash(node, member.resources) != check.claim:
+            # The node changed its claim while this check ran: a pass proves the old claim only.
+            state.evidence.history.append((now_ms, "pass of a superseded claim not counted"))
+            return []
         result = peers.tally(check.votes, check.panel, subject=node, round_=check.round)
         if check.panel:
             # A panel that lost its quorum to silence or a split counts for nothing; the objective

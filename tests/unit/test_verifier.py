@@ -91,6 +91,7 @@ class Net:
         lie: Lie | None = None,
         silent: bool = False,
         settle_at: int = 1_000,
+        before_settle: Callable[[], None] | None = None,
     ) -> list[VerifierEffect]:
         """One full round: claims, beacon, challenges, proofs, openings, votes, settling."""
         delay = delay or {}
@@ -126,6 +127,8 @@ class Net:
                     continue
                 assert isinstance(vote, VerificationVote)
                 effects += self.v.on_vote(lie(vote) if lie else vote)
+        if before_settle is not None:
+            before_settle()
         effects += self.v.tick(self.members, now + settle_at)
         return effects
 
@@ -369,3 +372,15 @@ def test_uptime_below_the_commitment_is_slashed_once_per_window() -> None:
     # A coordinator outage (no ticks) is not counted against anyone.
     more = v.tick(members, T0 + 10 * 60_000)
     assert not [r for r in more if isinstance(r, RecordLedger)]
+
+
+async def test_a_pass_of_a_claim_changed_mid_check_earns_nothing() -> None:
+    net = Net(["a", "b", "c", "d", "e", "f"])
+
+    def raise_claim() -> None:
+        net.members["a"].resources = cpu(RATE * 3)
+
+    effects = await net.round(T0, before_settle=raise_claim)
+    assert ("a", L.BENCHMARKED) not in levels(effects)
+    assert net.v.level_of("a") is L.SELF_REPORTED
+    assert ("b", L.BENCHMARKED) in levels(effects)
