@@ -145,7 +145,7 @@ class Coordinator:
             options.verification or VerifierConfig(site=options.site, group=options.group, coordinator=""),
             coordinator=identity.node_id,
         )
-        self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32), now_ms=now_ms())
+        self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
         self._next_round = time.monotonic() + 1.0
         self._logged: set[tuple[Reason, str]] = set()
         self.ready = asyncio.Event()

@@ -123,7 +123,6 @@ class Session:
         self.oversized = 0
         self._client: aiomqtt.Client | None = None
         self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
         self._reconnect = asyncio.Event()
 
     # ---- publishing --------------------------------------------------------------------------
@@ -145,12 +144,6 @@ class Session:
             raise BrokerError("this session has no outbox for QoS 1 publications")
         self.outbox.put(topic, payload, retain=retain)
         self._wake.set()
-
-    async def flush(self) -> None:
-        """Wait until every queued QoS 1 publication was acknowledged (wrap in ``asyncio.timeout``)."""
-        if self.outbox is not None and len(self.outbox):
-            self._drained.clear()
-            await self._drained.wait()
 
     def request_reconnect(self) -> None:
         """Drop the current connection and connect again at once (e.g. with new credentials)."""
@@ -248,7 +241,6 @@ class Session:
         while True:
             items = outbox.peek(50)
             if not items:
-                self._drained.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue

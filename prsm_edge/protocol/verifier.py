@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -181,7 +182,7 @@ class _Node:
 class Verifier:
     """The coordinator's verification engine, fed with members, messages and time."""
 
-    def __init__(self, config: VerifierConfig, ledger: Ledger, *, secret: bytes, now_ms: int) -> None:
+    def __init__(self, config: VerifierConfig, ledger: Ledger, *, secret: bytes) -> None:
         self.config = config
         self.ledger = ledger
         self.sampler = AdaptiveSampler()
@@ -190,8 +191,7 @@ class Verifier:
         self.round = 0
         self._secret = secret  # committed for the next round
         self._commit = peers.beacon_commit(secret, 1)
-        self._created_ms = now_ms
-        self.verdicts: list[tuple[str, proofs.Verdict]] = []
+        self.verdicts: deque[tuple[str, proofs.Verdict]] = deque(maxlen=1024)  # recent, for inspection
 
     # ---- members -----------------------------------------------------------------------------
     def _node(self, node: str, now_ms: int) -> _Node:

@@ -73,7 +73,7 @@ class Net:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         cfg = VerifierConfig(site="s", group="g", coordinator="coord", segments=32, opens=4, target_ms=5)
-        self.v = Verifier(cfg, Ledger(), secret=self.rng.randbytes(32), now_ms=T0)
+        self.v = Verifier(cfg, Ledger(), secret=self.rng.randbytes(32))
         self.members = {}
         self.works = {}
         for i, n in enumerate(self.names):
@@ -349,7 +349,7 @@ def test_stake_below_requirement_does_not_count() -> None:
 
 def test_uptime_below_the_commitment_is_slashed_once_per_window() -> None:
     cfg = VerifierConfig(site="s", group="g", coordinator="coord", availability_window_ms=60_000)
-    v = Verifier(cfg, Ledger(), secret=bytes(32), now_ms=T0)
+    v = Verifier(cfg, Ledger(), secret=bytes(32))
     steady = Member("steady", b"", 0, "rpi4", "fp-1", cpu(), joined_ms=T0, uptime_commitment=0.95)
     flaky = Member("flaky", b"", 0, "rpi4", "fp-2", cpu(), joined_ms=T0, uptime_commitment=0.95)
     for m in (steady, flaky):
