@@ -298,10 +298,12 @@ def _bench_memory(ctx: _Ctx) -> BenchResult:
     ctx.step(0.5)
 
     # Can the claimed fraction of memory really be allocated and touched? Bounded by the check limit.
+    # Whole pages are touched, so the claim is rounded *up* to pages (a page-aligned check that rounds
+    # down can never cover an unaligned claim); only the safety bounds round down.
     claim = int(vm.total * ctx.options.memory_claim_fraction)
-    target = min(claim, ctx.options.memory_check_limit_bytes, int(vm.available * 0.5))
     page = 4096
-    target -= target % page
+    bound = min(ctx.options.memory_check_limit_bytes, int(vm.available * 0.5))
+    target = min(-(-claim // page) * page, bound - bound % page)
     try:
         t0 = time.monotonic()
         block = bytearray(target)

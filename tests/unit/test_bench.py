@@ -106,16 +106,26 @@ def test_memory_bandwidth_and_allocation_check(
     assert mem.facts["total_bytes"] == suite[0].machine.memory_total_bytes
 
 
-def test_memory_claim_fully_checked_when_small(tmp_path: Path) -> None:
-    fraction = (4 * MiB) / psutil.virtual_memory().total
+@pytest.mark.parametrize("total", [25_275_990_016, 24 * 1024**3, 8_000_000_001])
+def test_memory_claim_fully_checked_when_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, total: int
+) -> None:
+    # The machine's exact byte count decides whether total × fraction lands on a page boundary; CI's
+    # 25,275,990,016 bytes made a 4 MiB claim one byte over, which a page-rounded-down check never covers.
+    real = psutil.virtual_memory()
+    fake = real._replace(total=total, available=min(real.available, total))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
+    fraction = (4 * MiB) / total
     res = run_suite(
         ["memory"],
         quick=True,
         workdir=tmp_path,
         options=Options(memory_claim_fraction=fraction, memory_check_limit_bytes=32 * MiB),
     ).get("memory")
+    claimed = res.facts["claimed_bytes"]
+    assert abs(claimed - 4 * MiB) <= 1
     assert res.facts["claim_fully_checked"] is True
-    assert 4 * MiB - 4096 <= res.figure("allocated_and_touched") <= 4 * MiB
+    assert claimed <= res.figure("allocated_and_touched") < claimed + 4096
 
 
 def test_storage_measures_and_cleans_up(suite: tuple[SuiteResult, dict[str, list[float]], Path]) -> None:
