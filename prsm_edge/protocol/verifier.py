@@ -73,7 +73,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CPU_RATE_KEY: Final = "sha256_per_s"  # single-core SHA-256 rate a node claims in its CPU offer
+CPU_RATE_KEY: Final = proofs.RATE_KEYS["cpu"]  # per-core rate a node claims in its CPU offer
 
 
 def claim_hash(node: str, resources: list[ResourceSpec]) -> bytes:
