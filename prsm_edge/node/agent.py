@@ -462,7 +462,7 @@ class Agent:
             cores = max(
                 (int(r.capacity) for r in self.resources if r.type is ResourceType.COMPUTE_CPU), default=1
             )
-            rates["cpu"] = await asyncio.to_thread(calibrate_cpu_rate, 0.2, max(1, min(cores, 256)))
+            rates["cpu"] = await asyncio.to_thread(calibrate_cpu_rate, 0.3, max(1, min(cores, 256)))
             if proofs.RESOURCE_OF["memory"] in offered and "memory" not in rates:
                 rates["memory"] = await asyncio.to_thread(calibrate_table_rate)
             if proofs.RESOURCE_OF["storage"] in offered and "storage" not in rates:

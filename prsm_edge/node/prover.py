@@ -162,26 +162,39 @@ def prove_storage(challenge: BenchmarkChallenge, folder: Path) -> tuple[bytes, p
     return root, done
 
 
-def calibrate_cpu_rate(seconds: float = 0.2, lanes: int = 1) -> float:
+def calibrate_cpu_rate(seconds: float = 0.3, lanes: int = 1) -> float:
     """This machine's per-core rate for the ``cpu`` workload (PBKDF2 iterations per second), measured
-    now with ``lanes`` lanes running at once (the claimed cores: they share caches, power and heat)."""
-    chunk = 20_000
+    now with ``lanes`` lanes running at once (the claimed cores: they share caches, power and heat).
+
+    The median of three windows, so one burst of other load does not set the claim.
+    """
+    chunk = 10_000
+    window = seconds / 3
 
     def lane(n: int) -> int:
         done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        while time.perf_counter() - start < window:
             proofs.run_segment("cpu", b"calibrate", n, chunk)
             done += chunk
         return done
 
-    start = time.perf_counter()
+    rates: list[float] = []
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="calibrate") as pool:
-        total = sum(pool.map(lane, range(lanes)))
-    return total / (time.perf_counter() - start) / lanes
+        for _ in range(3):
+            start = time.perf_counter()
+            total = sum(pool.map(lane, range(lanes)))
+            rates.append(total / (time.perf_counter() - start) / lanes)
+    return sorted(rates)[1]
 
 
 def calibrate_table_rate(size: int = 8 << 20, folder: Path | None = None) -> float:
-    """Bytes per second this machine builds a table (tree included) in memory, or on disk under ``folder``."""
+    """Bytes per second this machine builds a table (tree included) in memory, or on disk under ``folder``:
+    the median of three tables of ``size / 3``."""
+    rates = [_table_rate(max(2 * proofs.LINE_BYTES, size // 3), folder) for _ in range(3)]
+    return sorted(rates)[1]
+
+
+def _table_rate(size: int, folder: Path | None) -> float:
     ch = BenchmarkChallenge(
         challenge_id="calibrate",
         node="",

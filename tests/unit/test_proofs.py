@@ -157,9 +157,13 @@ def test_live_parameters_catch_a_1_6x_overclaimer_and_pass_honest_noise() -> Non
         real, salt = proofs.make_challenge("nV", "nP", workload, 1e9, rng, NOW, capacity_bytes=1 << 40)
         # A stand-in small enough to prove here, with the same expected time, deadline and thresholds.
         if workload == "cpu":
-            ch = msgspec.structs.replace(real, segment_size=2, claimed_rate=real.claimed_rate * 2 / real.segment_size)
+            ch = msgspec.structs.replace(
+                real, segment_size=2, claimed_rate=real.claimed_rate * 2 / real.segment_size
+            )
         else:
-            ch = msgspec.structs.replace(real, segments=64, claimed_rate=real.claimed_rate * 64 / real.segments)
+            ch = msgspec.structs.replace(
+                real, segments=64, claimed_rate=real.claimed_rate * 64 / real.segments
+            )
         assert proofs.expected_ms(ch) == pytest.approx(proofs.expected_ms(real))
         _, results = proofs.prove(ch)
         proof, opening = answer(ch, results, salt)
@@ -260,7 +264,7 @@ def test_holding_part_of_a_table_costs_time_or_is_caught() -> None:
     full: list[bytes] = []
     proofs.build_table(nonce, n, full)
     proofs.build_table(nonce, n, thrifty)
-    assert thrifty.computed > 0.4 * n  # > 40 % extra line computations: past the 1.4 slack
+    assert thrifty.computed > 0.4 * n  # > 40 % extra line computations: past the 1.47 slack
     # Junk instead of the missing lines: the committed table is inconsistent, and openings show it.
     caught = 0
     for t in range(20):
