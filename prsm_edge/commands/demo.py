@@ -17,7 +17,7 @@ from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
-from prsm_edge.protocol.group import Member
+from prsm_edge.protocol.group import Group
 from prsm_edge.protocol.messages import ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
 from prsm_edge.protocol.verifier import VerifierConfig
@@ -166,7 +166,7 @@ async def _show(
                 + ", ".join(f"{level} {n}" for level, n in sorted(g.summary().trust.items()))
             )
             if table:
-                print("\x1b[2J\x1b[H" + status + "\n" + _table(list(g.members.values())), flush=True)
+                print("\x1b[2J\x1b[H" + status + "\n" + _table(g), flush=True)
             else:
                 print(status, flush=True)
     finally:
@@ -176,7 +176,8 @@ async def _show(
             task.cancel()
 
 
-def _table(members: list[Member]) -> str:
+def _table(group: Group) -> str:
+    members = list(group.members.values())
     now = time.time() * 1000
     header = f"{'node':<18} {'cpu':>6} {'mem GB':>7} {'disk GB':>8} {'trust level':<20} {'state':<8}"
     lines = [f"{header} {'last seen':>9}"]
@@ -185,11 +186,12 @@ def _table(members: list[Member]) -> str:
         state = "online" if m.online else "offline"
         if m.online and not m.offering:
             state = "held"
+        level = f"{group.level(m.node).value} ({group.trust(m.node):.2f})"
         lines.append(
             f"{m.node:<18} {cap.get(ResourceType.COMPUTE_CPU, 0):>6.2f} "
             f"{cap.get(ResourceType.STORAGE_MEMORY, 0):>7.2f} "
             f"{cap.get(ResourceType.STORAGE_PERSISTENT, 0):>8.1f} "
-            f"{m.level.value + f' ({m.trust:.2f})':<20} {state:<8} {(now - m.last_seen_ms) / 1000:>8.1f}s"
+            f"{level:<20} {state:<8} {(now - m.last_seen_ms) / 1000:>8.1f}s"
         )
     return "\n".join(lines)
 
