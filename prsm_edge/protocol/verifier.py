@@ -407,9 +407,8 @@ class Verifier:
             if state.fingerprint != m.hw_fingerprint:
                 state.fingerprint, state.fingerprint_since_ms = m.hw_fingerprint, now_ms
         fingerprints = {m.node: m.hw_fingerprint for m in online if m.hw_fingerprint}
-        precedence = {
-            m.node: (not self._verified(m, now_ms), self.nodes[m.node].fingerprint_since_ms) for m in online
-        }
+        verified = {m.node: self._verified(m, now_ms) for m in online}
+        precedence = {m.node: (not verified[m.node], self.nodes[m.node].fingerprint_since_ms) for m in online}
         flags += fraud.duplicate_fingerprints(fingerprints, precedence)
         cohort: dict[str, tuple[str, float]] = {}
         for m in online:
@@ -421,11 +420,22 @@ class Verifier:
                 self.sampler.flag(m.node, checks=1)
             if rate > 0:
                 cohort[m.node] = (m.device_class, rate)
-                flags += fraud.jump(m.node, state.claims, rate)
+                if not verified[m.node]:  # a claim a proof holds up is no longer a suspicion
+                    flags += fraud.jump(m.node, state.claims, rate)
                 if not state.claims or state.claims[-1] != rate:
                     state.claims = [*state.claims[-15:], rate]
-        flags += fraud.cohort_outliers(cohort)
+        flags += [f for f in fraud.cohort_outliers(cohort) if not verified[f.node]]
         fraud.raise_sampling(self.sampler, flags)
+        # Flags about the present (a shared fingerprint, an outlying claim) hold while it lasts;
+        # a jump is an event, and stays until it expires or the new claim is verified.
+        current = {(f.node, f.kind) for f in flags}
+        for m in online:
+            held = self._node(m.node, now_ms).flags
+            for kind in (fraud.FlagKind.DUPLICATE_FINGERPRINT, fraud.FlagKind.COHORT):
+                if kind in held and (m.node, kind) not in current:
+                    del held[kind]
+            if verified[m.node]:
+                held.pop(fraud.FlagKind.JUMP, None)
         for f in flags:
             self._node(f.node, now_ms).flags[f.kind] = now_ms
             log.info("fraud flag on %s: %s", f.node, f.kind)
@@ -812,11 +822,13 @@ class Verifier:
         self.sampler.record(node, verdict.accepted)
         effects: list[VerifierEffect] = []
         current = member is not None and claim_hash(node, member.resources) == check.claim
-        if verdict.accepted and current and fraud.FlagKind.JUMP in state.flags:
+        suspicions = (fraud.FlagKind.JUMP, fraud.FlagKind.COHORT)
+        if verdict.accepted and current and any(k in state.flags for k in suspicions):
             # The new, higher claim was checked and holds: a legitimate upgrade, not a fraud signal.
-            del state.flags[fraud.FlagKind.JUMP]
+            for kind in suspicions:
+                state.flags.pop(kind, None)
             state.claims = state.claims[-1:]
-            ev.history.append((now_ms, "jump flag cleared: the new claim was verified"))
+            ev.history.append((now_ms, "claim flags cleared: the new claim was verified"))
         if not verdict.accepted:
             log.warning("verification of %s failed: %s %s", node, verdict.reason, verdict.detail)
             # Any failure after an on-time commitment is fraud; lateness and slowness are performance.

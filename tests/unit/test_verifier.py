@@ -12,6 +12,7 @@ import msgspec
 from prsm_edge.node.prover import ProofWork, Prover
 from prsm_edge.protocol import merkle, peers, proofs
 from prsm_edge.protocol.group import Member, Publish
+from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.ledger import Ledger, LedgerKind, verify_chain
 from prsm_edge.protocol.messages import (
     MICRO,
@@ -19,6 +20,7 @@ from prsm_edge.protocol.messages import (
     BenchmarkChallenge,
     BenchmarkProof,
     LedgerEntry,
+    Message,
     NodeCommand,
     ProofOpening,
     ResourceSpec,
@@ -66,6 +68,7 @@ class Net:
     names: list[str]
     seed: int = 7
     provers: dict[str, Prover] = field(default_factory=dict)
+    signers: dict[str, Signer] = field(default_factory=dict)  # nodes whose messages are really signed
     members: dict[str, Member] = field(init=False)
     works: dict[str, ProofWork] = field(init=False)
     v: Verifier = field(init=False)
@@ -88,6 +91,11 @@ class Net:
         self.members[node] = Member(node, b"", 0, "rpi4", fingerprint, cpu(), joined_ms=T0)
         self.works[node] = ProofWork(node, prover=self.provers.get(node, proofs.prove))
 
+    def raw(self, node: str, msg: Message, at: int) -> bytes:
+        """The COSE_Sign1 bytes ``node`` would send (empty for nodes without a signer)."""
+        signer = self.signers.get(node)
+        return signer.seal(msg, at) if signer is not None else b""
+
     async def round(
         self,
         now: int,
@@ -97,6 +105,7 @@ class Net:
         silent: bool = False,
         settle_at: int = 1_000,
         before_settle: Callable[[], None] | None = None,
+        tamper: Callable[[str, ProofOpening], ProofOpening | None] | None = None,
     ) -> list[VerifierEffect]:
         """One full round: claims, beacon, challenges, proofs, openings, votes, settling."""
         delay = delay or {}
@@ -118,13 +127,18 @@ class Net:
             at = now + delay.get(node, 2)
             for p in panels.get(cid, []):
                 assert await self.works[p].observe(node, proof, at) is None
-            opened = self.v.on_proof(self.members[node], proof, at)
+            opened = self.v.on_proof(self.members[node], proof, at, self.raw(node, proof, at))
             effects += opened
             (open_cmd,) = [e.message for e in opened if isinstance(e, Publish)]
             assert isinstance(open_cmd, NodeCommand) and open_cmd.verb == "open"
             opening = self.works[node].open(open_cmd.args)
             assert isinstance(opening, ProofOpening)
-            effects += run_checks(self.v, self.v.on_opening(opening, at + 1))
+            if tamper is not None:
+                changed = tamper(node, opening)
+                if changed is None:
+                    continue  # the node withholds its opening
+                opening = changed
+            effects += run_checks(self.v, self.v.on_opening(opening, at + 1, self.raw(node, opening, at + 1)))
             for p in panels.get(cid, []):
                 vote = await self.works[p].observe(node, opening, at + 1)
                 if silent:
