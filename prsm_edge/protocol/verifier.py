@@ -825,8 +825,8 @@ class Verifier:
         suspicions = (fraud.FlagKind.JUMP, fraud.FlagKind.COHORT)
         if verdict.accepted and current and any(k in state.flags for k in suspicions):
             # The new, higher claim was checked and holds: a legitimate upgrade, not a fraud signal.
-            for kind in suspicions:
-                state.flags.pop(kind, None)
+            for flag in suspicions:
+                state.flags.pop(flag, None)
             state.claims = state.claims[-1:]
             ev.history.append((now_ms, "claim flags cleared: the new claim was verified"))
         if not verdict.accepted:

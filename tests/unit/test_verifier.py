@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,8 +10,8 @@ import msgspec
 
 from prsm_edge.node.prover import ProofWork, Prover
 from prsm_edge.protocol import merkle, peers, proofs
-from prsm_edge.protocol.group import Member, Publish
 from prsm_edge.protocol.envelope import Signer
+from prsm_edge.protocol.group import Member, Publish
 from prsm_edge.protocol.ledger import Ledger, LedgerKind, verify_chain
 from prsm_edge.protocol.messages import (
     MICRO,
