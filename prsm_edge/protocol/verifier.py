@@ -272,6 +272,7 @@ class _Node:
     evidence_by_claim: OrderedDict[bytes, TrustEvidence] = field(default_factory=OrderedDict)
     claim: bytes = b""  # the claim last seen for this node
     workloads: tuple[str, ...] = ()  # the workloads that claim can be checked with
+    claim_of: list[ResourceSpec] | None = None  # the resources list ``claim`` was computed from
     claims: list[float] = field(default_factory=list)  # recent claimed CPU rates, for the jump detector
     flags: dict[fraud.FlagKind, int] = field(default_factory=dict)  # kind -> when last raised
     fingerprint: str = ""
@@ -338,8 +339,10 @@ class Verifier:
     def _see(self, member: Member, now_ms: int) -> tuple[_Node, TrustEvidence]:
         """The member's state with its current claim noted, and that claim's evidence."""
         state = self._node(member.node, now_ms)
-        state.claim = claim_hash(member.node, member.resources)
-        state.workloads = tuple(sorted(claimed_rates(member.resources)))
+        if state.claim_of is not member.resources:  # the group replaces the list when the claim changes
+            state.claim = claim_hash(member.node, member.resources)
+            state.workloads = tuple(sorted(claimed_rates(member.resources)))
+            state.claim_of = member.resources
         ev = state.evidence_for(state.claim)
         required = stake_mod.required_stake(
             member.resources,
