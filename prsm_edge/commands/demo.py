@@ -80,7 +80,48 @@ def _run(args: argparse.Namespace) -> int:
             return 0
 
 
-def _slices(nodes: int) -> tuple[list[ResourceSpec], str]:
+def demo_verification(site: str, group: str, nodes: int) -> VerifierConfig:
+    """Verification for a demo group: every agent proves on this one machine (one process), so
+    challenges are small, deadlines generous and rounds spaced by the group's size; real devices prove
+    on their own hardware."""
+    return VerifierConfig(
+        site=site,
+        group=group,
+        coordinator="",  # the coordinator fills in its own id
+        round_ms=max(10_000, nodes * 300),
+        vote_timeout_ms=20_000,
+        segments=256,
+        opens=8,
+        target_ms=50,
+        slack=max(10.0, 2.0 * nodes),  # all the agents' proofs of a round share one CPU here
+        network_ms=2_000,
+        min_rate_ratio=0.0,
+    )
+
+
+def demo_agent(
+    site: str,
+    group: str,
+    url: str,
+    folder: Path,
+    resources: list[ResourceSpec],
+    fingerprint: str,
+    heartbeat: float,
+) -> AgentOptions:
+    """The options of one demo agent (one equal slice of this machine), keeping its state in ``folder``."""
+    return AgentOptions(
+        site=site,
+        group=group,
+        broker_url=url,
+        workdir=folder,
+        resources=resources,
+        device_class="demo-slice",
+        hw_fingerprint=f"{fingerprint}/slice-{folder.name}",
+        heartbeat_interval_s=heartbeat,
+    )
+
+
+def slices(nodes: int) -> tuple[list[ResourceSpec], str]:
     """One agent's share of this machine: detected capacity / nodes, then the owner's allocation."""
     detected = detect()
     share = [
@@ -92,23 +133,9 @@ def _slices(nodes: int) -> tuple[list[ResourceSpec], str]:
 
 async def _demo(args: argparse.Namespace, workdir: Path) -> int:
     _say("detecting this machine's resources …")
-    resources, fingerprint = await asyncio.to_thread(_slices, args.nodes)
+    resources, fingerprint = await asyncio.to_thread(slices, args.nodes)
     _say(f"starting the broker ({args.broker}) …")
-    # Every demo agent proves on this one machine (one process), so challenges are small, deadlines
-    # generous and rounds spaced by the group's size; real devices prove on their own hardware.
-    verification = VerifierConfig(
-        site=args.site,
-        group=args.group,
-        coordinator="",  # the coordinator fills in its own id
-        round_ms=max(10_000, args.nodes * 300),
-        vote_timeout_ms=20_000,
-        segments=256,
-        opens=8,
-        target_ms=50,
-        slack=max(10.0, 2.0 * args.nodes),  # all the agents' proofs of a round share one CPU here
-        network_ms=2_000,
-        min_rate_ratio=0.0,
-    )
+    verification = demo_verification(args.site, args.group, args.nodes)
     async with host_group(
         workdir,
         site=args.site,
@@ -124,15 +151,14 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         coord = host.coordinator
         agents = [
             Agent(
-                AgentOptions(
-                    site=args.site,
-                    group=args.group,
-                    broker_url=b.url,
-                    workdir=workdir / "agents" / f"a{i:03d}",
-                    resources=resources,
-                    device_class="demo-slice",
-                    hw_fingerprint=f"{fingerprint}/slice-{i}",
-                    heartbeat_interval_s=args.heartbeat,
+                demo_agent(
+                    args.site,
+                    args.group,
+                    b.url,
+                    workdir / "agents" / f"a{i:03d}",
+                    resources,
+                    fingerprint,
+                    args.heartbeat,
                 )
             )
             for i in range(args.nodes)

@@ -324,6 +324,7 @@ class Verifier:
         self._clock = 0
         self.verdicts: deque[tuple[str, proofs.Verdict]] = deque(maxlen=1024)  # recent, for inspection
         self.voided = 0
+        self.settled = 0  # checks settled with a verdict (the newest are in ``verdicts``)
         self.beacon: Publish | None = None  # the latest beacon published (republished on reconnect)
 
     # ---- trust state -------------------------------------------------------------------------
@@ -800,6 +801,7 @@ class Verifier:
             self.voided += 1
             return []
         self.verdicts.append((node, verdict))
+        self.settled += 1
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )
