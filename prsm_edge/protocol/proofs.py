@@ -89,6 +89,7 @@ from prsm_edge.protocol.messages import (
 
 __all__ = [
     "LINE_BYTES",
+    "LIVE_WORKLOADS",
     "MIN_SEGMENT_SIZE",
     "PARAMS",
     "RATE_KEYS",
@@ -126,6 +127,7 @@ __all__ = [
 
 WORKLOADS: Final = ("cpu", "memory", "storage", "bandwidth")
 TABLE_WORKLOADS: Final = ("memory", "storage")
+LIVE_WORKLOADS: Final = ("cpu", "memory", "storage")  # what a live group checks (bandwidth: not wired yet)
 LINE_BYTES: Final = 1024  # one table line: 32 HMAC-SHA-256 blocks
 MIN_SEGMENT_SIZE: Final[dict[str, int]] = {
     "cpu": 1,
@@ -247,19 +249,20 @@ def _positive(value: object) -> float:
     return v if math.isfinite(v) and 0 < v < 1e18 else 0.0
 
 
-def claims(resources: Sequence[ResourceSpec]) -> dict[str, Claim]:
-    """Workload → what the node claims, for each claimed resource that a workload verifies.
+def claims(resources: Sequence[ResourceSpec], workloads: Sequence[str] = LIVE_WORKLOADS) -> dict[str, Claim]:
+    """Workload → what the node claims, for each claimed resource that one of ``workloads`` verifies.
 
     CPU: the per-core rate (``details["pbkdf2_per_s"]``) × the offered cores, one lane a core. Memory and
     storage: the fill rate in their details and the capacity in GB. Egress bandwidth: its capacity in
     Mbit/s. A resource without a valid rate is left out (it stays self-reported), as are GPUs and the
-    rest (see the module docstring).
+    rest (see the module docstring). ``bandwidth`` is left out unless asked for: its chunks are not yet
+    carried between the agent and the coordinator, so a live group cannot check it.
     """
     out: dict[str, Claim] = {}
     for spec in resources:
         capacity = _positive(spec.capacity)
         for workload, rtype in RESOURCE_OF.items():
-            if spec.type is not rtype or workload in out or capacity <= 0:
+            if spec.type is not rtype or workload in out or capacity <= 0 or workload not in workloads:
                 continue
             if workload == "bandwidth":
                 out[workload] = Claim(capacity * _MBIT)
@@ -276,7 +279,7 @@ def claims(resources: Sequence[ResourceSpec]) -> dict[str, Claim]:
 
 
 def claimed_rates(resources: Sequence[ResourceSpec]) -> dict[str, float]:
-    """Workload name → claimed rate (work units per second), for each claimed resource a workload verifies."""
+    """Workload name → claimed rate (work units per second), for each claimed resource a live group checks."""
     return {w: c.rate for w, c in claims(resources).items()}
 
 
@@ -487,7 +490,7 @@ def make_challenge(
     Parameters left None take the workload's :data:`PARAMS`. ``lanes`` (``cpu``) is the number of claimed
     cores, ``claimed_rate`` their rate together; ``capacity_bytes`` (tables) the claimed capacity, of
     which at most ``max_bytes`` are checked. ``segments`` applies to ``cpu`` (rounded down to a multiple
-    of ``lanes``); tables have one segment a line, bandwidth one a chunk.
+    of ``lanes``, and at least one a lane); tables have one segment a line, bandwidth one a chunk.
     """
     if workload not in MIN_SEGMENT_SIZE:
         raise ProofError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
@@ -502,8 +505,8 @@ def make_challenge(
         raise ProofError(f"claimed rate must be a positive number, not {claimed_rate!r}")
     if not 1 <= lanes <= MAX_LANES or capacity_bytes < 0 or max_bytes < 0:
         raise ProofError(f"need 1 <= lanes ({lanes}) <= {MAX_LANES} and capacities not negative")
-    if workload == "cpu" and not lanes <= segments <= MAX_SEGMENTS:
-        raise ProofError(f"need lanes ({lanes}) <= segments ({segments}) <= {MAX_SEGMENTS}")
+    if workload == "cpu" and not 1 <= segments <= MAX_SEGMENTS:
+        raise ProofError(f"need 1 <= segments ({segments}) <= {MAX_SEGMENTS}")
     if opens < 1:
         raise ProofError(f"need at least one segment opened, not {opens}")
     if target_ms <= 0 or slack < 1.0 or network_ms < 0:

@@ -406,14 +406,14 @@ def test_claims_cover_what_a_workload_verifies_and_nothing_else() -> None:
         spec(ResourceType.COMPUTE_GPU, 1, gpu0_memory_total_bytes=8 << 30),
         spec(ResourceType.BANDWIDTH_INGRESS, 100),
     ]
-    got = proofs.claims(resources)
+    got = proofs.claims(resources, proofs.WORKLOADS)
     assert got == {
         "cpu": proofs.Claim(8e6, lanes=4),
         "memory": proofs.Claim(1e8, capacity_bytes=8_000_000_000),
         "storage": proofs.Claim(5e7, capacity_bytes=100_000_000_000),
         "bandwidth": proofs.Claim(100 * 125_000),
     }
-    assert proofs.claimed_rates(resources) == {w: c.rate for w, c in got.items()}
+    assert proofs.claimed_rates(resources) == {w: c.rate for w, c in got.items() if w != "bandwidth"}
     # No GPU workload without a CUDA runtime: the GPU claim earns no level above self-reported.
     assert "gpu" not in proofs.claimed_rates(resources)
     # Junk from the network is ignored, not trusted.
@@ -444,3 +444,27 @@ def test_bandwidth_meter_counts_what_arrives_on_its_own_clock() -> None:
     spot = proofs.open_indices(ch, b"", salt)[0]
     junk = [msgspec.structs.replace(c, data=bytes(len(c.data))) if c.index == spot else c for c in chunks]
     assert run(2_000, junk).reason is VerdictReason.WRONG_RESULT
+
+
+def test_the_live_verifier_rejects_a_1_6x_overclaimer_with_its_defaults() -> None:
+    """Fails on the old code: VerifierConfig's defaults (ratio 0.6, slack 1.5, 1.5 s target) let a node
+    claiming 1.6x its real rate pass every check."""
+    from prsm_edge.protocol.verifier import VerifierConfig
+
+    c = VerifierConfig(site="s", group="g", coordinator="c")
+    real, salt = proofs.make_challenge(
+        "c", "nP", "cpu", 1e7, random.Random(2), NOW, segments=c.segments, target_ms=c.target_ms,
+        opens=c.opens, slack=c.slack, network_ms=c.network_ms,
+    )  # fmt: skip
+    ch = msgspec.structs.replace(real, segment_size=1, claimed_rate=real.claimed_rate / real.segment_size)
+    _, results = proofs.prove(ch)
+    proof, opening = answer(ch, results, salt)
+    expected = proofs.expected_ms(ch)
+    over = proofs.check(
+        ch, proof, opening, NOW + math.ceil(1.6 * expected) + 20, min_rate_ratio=c.min_rate_ratio
+    )
+    assert not over.accepted
+    honest = proofs.check(
+        ch, proof, opening, NOW + math.ceil(expected / 0.85) + 400, min_rate_ratio=c.min_rate_ratio
+    )
+    assert honest.accepted
