@@ -47,7 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _KEEP = 16  # proofs kept for opening, panels pending: both bounded
-_KEEP_TABLES = 1  # memory/storage tables kept for opening (each is the size of the challenge)
+_KEEP_TABLES = 1  # tables kept for opening per table workload (each is the size of its challenge)
 
 Prover = Callable[[BenchmarkChallenge], tuple[bytes, Sequence[bytes]]]
 
@@ -281,9 +281,9 @@ class ProofWork:
         return proofs.prove(ch)
 
     def _keep(self, ch: BenchmarkChallenge, results: Sequence[bytes]) -> None:
-        """Keep results for the opening: a bounded number, and only the latest table (they are large)."""
+        """Keep results for the opening: a bounded number, and only the latest table of each workload."""
         if ch.workload in proofs.TABLE_WORKLOADS:
-            tables = [cid for cid, (c, _) in self._proofs.items() if c.workload in proofs.TABLE_WORKLOADS]
+            tables = [cid for cid, (c, _) in self._proofs.items() if c.workload == ch.workload]
             for cid in tables[: max(0, len(tables) - _KEEP_TABLES + 1)]:
                 self._drop(cid)
         self._proofs[ch.challenge_id] = (ch, results)

@@ -275,6 +275,7 @@ class _Pending:
     node: str
     round: int
     panel: tuple[str, ...]
+    workloads: tuple[str, ...] | None = None  # still to issue (None: every workload the claim has)
 
 
 @dataclass(slots=True)
@@ -535,8 +536,15 @@ class Verifier:
         order = list(subjects)
         rng.shuffle(order)
         step = window / max(1, len(order))
+        fingerprint = {m.node: m.hw_fingerprint for m in members}
+        first_due: dict[str, int] = {}
         for i, node in enumerate(order):
             due = now_ms + int(i * step + rng.random() * step)
+            # Identities that share hardware are challenged at the same moment: sybils on one device
+            # then share its speed, instead of each proving the whole device in turn.
+            fp = fingerprint.get(node, "")
+            if fp:
+                due = first_due.setdefault(fp, due)
             panel = tuple(peers.select_verifiers(beacon, node, self.round, eligible, k=c.panel))
             self._queue.append(_Pending(due, node, self.round, panel))
         by_node = {m.node: m for m in members}
@@ -561,8 +569,16 @@ class Verifier:
                         (now_ms, "not challenged: withholding")
                     )
                 continue
-            for workload, rate in sorted(claimed_rates(member.resources).items()):
-                effects += self._issue(member, workload, rate, head, now_ms, rng)
+            rates = claimed_rates(member.resources)
+            todo = [w for w in (sorted(rates) if head.workloads is None else head.workloads) if w in rates]
+            if not todo:
+                continue
+            effects += self._issue(member, todo[0], rates[todo[0]], head, now_ms, rng)
+            if len(todo) > 1:
+                # One workload at a time: proven together they would share the node's cores and fail.
+                issued = next(reversed(self.checks.values())).challenge
+                due = issued.deadline_ms + self.config.network_ms
+                self._queue.append(_Pending(due, head.node, head.round, head.panel, tuple(todo[1:])))
         return effects
 
     def _issue(
