@@ -51,13 +51,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from nacl.signing import SigningKey
 
 from prsm_edge.node.prover import ProofWork, calibrate_cpu_rate, calibrate_table_rate
-from prsm_edge.protocol import merkle, proofs, topics
+from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import Signer, open_envelope
 from prsm_edge.protocol.group import (
     Group,
@@ -71,7 +70,6 @@ from prsm_edge.protocol.ledger import Ledger, LedgerKind
 from prsm_edge.protocol.messages import (
     BenchmarkChallenge,
     BenchmarkProof,
-    CoordState,
     Heartbeat,
     LedgerEntry,
     Message,
@@ -81,7 +79,6 @@ from prsm_edge.protocol.messages import (
     ProofOpening,
     ResourceSpec,
     ResourceType,
-    VerificationLevel,
     VerificationVote,
 )
 from prsm_edge.protocol.verifier import (
@@ -496,7 +493,7 @@ class Sim:
     def run_job(
         self, node: SimNode, ch: BenchmarkChallenge, share: float, done: Callable[[], Awaitable[None]]
     ) -> None:
-        """Run ``share`` of ``ch`` on the node's device (noise, shared cores); ``done`` when it is finished."""
+        """Run ``share`` of ``ch`` on the node's device (noise, shared cores); ``done`` once finished."""
         d = node.device
         noise = self.rng.uniform(1 - NOISE, 1 + NOISE)
         threads = ch.lanes if ch.workload == "cpu" else 1
@@ -661,8 +658,8 @@ class Sim:
 
     def header(self) -> str:
         return (
-            "cycle  checks  fail  cheats caught (<1.47x / >=1.47x / sybil / withhold)   honest failed  slashed"
-            "  verify+sig CPU / prover CPU   msgs/node/h  KB/node/h"
+            "cycle  checks  fail  cheats caught (<1.47x / >=1.47x / sybil / withhold)   honest failed"
+            "  slashed  verify+sig CPU / prover CPU   msgs/node/h  KB/node/h"
         )
 
     def _caught(self, kinds: Callable[[SimNode], bool]) -> str:
@@ -765,7 +762,6 @@ def measure_here(quick: bool) -> tuple[dict[str, float], dict[str, float]]:
         for _ in range(200):
             open_envelope(payload)
         cost[kind] = (time.process_time() - start) / 200
-    _ = merkle  # (paths are costed in check_cost)
     return rates, cost
 
 
@@ -783,9 +779,10 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the verifier logs every failed check: the table says it
     rates, sig = measure_here(args.quick)
+    opens = f"{1e6 * sig['vote']:.0f}-{1e6 * sig['opening']:.0f} us"
     print(
         f"this machine: {rates['cpu']:.3g} PBKDF2 it/s/core, memory fill {rates['memory'] / 1e6:.0f} MB/s, "
-        f"storage {rates['storage'] / 1e6:.0f} MB/s; open_envelope {1e6 * sig['vote']:.0f}-{1e6 * sig['opening']:.0f} us",
+        f"storage {rates['storage'] / 1e6:.0f} MB/s; open_envelope {opens}",
         flush=True,
     )
     started = time.perf_counter()
