@@ -185,6 +185,8 @@ class Stats:
     sig_cpu: float = 0.0  # signature checks and seals of verification messages, everyone
     msgs: int = 0
     bytes: int = 0
+    panel_msgs: int = 0  # what they would be if proof-topic messages reached only the panel and coordinator
+    panel_bytes: int = 0
     checks: Counter[str] = field(default_factory=Counter)
 
 
@@ -354,10 +356,13 @@ class Sim:
                 cmd = p.message
                 self.at(self.deliver_at("coord", node.name), lambda: self.node_command(node, cmd))
 
-    def count(self, payload: bytes, kind: str, receivers: int) -> None:
+    def count(self, payload: bytes, kind: str, receivers: int, needed: int | None = None) -> None:
+        """``receivers`` got the message; ``needed`` of them had a use for it (all, if None)."""
         self.stats.msgs += receivers
         self.stats.bytes += len(payload) * receivers
         self.stats.sig_cpu += self.sig_cost.get(kind, self.sig_cost["vote"]) * receivers
+        self.stats.panel_msgs += receivers if needed is None else needed
+        self.stats.panel_bytes += len(payload) * (receivers if needed is None else needed)
 
     def node_publish(self, node: SimNode, kind: topics.Kind, msg: Message, extra_bytes: int = 0) -> None:
         """A node publishes on its own topic: the coordinator gets it; proof topics go to every agent."""
@@ -369,8 +374,9 @@ class Sim:
         if kind is topics.Kind.NODE_PROOF:
             name = type(msg).__name__
             sig = {"BenchmarkProof": "proof", "ProofOpening": "opening"}.get(name, "vote")
-            self.count(payload + bytes(extra_bytes), sig, len(self.nodes))  # all other agents + coordinator
             cid = getattr(msg, "challenge_id", "")
+            # Every other agent subscribes to node/+/proof, and so does the coordinator.
+            self.count(payload + bytes(extra_bytes), sig, len(self.nodes), len(self.panels.get(cid, ())) + 1)
             for seat in self.panels.get(cid, ()):
                 if seat != node.name:
                     peer = self.nodes[seat]
@@ -621,10 +627,10 @@ class Sim:
                     self.birth(node)
             if cycle == a.outage_cycle:
                 await self._run_until(end - ROUND_MS + int(0.1 * ROUND_MS))
-                while not self.verifier.checks and self.now < end - 30_000:  # mid-round: checks open
+                while len(self.verifier.checks) < 5 and self.now < end - 30_000:  # mid-round: checks open
                     await self._run_until(self.now + TICK_MS)
                 self.outage = (self.now, self.now + 20_000)
-                await self._run_until(self.outage[1])
+                await self._run_until(self.outage[1] - 1)  # reconnected: the shell voids before it ticks
                 self.voided_outage = self.verifier.void(
                     self.now, "broker outage"
                 )  # as the shell on reconnect
@@ -726,6 +732,12 @@ class Sim:
             + ", ".join(f"{n.name} {n.over or n.kind} x{n.factor:.2f}" for n in missed)
         )
         print(f"levels now: {dict(levels)}; honest: {dict(honest_levels)}")
+        s, n, hours = self.stats, len(self.nodes), self.args.cycles * ROUND_MS / 3_600_000
+        print(
+            f"traffic over the run: {s.msgs / n / hours:.0f} msgs and {s.bytes / n / hours / 1024:.0f} KB "
+            f"per node per hour received; if proof-topic messages reached only the panel and coordinator: "
+            f"{s.panel_msgs / n / hours:.0f} msgs and {s.panel_bytes / n / hours / 1024:.0f} KB"
+        )
         print(
             f"checks voided by the broker outage: {self.voided_outage}; since the restart "
             f"(outage, withheld capacity): {self.verifier.voided}"
