@@ -28,6 +28,7 @@ from nacl.public import SealedBox
 from prsm_edge import __version__
 from prsm_edge.errors import PrsmEdgeError, RejectedMessage
 from prsm_edge.identity import Identity, SeqStore, load_or_create
+from prsm_edge.io import tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
@@ -473,6 +474,10 @@ class Agent:
                 tg.create_task(self.session.run(), name=f"{self.node_id}-session")
                 tg.create_task(self._heartbeats(), name=f"{self.node_id}-heartbeat")
                 tg.create_task(self._watch_redirect(), name=f"{self.node_id}-redirect")
+                a = self.options.attestor
+                if a is not None and a.registration is not None and a.activate is not None:
+                    reg = tpm_registration.keep_registered(self, a.registration, a.activate)
+                    tg.create_task(reg, name=f"{self.node_id}-tpm-registration")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:
