@@ -55,6 +55,7 @@ __all__ = [
     "qualifying_data",
     "quote",
     "read_ek_certificate",
+    "read_ek_public",
     "resolve_tcti",
     "sgx_available",
     "tpm_available",
@@ -525,6 +526,16 @@ def _der_length(data: bytes) -> int:
     if not 1 <= count <= 3 or len(data) < 2 + count:
         raise AttestationError("the EK certificate in the TPM has a malformed DER length")
     return 2 + count + int.from_bytes(data[2 : 2 + count])
+
+
+def read_ek_public(algorithm: str, tcti: str | None = None) -> bytes:
+    """The TPM2B_PUBLIC of the TPM's EK made from the standard ``rsa`` or ``ecc`` template."""
+    chosen = resolve_tcti(tcti)
+    if chosen is None:
+        raise AttestationError(tpm_available(tcti).reason)
+    with _scratch(chosen) as tmp:
+        _run(["tpm2_createek", "-c", "ek.ctx", "-G", algorithm, "-u", "ek.pub"], chosen, tmp)
+        return (tmp / "ek.pub").read_bytes()
 
 
 def read_ek_certificate(algorithm: str, tcti: str | None = None) -> bytes | None:

@@ -6,6 +6,7 @@ The software TPMs are made by swtpm_setup with EK certificates from a local CA o
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from prsm_edge.cli import main
 from prsm_edge.io import attest
 from prsm_edge.io.tpm_registration import (
     RegisterParams,
@@ -204,3 +206,24 @@ async def test_one_tpm_backs_one_node_at_a_time(
     assert registrar.view(m1).attestation_key == b"", "the same TPM cannot vouch for two nodes"
     assert registrar.drain_revoked() == ["node-1"]
     assert "registered by node-2" in str(registrar.status(m1)["reason"])
+
+
+def test_attest_status_says_whether_the_ek_chains_to_a_configured_ca(
+    maker: LocalCa, tpms: Callable[..., SoftTpm], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tpm = tpms("a", maker)
+    common = ["attest", "status", "--tcti", tpm.tcti, "--dir", str(tmp_path / "ak")]
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert "ek    uncertified  no TPM manufacturer CA is configured" in out, out
+    assert "would not count this TPM toward hardware_attested" in out
+
+    assert main([*common, "--ca-dir", str(maker.trusted()), "--json"]) == 0
+    ek = json.loads(capsys.readouterr().out)["ek"]
+    assert ek["chained"] is True and ek["algorithm"] == "rsa" and ek["certificate"] is True
+    assert ek["reason"].startswith("EK certificate chains to CN=swtpm-localca")
+
+    # A software TPM without certificates, even with the CA configured: uncertified, and why.
+    bare = tpms("bare")
+    assert main(["attest", "status", "--tcti", bare.tcti, "--ca-dir", str(maker.trusted())]) == 0
+    assert "ek    uncertified  the TPM has no EK certificate" in capsys.readouterr().out
