@@ -69,6 +69,7 @@ _MAX_CERT: Final = 4096
 _MAX_PUBLIC: Final = 1024
 _PENDING_TTL_MS: Final = 60_000
 _MAX_PENDING: Final = 256
+_MIN_INTERVAL_MS: Final = 5_000  # one attempt per node per 5 s: each costs a tpm2_makecredential run
 
 
 def default_ca_dir() -> Path:
@@ -136,6 +137,7 @@ class TpmRegistrar:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._refused: OrderedDict[str, str] = OrderedDict()
         self._revoked: list[str] = []
+        self._attempts: OrderedDict[str, int] = OrderedDict()
         self.registrations: dict[str, Registration] = {}
         try:
             from prsm_edge.io import ek_certificate
@@ -237,6 +239,13 @@ class TpmRegistrar:
 
     async def _register(self, member: Member, p: RegisterParams, now_ms: int) -> dict[str, object]:
         node = member.node
+        last = self._attempts.get(node)
+        if last is not None and 0 <= now_ms - last < _MIN_INTERVAL_MS:
+            raise RegistrationRefused("registering again too soon; wait a few seconds")
+        self._attempts[node] = now_ms
+        self._attempts.move_to_end(node)
+        while len(self._attempts) > self.max_entries:
+            self._attempts.popitem(last=False)
         if len(p.ek_certificate) > _MAX_CERT or max(len(p.ek_public), len(p.ak_public)) > _MAX_PUBLIC:
             raise self._refuse(node, "EK certificate or public keys larger than allowed")
         try:
@@ -265,7 +274,7 @@ class TpmRegistrar:
     def _activate(self, member: Member, p: ActivateParams, now_ms: int) -> dict[str, object]:
         node = member.node
         pending = self._pending.get(node)
-        if pending is None or not hmac.compare_digest(pending.challenge, p.challenge):
+        if pending is None or not hmac.compare_digest(pending.challenge.encode(), p.challenge.encode()):
             raise self._refuse(node, "no credential is outstanding for this challenge")
         del self._pending[node]
         if now_ms > pending.expires_ms:

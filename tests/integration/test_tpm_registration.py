@@ -6,12 +6,14 @@ The software TPMs are made by swtpm_setup with EK certificates from a local CA o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from prsm_edge.cli import main
@@ -66,18 +68,18 @@ def _member(node: str, ak: bytes) -> Member:
     )
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
+_CLOCK = itertools.count(int(time.time() * 1000) + 3_600_000, 10_000)  # 10 s apart, after the CAs were made
 
 
 async def _register(
     registrar: TpmRegistrar, member: Member, params: RegisterParams, activate: Callable[[bytes], bytes]
 ) -> str:
     """The node's side of the exchange against the registrar, with the API's answers in between."""
+    now = next(_CLOCK)
 
     async def call(method: str, p: dict[str, object]) -> ApiResponse:
         try:
-            result = await registrar.serve(member, method, p, _now())
+            result = await registrar.serve(member, method, p, now)
         except RegistrationRefused as exc:
             return ApiResponse(txid="t", method=method, ok=False, error=str(exc))
         return ApiResponse(txid="t", method=method, ok=True, result=result)
@@ -167,6 +169,11 @@ async def test_an_ak_not_resident_in_the_certified_tpm_fails_activation(
             await _register(registrar, member, forged, activate)
     with pytest.raises(RegistrationRefused, match="the returned proof is wrong"):
         await _register(registrar, member, forged, lambda _credential: os.urandom(32))
+    # Each attempt costs the coordinator a MakeCredential: at most one per node per few seconds.
+    now = next(_CLOCK)
+    await registrar.serve(member, "attest_register", msgspec.to_builtins(forged), now)
+    with pytest.raises(RegistrationRefused, match="too soon"):
+        await registrar.serve(member, "attest_register", msgspec.to_builtins(forged), now + 1000)
     assert registrar.view(member).attestation_key == b""
     assert "activation failed" in str(registrar.status(member)["reason"])
 
