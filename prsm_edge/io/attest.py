@@ -1,11 +1,13 @@
 """Hardware attestation: TPM 2.0 quotes over a challenge, in the manner of Keylime's push model.
 
-The node creates an attestation key (AK) under its endorsement key (EK) once (:func:`enroll`) and
-registers the AK's public key with the verifier. For each challenge it asks the TPM for a quote over the
-qualifying data ``SHA-256(nonce ‖ claim_hash)`` and the selected PCRs (:func:`quote`). The verifier
-(:func:`verify_quote`) checks, without a TPM, that the quote is a TPM-generated quote, that its
-qualifying data is exactly that hash, that it covers the PCRs asked for, that the PCR values sent match
-the signed digest, and that the registered AK signed it.
+The node creates an attestation key (AK) once (:func:`enroll`), under the endorsement key (EK) whose
+certificate the manufacturer stored (:func:`read_ek_certificate`), and registers it with the verifier
+through the EK certificate chain and credential activation (:func:`make_credential`,
+:func:`activate_credential`; the exchange is :mod:`prsm_edge.io.tpm_registration`). For each challenge
+it asks the TPM for a quote over the qualifying data ``SHA-256(nonce ‖ claim_hash)`` and the selected
+PCRs (:func:`quote`). The verifier (:func:`verify_quote`) checks, without a TPM, that the quote is a
+TPM-generated quote, that its qualifying data is exactly that hash, that it covers the PCRs asked for,
+that the PCR values sent match the signed digest, and that the registered AK signed it.
 
 Everything goes through tpm2-tools (``tpm2_createek``, ``tpm2_createak``, ``tpm2_load``,
 ``tpm2_quote``, ``tpm2_checkquote``) with ``TPM2TOOLS_TCTI`` naming the TPM: ``device:/dev/tpmrm0``

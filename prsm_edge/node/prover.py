@@ -85,9 +85,16 @@ def tpm_attestor(workdir: Path, tcti: str | None = None) -> Attestor:
         with lock:
             return attest.activate_credential(key, credential, chosen)
 
-    ek_cert = attest.read_ek_certificate(attest.ek_algorithm(key.ek_public_tpm2b), chosen)
+    algorithm = attest.ek_algorithm(key.ek_public_tpm2b)
+    ek_cert = attest.read_ek_certificate(algorithm, chosen)
     if ek_cert is None:
-        log.warning("the TPM at %s has no EK certificate: its quotes cannot earn hardware_attested", chosen)
+        other = "ecc" if algorithm == "rsa" else "rsa"
+        hint = (
+            f"; it has one for its {other.upper()} EK: remove {workdir} to enroll under that EK"
+            if attest.read_ek_certificate(other, chosen) is not None
+            else ""
+        )
+        log.warning("the TPM at %s has no certificate for its %s EK%s", chosen, algorithm.upper(), hint)
     registration = tpm_registration.RegisterParams(ek_cert or b"", key.ek_public_tpm2b, key.public_tpm2b)
     return Attestor(key.public_tpm2b, quote, registration, activate)
 
