@@ -380,9 +380,8 @@ def _toml_value(value: Any) -> str:
     raise ConfigError(f"cannot write {value!r} to a settings file")
 
 
-def save(settings: Settings, path: Path | None = None) -> Path:
-    """Write the explicitly set values as flat TOML, atomically, readable by the owner only."""
-    path = settings_path() if path is None else path
+def render(settings: Settings) -> str:
+    """The explicitly set values as the flat TOML of a settings file."""
     lines = [
         "# prsm-edge settings; see `prsm-edge settings show` and docs/settings.md.",
         "# Unlisted settings take their defaults. Environment variables PRSM_EDGE_<KEY> override this file.",
@@ -391,7 +390,13 @@ def save(settings: Settings, path: Path | None = None) -> Path:
         value = getattr(settings, name)
         if name in settings.model_fields_set and value is not None:
             lines.append(f"{name} = {_toml_value(value)}")
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def save(settings: Settings, path: Path | None = None) -> Path:
+    """Write the explicitly set values as flat TOML, atomically, readable by the owner only."""
+    path = settings_path() if path is None else path
+    text = render(settings)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
