@@ -58,6 +58,9 @@ class Guardrails:
     max_cpu_temperature: float = 80.0
     max_power_consumption: float = 100.0
     min_battery_percent: float = 20.0
+    offer_on_battery: bool = True  # False: contribute only on mains power (phones)
+    schedule: str = ""  # weekly windows the owner allows, e.g. "Mon-Fri 18:00-08:00; Sat,Sun"; "" = always
+    hold_s: float = 120.0  # a withdrawn offer returns only after readings stay clear this long
 
 
 @dataclass(frozen=True, slots=True)
