@@ -105,6 +105,9 @@ class Settings(BaseModel):
         le=86_400.0,
         description="seconds readings must stay clear before offering again",
     )
+    max_gpu_temperature: float = Field(
+        default=87.0, ge=30.0, le=110.0, description="°C; stop offering while a GPU is hotter"
+    )
     broker_url: str | None = Field(default=None, description="MQTT broker (None: discover with zeroconf)")
     heartbeat_interval_s: float = Field(
         default=10.0, ge=1.0, le=3600.0, description="seconds between heartbeats"
@@ -150,7 +153,9 @@ class Settings(BaseModel):
             raise ValueError("port must be 1–65535")
         return value
 
-    @field_validator("max_cpu_temperature", "max_power_consumption", "heartbeat_interval_s")
+    @field_validator(
+        "max_cpu_temperature", "max_gpu_temperature", "max_power_consumption", "heartbeat_interval_s"
+    )
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -176,6 +181,7 @@ class Settings(BaseModel):
         """The operating limits, as :mod:`prsm_edge.protocol.offer` takes them."""
         return Guardrails(
             max_cpu_temperature=self.max_cpu_temperature,
+            max_gpu_temperature=self.max_gpu_temperature,
             max_power_consumption=self.max_power_consumption,
             min_battery_percent=self.min_battery_percent,
             offer_on_battery=self.offer_on_battery,

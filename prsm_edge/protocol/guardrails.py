@@ -152,6 +152,7 @@ class Governor:
             limits = dataclasses.replace(
                 limits,
                 max_cpu_temperature=limits.max_cpu_temperature - h.temperature_margin_c,
+                max_gpu_temperature=limits.max_gpu_temperature - h.temperature_margin_c,
                 max_power_consumption=limits.max_power_consumption * (1.0 - h.power_margin),
                 min_battery_percent=limits.min_battery_percent + h.battery_margin_percent,
             )
@@ -166,6 +167,7 @@ class Governor:
         """Feed one set of readings; sensors that return NaN or infinity count as absent."""
         r = Readings(
             temperature_c=_finite(readings.temperature_c),
+            gpu_temperature_c=_finite(readings.gpu_temperature_c),
             power_w=_finite(readings.power_w),
             on_battery=readings.on_battery,
             battery_pct=_finite(readings.battery_pct),

@@ -22,10 +22,11 @@ LIMITS = Guardrails(
 
 def _feeds(amplitude: float, period_s: float, seconds: int = 3600) -> dict[str, list[Readings]]:
     """A reading per heartbeat oscillating around each limit."""
-    out: dict[str, list[Readings]] = {"temperature": [], "power": [], "battery": []}
+    out: dict[str, list[Readings]] = {"temperature": [], "gpu": [], "power": [], "battery": []}
     for i in range(seconds * 1000 // STEP_MS):
         wave = math.sin(2 * math.pi * i * STEP_MS / 1000 / period_s)
         out["temperature"].append(Readings(temperature_c=80.0 + amplitude * wave))
+        out["gpu"].append(Readings(gpu_temperature_c=87.0 + amplitude * wave))
         out["power"].append(Readings(power_w=50.0 + amplitude * wave))
         out["battery"].append(Readings(on_battery=True, battery_pct=30.0 + amplitude * wave))
     return out
@@ -59,7 +60,7 @@ def _assert_no_flap(changes: list[tuple[int, bool]]) -> None:
     assert sum(1 for _, o in changes if o) <= duration / hold_ms + 1
 
 
-@pytest.mark.parametrize("kind", ["temperature", "power", "battery"])
+@pytest.mark.parametrize("kind", ["temperature", "gpu", "power", "battery"])
 @pytest.mark.parametrize(("amplitude", "period_s"), [(2.0, 20.0), (3.0, 45.0), (10.0, 30.0), (10.0, 400.0)])
 def test_oscillating_feed_does_not_flap(kind: str, amplitude: float, period_s: float) -> None:
     feed = _feeds(amplitude, period_s)[kind]

@@ -38,6 +38,7 @@ AGENT_DEFAULTS = {
     "offer_on_battery": True,
     "schedule": "",
     "guardrail_hold_s": 120.0,
+    "max_gpu_temperature": 87.0,
     "broker_url": None,
     "heartbeat_interval_s": 10.0,
     "device_class": None,
