@@ -101,6 +101,7 @@ SCALE: dict[str, float] = {"cpu": 3_000.0, "memory": 300.0, "storage": 300.0}
 NOISE = 0.15
 SKEW_MS = 5_000
 LATENCY_MS = (5, 150)
+BAND = 1 / proofs.PARAMS["cpu"].min_rate_ratio  # overclaims below this are inside the honest noise band
 
 
 @dataclass(frozen=True)
@@ -664,8 +665,8 @@ class Sim:
 
     def header(self) -> str:
         return (
-            "cycle  checks  fail  cheats caught (<1.47x / >=1.47x / sybil / withhold)   honest failed"
-            "  slashed  verify+sig CPU / prover CPU   msgs/node/h  KB/node/h"
+            f"cycle  checks  fail  cheats caught (<{BAND:.2f}x / >={BAND:.2f}x / sybil / withhold)"
+            "   honest failed  slashed  verify+sig CPU / prover CPU   msgs/node/h  KB/node/h"
         )
 
     def _caught(self, kinds: Callable[[SimNode], bool]) -> str:
@@ -687,8 +688,8 @@ class Sim:
         caught = sum(1 for x in cheats if x.name in self.first_caught)
         bands = " / ".join(
             (
-                self._caught(lambda x: x.kind == "overclaim" and x.factor * 0.68 < 1.0),
-                self._caught(lambda x: x.kind == "overclaim" and x.factor * 0.68 >= 1.0),
+                self._caught(lambda x: x.kind == "overclaim" and x.factor < BAND),
+                self._caught(lambda x: x.kind == "overclaim" and x.factor >= BAND),
                 self._caught(lambda x: x.kind == "sybil"),
                 self._caught(lambda x: x.kind == "withhold"),
             )
@@ -712,7 +713,7 @@ class Sim:
             if n.cheat and self.first_caught.get(n.name, 99) <= min(3, self.args.cycles)
         ]
         cheats = [n for n in self.nodes.values() if n.cheat]
-        catchable = [n for n in cheats if not (n.kind == "overclaim" and n.factor * 0.68 < 1.0)]
+        catchable = [n for n in cheats if not (n.kind == "overclaim" and n.factor < BAND)]
         within_c = [n for n in within if n in catchable]
         levels = Counter(self.verifier.level(m).value for m in self.group.members.values())
         honest_levels = Counter(
@@ -722,7 +723,8 @@ class Sim:
         )
         print(
             f"caught within 3 cycles: {100 * len(within) / max(1, len(cheats)):.1f}% of all cheats, "
-            f"{100 * len(within_c) / max(1, len(catchable)):.1f}% of those outside the noise band (>= 1.47x)"
+            f"{100 * len(within_c) / max(1, len(catchable)):.1f}% of those outside the noise band "
+            f"(>= {BAND:.2f}x)"
         )
         print(f"cheats' failed checks by reason: {dict(reasons)}")
         print(f"honest nodes' failed checks by reason: {dict(honest_reasons)}")
@@ -750,8 +752,8 @@ def measure_here(quick: bool) -> tuple[dict[str, float], dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         rates = {
             "cpu": calibrate_cpu_rate(0.3 if not quick else 0.1),
-            "memory": calibrate_table_rate(8 << 20 if not quick else 2 << 20),
-            "storage": calibrate_table_rate(8 << 20 if not quick else 2 << 20, Path(tmp)),
+            "memory": calibrate_table_rate(1.0 if not quick else 0.2),
+            "storage": calibrate_table_rate(1.0 if not quick else 0.2, Path(tmp)),
         }
     signer = Signer(SigningKey(bytes(32)))
     rng = random.Random(0)

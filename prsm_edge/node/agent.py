@@ -490,7 +490,7 @@ class Agent:
         """Put the rate of each workload (claimed, or measured now) into the offer it proves.
 
         Measured only when no CPU rate was given: the per-core CPU rate with one lane a claimed core, and
-        the memory and storage fill rates where those are offered (a few MiB each).
+        the memory and storage fill rates where those are offered (a table of about a second each).
         """
         rates = dict(self.options.rates)
         measure = self.options.cpu_rate is None
@@ -504,7 +504,7 @@ class Agent:
                 rates["memory"] = await asyncio.to_thread(calibrate_table_rate)
             if proofs.RESOURCE_OF["storage"] in offered and "storage" not in rates:
                 folder = self.options.workdir / "proofs"
-                rates["storage"] = await asyncio.to_thread(calibrate_table_rate, 8 << 20, folder)
+                rates["storage"] = await asyncio.to_thread(calibrate_table_rate, 1.0, folder)
         elif self.options.cpu_rate:
             rates["cpu"] = self.options.cpu_rate
         self._rates = {w: round(r) for w, r in rates.items() if w in proofs.RATE_KEYS and r > 0}

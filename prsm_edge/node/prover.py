@@ -209,11 +209,14 @@ def calibrate_cpu_rate(seconds: float = 0.3, lanes: int = 1) -> float:
     return sorted(rates)[1]
 
 
-def calibrate_table_rate(size: int = 8 << 20, folder: Path | None = None) -> float:
-    """Bytes per second this machine builds a table (tree included) in memory, or on disk under ``folder``:
-    the median of three tables of ``size / 3``."""
-    rates = [_table_rate(max(2 * proofs.LINE_BYTES, size // 3), folder) for _ in range(3)]
-    return sorted(rates)[1]
+def calibrate_table_rate(seconds: float = 1.0, folder: Path | None = None) -> float:
+    """Bytes per second this machine builds a table (tree included) in memory, or on disk under ``folder``.
+
+    A 2 MiB table gives an estimate; the figure is a table of about ``seconds`` at that estimate (at most
+    256 MiB), because small tables are not built at the speed of the large ones a challenge asks for.
+    """
+    estimate = _table_rate(2 << 20, folder)
+    return _table_rate(int(min(256 << 20, max(2 << 20, estimate * seconds))), folder)
 
 
 def _table_rate(size: int, folder: Path | None) -> float:
