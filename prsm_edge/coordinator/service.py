@@ -158,8 +158,10 @@ class Coordinator:
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
         self._checks = asyncio.Semaphore(2)
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
-        self._warmup_s = min(10.0, vconfig.round_ms / 2000)
-        self._next_round = time.monotonic() + self._warmup_s
+        self._warmup_s = min(5.0, vconfig.round_ms / 4000)
+        self._started = time.monotonic()
+        self._next_round = self._started
+        self._warm_count, self._warm_since = -1, self._started
         self._logged: set[tuple[Reason, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
@@ -385,9 +387,15 @@ class Coordinator:
         members = self.group.members
         await self._apply_verifier(self.verifier.tick(members, now, self.rng))
         if self.verifier.beacon is None:
-            if time.monotonic() >= self._next_round:
+            # Round 1's verifiers are those online at this first commitment: wait until arrivals settle
+            # (no change for the warm-up), at most one round.
+            mono, online = time.monotonic(), self.group.online_count
+            if online != self._warm_count:
+                self._warm_count, self._warm_since = online, mono
+            settled = online > 0 and mono - self._warm_since >= self._warmup_s
+            if settled or mono - self._started >= self.verifier.config.round_ms / 1000:
                 await self._apply([self.verifier.opening_beacon(members.values())])
-                self._next_round = time.monotonic() + self._warmup_s
+                self._next_round = mono + self._warmup_s
             return
         if time.monotonic() >= self._next_round:
             self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000

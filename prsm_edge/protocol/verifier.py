@@ -278,6 +278,7 @@ class _Node:
     fingerprint: str = ""
     fingerprint_since_ms: int = 0
     reported: VerificationLevel = VerificationLevel.SELF_REPORTED  # last LevelChange sent
+    contained: bool = False  # its last check was late or slow: the next one decides
     window_start_ms: int = 0
     observed_ms: int = 0
     online_ms: int = 0
@@ -325,6 +326,7 @@ class Verifier:
         self.verdicts: deque[tuple[str, proofs.Verdict]] = deque(maxlen=1024)  # recent, for inspection
         self.voided = 0
         self.settled = 0  # checks settled with a verdict (the newest are in ``verdicts``)
+        self.contained = 0  # first late/slow results re-checked before counting
         self.beacon: Publish | None = None  # the latest beacon published (republished on reconnect)
 
     # ---- trust state -------------------------------------------------------------------------
@@ -802,6 +804,17 @@ class Verifier:
             return []
         self.verdicts.append((node, verdict))
         self.settled += 1
+        performance = not on_time or verdict.reason in (proofs.VerdictReason.LATE, proofs.VerdictReason.SLOW)
+        if not verdict.accepted and performance and not state.contained:
+            # Containment (as Storj audits): a first late or slow result may be a busy moment on an
+            # honest device, so it is checked again before it counts. A second one in a row counts.
+            state.contained = True
+            self.sampler.flag(node, checks=1)
+            ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
+            self.contained += 1
+            return self._level(member, now_ms) if member is not None else []
+        if verdict.accepted:
+            state.contained = False
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )
@@ -837,10 +850,6 @@ class Verifier:
         if not verdict.accepted:
             log.warning("verification of %s failed: %s %s", node, verdict.reason, verdict.detail)
             # Any failure after an on-time commitment is fraud; lateness and slowness are performance.
-            performance = not on_time or verdict.reason in (
-                proofs.VerdictReason.LATE,
-                proofs.VerdictReason.SLOW,
-            )
             kind = stake_mod.SlashKind.PERFORMANCE if performance else stake_mod.SlashKind.FRAUD
             effects += self._slash(node, kind, check, verdict, now_ms)
         effects += self._flush()
