@@ -275,6 +275,7 @@ class _Pending:
     node: str
     round: int
     panel: tuple[str, ...]
+    workloads: tuple[str, ...] | None = None  # still to challenge (None: every one the claim has)
 
 
 @dataclass(slots=True)
@@ -550,12 +551,14 @@ class Verifier:
     ) -> list[VerifierEffect]:
         effects: list[VerifierEffect] = []
         limit = max(1, self.config.max_open_checks)
-        while self._queue and len(self.checks) < limit:
-            head = min(self._queue, key=lambda p: p.due_ms)
-            if head.due_ms > now_ms:
+        busy = {ch.challenge.node for ch in self.checks.values()}
+        for slot in sorted(self._queue, key=lambda p: p.due_ms):
+            if slot.due_ms > now_ms or len(self.checks) >= limit:
                 break
-            self._queue.remove(head)
-            member = members.get(head.node)
+            if slot.node in busy:
+                continue  # one check at a time per node: its workloads go one after another
+            self._queue.remove(slot)
+            member = members.get(slot.node)
             if member is None or not self._candidate(member):
                 # Offline, or withholding capacity under its owner's limits: not challenged, not counted.
                 if member is not None:
@@ -563,8 +566,16 @@ class Verifier:
                         (now_ms, "not challenged: withholding")
                     )
                 continue
-            for workload, rate in sorted(claimed_rates(member.resources).items()):
-                effects += self._issue(member, workload, rate, head, now_ms, rng)
+            rates = claimed_rates(member.resources)
+            todo = [
+                w for w in (slot.workloads if slot.workloads is not None else sorted(rates)) if w in rates
+            ]
+            if not todo:
+                continue
+            effects += self._issue(member, todo[0], rates[todo[0]], slot, now_ms, rng)
+            busy.add(slot.node)
+            if todo[1:]:
+                self._queue.append(_Pending(now_ms, slot.node, slot.round, slot.panel, tuple(todo[1:])))
         return effects
 
     def _issue(
