@@ -25,7 +25,7 @@ from nacl.signing import VerifyKey
 
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
-from prsm_edge.io import attest
+from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
@@ -98,6 +98,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -157,6 +158,8 @@ class Coordinator:
         self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
         self._checks = asyncio.Semaphore(2)
+        # Only an AK bound to a certified EK by credential activation is asked for quotes.
+        self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
         self._warmup_s = min(5.0, vconfig.round_ms / 4000)
         self._started = time.monotonic()
@@ -239,6 +242,7 @@ class Coordinator:
             return
         match message:
             case BenchmarkProof():
+                member = self.registrar.view(member)
                 await self._apply_verifier(self.verifier.on_proof(member, message, at_ms, raw))
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
@@ -297,6 +301,10 @@ class Coordinator:
                     result = self._trust_status(member)
                 case "status":
                     result = self._trust_status(member)
+                case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
+                    result = await self.registrar.serve(member, request.method, request.params, now_ms())
+                    for lost in self.registrar.drain_revoked():
+                        await self._apply_verifier(self.verifier.attestation_result(lost, False, now_ms()))
                 case _:
                     raise LocalError(f"unknown method {request.method!r}")
         except LocalError as exc:
@@ -318,6 +326,7 @@ class Coordinator:
             "required_stake_micro": required.required_micro,
             "capacity_multiplier": required.capacity_multiplier,
             "risk_factor": required.risk_factor,
+            "attestation": self.registrar.status(member),
         }
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
@@ -367,6 +376,7 @@ class Coordinator:
             self.store.close()
             self.ledger_store.close()
             self.evidence_store.close()
+            self.registrar.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -385,7 +395,8 @@ class Coordinator:
 
     async def _verification_tick(self, now: int) -> None:
         members = self.group.members
-        await self._apply_verifier(self.verifier.tick(members, now, self.rng))
+        viewed = {node: self.registrar.view(m) for node, m in members.items()}
+        await self._apply_verifier(self.verifier.tick(viewed, now, self.rng))
         if self.verifier.beacon is None:
             # Round 1's verifiers are those online at this first commitment: wait until arrivals settle
             # (no change for the warm-up), at most one round.
@@ -399,7 +410,7 @@ class Coordinator:
             return
         if time.monotonic() >= self._next_round:
             self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
-            current = list(members.values())
+            current = list(viewed.values())
             await self._apply_verifier(self.verifier.observe_claims(current, now))
             await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
 
