@@ -120,21 +120,9 @@ def claimed_cpu_rate(resources: list[ResourceSpec]) -> float:
 
 
 def claimed_rates(resources: list[ResourceSpec]) -> dict[str, float]:
-    """Workload → claimed rate for every resource a workload can check; the others earn no level.
-
-    Uses ``proofs.claimed_rates`` where the proofs module provides it (one workload per resource type),
-    else the CPU workload alone.
-    """
-    provided = getattr(proofs, "claimed_rates", None)
-    if provided is not None:
-        rates = provided(resources)
-        return {
-            str(w): float(r)
-            for w, r in dict(rates).items()
-            if isinstance(r, (int, float)) and math.isfinite(r) and r > 0
-        }
-    rate = claimed_cpu_rate(resources)
-    return {"cpu": rate} if rate > 0 else {}
+    """Workload → claimed rate for every resource a workload can check (``proofs.claimed_rates``); the
+    other resources earn no level above self-reported."""
+    return {w: r for w, r in proofs.claimed_rates(resources).items() if math.isfinite(r) and r > 0}
 
 
 def commitment_of(member: Member) -> float:
@@ -275,7 +263,7 @@ class _Pending:
     node: str
     round: int
     panel: tuple[str, ...]
-    workloads: tuple[str, ...] | None = None  # still to issue (None: every workload the claim has)
+    workloads: tuple[str, ...] | None = None  # still to challenge (None: every one the claim has)
 
 
 @dataclass(slots=True)
@@ -290,6 +278,7 @@ class _Node:
     fingerprint: str = ""
     fingerprint_since_ms: int = 0
     reported: VerificationLevel = VerificationLevel.SELF_REPORTED  # last LevelChange sent
+    contained: bool = False  # its last check was late or slow: the next one decides
     window_start_ms: int = 0
     observed_ms: int = 0
     online_ms: int = 0
@@ -337,6 +326,7 @@ class Verifier:
         self.verdicts: deque[tuple[str, proofs.Verdict]] = deque(maxlen=1024)  # recent, for inspection
         self.voided = 0
         self.settled = 0  # checks settled with a verdict (the newest are in ``verdicts``)
+        self.contained = 0  # first late/slow results re-checked before counting
         self.beacon: Publish | None = None  # the latest beacon published (republished on reconnect)
 
     # ---- trust state -------------------------------------------------------------------------
@@ -556,12 +546,14 @@ class Verifier:
     ) -> list[VerifierEffect]:
         effects: list[VerifierEffect] = []
         limit = max(1, self.config.max_open_checks)
-        while self._queue and len(self.checks) < limit:
-            head = min(self._queue, key=lambda p: p.due_ms)
-            if head.due_ms > now_ms:
+        busy = {ch.challenge.node for ch in self.checks.values()}
+        for slot in sorted(self._queue, key=lambda p: p.due_ms):
+            if slot.due_ms > now_ms or len(self.checks) >= limit:
                 break
-            self._queue.remove(head)
-            member = members.get(head.node)
+            if slot.node in busy:
+                continue  # one check at a time per node: its workloads go one after another
+            self._queue.remove(slot)
+            member = members.get(slot.node)
             if member is None or not self._candidate(member):
                 # Offline, or withholding capacity under its owner's limits: not challenged, not counted.
                 if member is not None:
@@ -570,15 +562,15 @@ class Verifier:
                     )
                 continue
             rates = claimed_rates(member.resources)
-            todo = [w for w in (sorted(rates) if head.workloads is None else head.workloads) if w in rates]
+            todo = [
+                w for w in (slot.workloads if slot.workloads is not None else sorted(rates)) if w in rates
+            ]
             if not todo:
                 continue
-            effects += self._issue(member, todo[0], rates[todo[0]], head, now_ms, rng)
-            if len(todo) > 1:
-                # One workload at a time: proven together they would share the node's cores and fail.
-                issued = next(reversed(self.checks.values())).challenge
-                due = issued.deadline_ms + self.config.network_ms
-                self._queue.append(_Pending(due, head.node, head.round, head.panel, tuple(todo[1:])))
+            effects += self._issue(member, todo[0], rates[todo[0]], slot, now_ms, rng)
+            busy.add(slot.node)
+            if todo[1:]:
+                self._queue.append(_Pending(now_ms, slot.node, slot.round, slot.panel, tuple(todo[1:])))
         return effects
 
     def _issue(
@@ -834,6 +826,17 @@ class Verifier:
             return []
         self.verdicts.append((node, verdict))
         self.settled += 1
+        performance = not on_time or verdict.reason in (proofs.VerdictReason.LATE, proofs.VerdictReason.SLOW)
+        if not verdict.accepted and performance and not state.contained:
+            # Containment (as Storj audits): a first late or slow result may be a busy moment on an
+            # honest device, so it is checked again before it counts. A second one in a row counts.
+            state.contained = True
+            self.sampler.flag(node, checks=1)
+            ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
+            self.contained += 1
+            return self._level(member, now_ms) if member is not None else []
+        if verdict.accepted:
+            state.contained = False
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )
@@ -869,10 +872,6 @@ class Verifier:
         if not verdict.accepted:
             log.warning("verification of %s failed: %s %s", node, verdict.reason, verdict.detail)
             # Any failure after an on-time commitment is fraud; lateness and slowness are performance.
-            performance = not on_time or verdict.reason in (
-                proofs.VerdictReason.LATE,
-                proofs.VerdictReason.SLOW,
-            )
             kind = stake_mod.SlashKind.PERFORMANCE if performance else stake_mod.SlashKind.FRAUD
             effects += self._slash(node, kind, check, verdict, now_ms)
         effects += self._flush()

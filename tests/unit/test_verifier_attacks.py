@@ -114,13 +114,22 @@ async def test_failures_after_a_commitment_are_slashed_as_fraud(tamper: object, 
     assert slashes[0].amount_micro == -(-staked * 50 // 100)
 
 
-async def test_lateness_stays_a_performance_failure() -> None:
+async def test_lateness_stays_a_performance_failure_and_is_checked_twice() -> None:
     net = Net([f"n{i}" for i in range(6)])
     net.add("slow", "fp-slow")
     fund_and_stake(net, "slow", T0 - 1)
     effects = await net.round(T0, delay={"slow": 10_000})
+    assert not [e for e in ledger_entries(effects) if e.kind == LedgerKind.SLASH]  # re-checked first
+    effects = await net.round(T0 + ROUND, delay={"slow": 10_000})
     (slash,) = [e for e in ledger_entries(effects) if e.kind == LedgerKind.SLASH]
     assert slash.key.startswith("slash:performance:slow:")
+    # A late result followed by a pass is forgiven: containment is per run of failures.
+    net.add("busy", "fp-busy")
+    fund_and_stake(net, "busy", T0 + 2 * ROUND - 1)
+    effects = await net.round(T0 + 2 * ROUND, delay={"busy": 10_000})
+    effects += await net.round(T0 + 3 * ROUND)
+    assert not [e for e in ledger_entries(effects) if e.kind == LedgerKind.SLASH and e.account == "busy"]
+    assert net.v.level(net.members["busy"], T0 + 3 * ROUND + 1_000) is L.ECONOMICALLY_STAKED
 
 
 # ---- item 6: NaN, infinity and zero ------------------------------------------------------------
