@@ -33,7 +33,7 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
-from prsm_edge.node.prover import Attestor, ProofWork, Prover, calibrate_cpu_rate, calibrate_table_rate
+from prsm_edge.node.prover import Attestor, ProofWork, Prover, machine_rates
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.guardrails import Governor
@@ -490,7 +490,8 @@ class Agent:
         """Put the rate of each workload (claimed, or measured now) into the offer it proves.
 
         Measured only when no CPU rate was given: the per-core CPU rate with one lane a claimed core, and
-        the memory and storage fill rates where those are offered (a table of about a second each).
+        the memory and storage fill rates where those are offered (a table of about a second each); once
+        per process (``machine_rates``), however many agents it runs.
         """
         rates = dict(self.options.rates)
         measure = self.options.cpu_rate is None
@@ -499,12 +500,14 @@ class Agent:
             cores = max(
                 (int(r.capacity) for r in self.resources if r.type is ResourceType.COMPUTE_CPU), default=1
             )
-            rates["cpu"] = await asyncio.to_thread(calibrate_cpu_rate, 0.3, max(1, min(cores, 256)))
+            lanes = max(1, min(cores, 256))
+            rates["cpu"] = await asyncio.to_thread(machine_rates, "cpu", lanes)
             if proofs.RESOURCE_OF["memory"] in offered and "memory" not in rates:
-                rates["memory"] = await asyncio.to_thread(calibrate_table_rate)
+                rates["memory"] = await asyncio.to_thread(machine_rates, "memory")
             if proofs.RESOURCE_OF["storage"] in offered and "storage" not in rates:
                 folder = self.options.workdir / "proofs"
-                rates["storage"] = await asyncio.to_thread(calibrate_table_rate, 1.0, folder)
+                folder.mkdir(parents=True, exist_ok=True)
+                rates["storage"] = await asyncio.to_thread(machine_rates, "storage", 1, folder)
         elif self.options.cpu_rate:
             rates["cpu"] = self.options.cpu_rate
         self._rates = {w: round(r) for w, r in rates.items() if w in proofs.RATE_KEYS and r > 0}

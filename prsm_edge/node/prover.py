@@ -39,6 +39,7 @@ __all__ = [
     "TpmUnavailable",
     "calibrate_cpu_rate",
     "calibrate_table_rate",
+    "machine_rates",
     "prove_lanes",
     "prove_storage",
     "tpm_attestor",
@@ -182,6 +183,29 @@ def prove_storage(challenge: BenchmarkChallenge, folder: Path) -> tuple[bytes, p
         lines.close()
         raise
     return root, done
+
+
+_calibration_lock = threading.Lock()
+_calibrated: dict[tuple[str, int], float] = {}
+
+
+def machine_rates(workload: str, lanes: int = 1, folder: Path | None = None) -> float:
+    """This machine's rate for ``workload`` (per core for ``cpu``), measured once per process.
+
+    The rate belongs to the machine, not to an agent: agents sharing a process (the demo runs hundreds)
+    share one measurement instead of each building tables and contending with the others.
+    """
+    key = (workload, lanes if workload == "cpu" else (folder.stat().st_dev if folder is not None else 0))
+    with _calibration_lock:
+        if key not in _calibrated:
+            match workload:
+                case "cpu":
+                    _calibrated[key] = calibrate_cpu_rate(0.3, lanes)
+                case "memory":
+                    _calibrated[key] = calibrate_table_rate()
+                case _:
+                    _calibrated[key] = calibrate_table_rate(1.0, folder)
+        return _calibrated[key]
 
 
 def calibrate_cpu_rate(seconds: float = 0.3, lanes: int = 1) -> float:

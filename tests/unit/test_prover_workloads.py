@@ -38,6 +38,14 @@ async def test_calibration_fills_every_rate_key_claims_reads(tmp_path: Path) -> 
     assert got["cpu"].lanes == 2 and got["cpu"].rate > 0
     assert got["memory"].capacity_bytes == 1_000_000_000 and got["storage"].capacity_bytes == 10_000_000_000
     assert not list((tmp_path / "proofs").glob("proof-table-*"))  # calibration tables are removed
+    # A second agent in the same process reuses the machine's measurement (the demo runs hundreds).
+    twin = Agent(
+        AgentOptions(
+            site="s", group="g", broker_url="mqtt://127.0.0.1:1", workdir=tmp_path / "t", resources=offer()
+        )
+    )
+    await twin._calibrate()
+    assert proofs.claimed_rates(twin.resources) == proofs.claimed_rates(agent.resources)
     # A later change of offer keeps the measured rates (the owner's settings changed, not the machine).
     agent.update_resources(offer()[:1])
     assert set(proofs.claims(agent.resources)) == {"cpu"}
