@@ -22,19 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from prsm_edge.node.prover import calibrate_cpu_rate, calibrate_table_rate, prove_lanes, prove_storage
+from prsm_edge.node.prover import machine_rates, prove_lanes, prove_storage
 from prsm_edge.protocol import proofs
 
 
 def run(workload: str, lanes: int, args: argparse.Namespace, folder: Path) -> tuple[list[float], list[float]]:
     """(wall-clock ratios, CPU-time ratios) of measured to calibrated rate over the runs."""
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    if workload == "cpu":
-        rate = calibrate_cpu_rate(0.3, lanes) * lanes
-    elif workload == "memory":
-        rate = calibrate_table_rate()
-    else:
-        rate = calibrate_table_rate(1.0, folder)
+    rate = machine_rates(workload, lanes, folder) * (lanes if workload == "cpu" else 1)  # as the agent does
     # The same calibration per second of CPU this process got (the machine is shared: wall time is not).
     cpu_rate = rate * (time.perf_counter() - wall0) / max(1e-9, time.process_time() - cpu0) * lanes
     ratios: list[float] = []

@@ -490,7 +490,7 @@ class Agent:
         """Put the rate of each workload (claimed, or measured now) into the offer it proves.
 
         Measured only when no CPU rate was given: the per-core CPU rate with one lane a claimed core, and
-        the memory and storage fill rates where those are offered (a table of about a second each); once
+        the memory and storage fill rates where those are offered (a table of about 0.4 s each); once
         per process (``machine_rates``), however many agents it runs.
         """
         rates = dict(self.options.rates)

@@ -202,9 +202,9 @@ def machine_rates(workload: str, lanes: int = 1, folder: Path | None = None) -> 
                 case "cpu":
                     _calibrated[key] = calibrate_cpu_rate(0.3, lanes)
                 case "memory":
-                    _calibrated[key] = calibrate_table_rate()
+                    _calibrated[key] = calibrate_table_rate(0.4)
                 case _:
-                    _calibrated[key] = calibrate_table_rate(1.0, folder)
+                    _calibrated[key] = calibrate_table_rate(0.4, folder)
         return _calibrated[key]
 
 
