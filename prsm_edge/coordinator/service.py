@@ -22,6 +22,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest
@@ -29,7 +30,7 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
-from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
+from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
     Effect,
@@ -47,6 +48,7 @@ from prsm_edge.protocol.messages import (
     ApiRequest,
     ApiResponse,
     BenchmarkProof,
+    GroupSummary,
     NodeCommand,
     ProofOpening,
     VerificationVote,
@@ -93,6 +95,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -123,7 +126,7 @@ class Coordinator:
         self.rng = rng or random.SystemRandom()
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.store = RosterStore(options.workdir / "roster.sqlite")
-        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite")
+        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite", Signer(identity.signing_key))
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
         epoch = self.store.next_epoch()
@@ -146,6 +149,15 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
+        self.economy = Economy(
+            options.site,
+            options.group,
+            self.ledger,
+            self.ledger_store,
+            level_of=self.verifier.level_of,
+            performance_of=verifier_performance(self.verifier),
+            config=options.economy,
+        )
         self._next_round = time.monotonic() + 1.0
         self._logged: set[tuple[Reason, str]] = set()
         self.ready = asyncio.Event()
@@ -193,6 +205,10 @@ class Coordinator:
         for effect in effects:
             match effect:
                 case Publish(topic=topic, message=message, retain=retain, qos=qos):
+                    if isinstance(message, GroupSummary):
+                        message = msgspec.structs.replace(
+                            message, market=self.economy.market(self.group.members)
+                        )
                     await self.session.publish(
                         topic, self.signer.seal(message, now_ms()), qos=qos, retain=retain
                     )
@@ -260,6 +276,10 @@ class Coordinator:
                     result = self._trust_status(member)
                 case "status":
                     result = self._trust_status(member)
+                case "lease":  # the agent's answer to a lease offer
+                    result = self.economy.lease_answer(node, request.params, now_ms())
+                case "earnings":
+                    result = self.economy.status(node)
                 case _:
                     raise LocalError(f"unknown method {request.method!r}")
         except LocalError as exc:
@@ -332,6 +352,7 @@ class Coordinator:
                 continue
             now = now_ms()
             await self._apply(self.group.tick(now))
+            await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:
                 continue
             members = self.group.members
