@@ -259,8 +259,12 @@ class LedgerStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT INTO ftns_ledger VALUES (?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
                 self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    # Refused for good (a key or index stored already): never retried, never half-written.
+                    log.error("ledger %s refused %d entries: %s", self.path, len(self._pending), exc)
+                    self._pending.clear()
                 raise
         self._pending.clear()
         self.commits += 1

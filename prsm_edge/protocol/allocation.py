@@ -256,6 +256,9 @@ def allocate(
     fit = []
     for c in candidates:
         why = hard_filter(c, task)
+        largest = {t: min(c.free(t), v) for t, v in task.amounts.items()}
+        if not why and _price(largest, rates) < c.min_hourly_rate_micro:
+            why = "minimum_hourly_rate"  # even the largest share it could take pays less than its minimum
         if why:
             filtered[c.node] = why
         else:

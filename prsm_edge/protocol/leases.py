@@ -53,7 +53,7 @@ class LeaseRecord:
     amounts: dict[ResourceType, float]
     state: LeaseState = LeaseState.OFFERED
     offered_ms: int = 0
-    active_ms: int = 0
+    active_ms: int | None = None  # when the agent accepted it
     renewed_ms: int = 0
     released_ms: int = 0
     why: str = ""
@@ -212,7 +212,7 @@ class LeaseBook:
         never claim more work than the lease allowed.
         """
         rec = self._get(lease_id, node)
-        if rec.active_ms == 0:
+        if rec.active_ms is None:
             raise LeaseError(f"lease {lease_id} was never accepted; no work can be served under it")
         end = rec.released_ms if rec.state is LeaseState.RELEASED else now_ms
         hours = max(0.0, (min(end, rec.lease.end_ms) - rec.active_ms) / 3_600_000)
