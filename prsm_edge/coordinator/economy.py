@@ -153,6 +153,11 @@ class Economy:
                     continue
         return last
 
+    @property
+    def settled_through(self) -> int:
+        """Start (ms) of the last period already settled (−1 if none)."""
+        return self._settled
+
     def current_rates(self) -> dict[ResourceType, int]:
         """The base rate of every resource type now (µFTNS per unit-hour)."""
         return {t: r.rate for t, r in self.rates.items()}
@@ -195,23 +200,36 @@ class Economy:
                 inputs=earning.inputs,
             )
             self.hourly[earning.node] = earning.amount_micro / hours
-        self._update_rates(members, period_start, hours)
+        worked: dict[ResourceType, float] = {}
+        for per in served.values():
+            for t, v in per.items():
+                worked[t] = worked.get(t, 0.0) + v / hours
+        self._update_rates(members, period_start, hours, worked)
         return self.ledger.since(before)
 
-    def _update_rates(self, members: Mapping[str, Member], period_start: int, hours: float) -> None:
+    def _update_rates(
+        self,
+        members: Mapping[str, Member],
+        period_start: int,
+        hours: float,
+        worked: Mapping[ResourceType, float],
+    ) -> None:
+        """Step each base rate: supply is what online members offer; demand is the larger of the
+        capacity open leases hold now and the verified work served per hour in the period."""
         supply: dict[ResourceType, float] = {}
         for m in members.values():
             if m.online and m.offering:
                 for r in m.resources:
                     supply[r.type] = supply.get(r.type, 0.0) + r.capacity
-        demand = self.leases.demand()
+        held = self.leases.demand()
+        demand = {t: max(held.get(t, 0.0), worked.get(t, 0.0)) for t in set(held) | set(worked)}
         for t, controller in self.rates.items():
             if t not in supply and t not in demand:
                 continue
-            change = controller.update(supply.get(t, 0.0), demand.get(t, 0.0), hours)
             key = f"rate:{period_start}:{t.value}"
             if self.ledger.get(key) is not None:
-                continue
+                continue  # this period's step is recorded already: a replay must not step again
+            change = controller.update(supply.get(t, 0.0), demand.get(t, 0.0), hours)
             self.ledger.append(
                 f"market:{t.value}",
                 change.new,
