@@ -237,7 +237,7 @@ def _scores(cands: Sequence[Candidate], weights: Weights, task: Task) -> dict[st
             + weights.latency * lat
             + weights.reliability * rel
         )
-        out[c.node] = Score(round(total, 6), round(cost, 6), round(perf, 6), round(lat, 6), round(rel, 6))
+        out[c.node] = Score(total, cost, perf, lat, rel)
     return out
 
 
@@ -256,9 +256,10 @@ def allocate(
     fit = []
     for c in candidates:
         why = hard_filter(c, task)
-        largest = {t: min(c.free(t), v) for t, v in task.amounts.items()}
-        if not why and _price(largest, rates) < c.min_hourly_rate_micro:
-            why = "minimum_hourly_rate"  # even the largest share it could take pays less than its minimum
+        if not why and c.min_hourly_rate_micro > 0:
+            largest = {t: min(c.free(t), v) for t, v in task.amounts.items()}
+            if _price(largest, rates) < c.min_hourly_rate_micro:
+                why = "minimum_hourly_rate"  # even the largest share it could take pays less than its minimum
         if why:
             filtered[c.node] = why
         else:

@@ -86,28 +86,30 @@ class LeaseBook:
         self.renew_ms = renew_ms
         self.max_leases = max_leases
         self.leases: dict[str, LeaseRecord] = {}
+        self._open: dict[str, dict[str, None]] = {}  # node → its open lease ids, oldest first (derived)
         self._counter = 0
 
     # ---- reading -----------------------------------------------------------------------------
     def held(self, node: str) -> dict[ResourceType, float]:
         """Capacity of ``node`` held by its open leases, per type."""
         out: dict[ResourceType, float] = {}
-        for rec in self.leases.values():
-            if rec.open and rec.lease.node == node:
-                for t, v in rec.amounts.items():
-                    out[t] = out.get(t, 0.0) + v
+        for lease_id in self._open.get(node, ()):
+            for t, v in self.leases[lease_id].amounts.items():
+                out[t] = out.get(t, 0.0) + v
         return out
 
     def open_leases(self, node: str | None = None) -> list[LeaseRecord]:
         """Open leases (of ``node`` when given), oldest first."""
-        return [r for r in self.leases.values() if r.open and (node is None or r.lease.node == node)]
+        if node is not None:
+            return [self.leases[i] for i in self._open.get(node, {})]
+        return [r for r in self.leases.values() if r.open]
 
     def demand(self) -> dict[ResourceType, float]:
         """Capacity held by every open lease, per type (the group's current demand)."""
         out: dict[ResourceType, float] = {}
-        for rec in self.leases.values():
-            if rec.open:
-                for t, v in rec.amounts.items():
+        for ids in self._open.values():
+            for lease_id in ids:
+                for t, v in self.leases[lease_id].amounts.items():
                     out[t] = out.get(t, 0.0) + v
         return out
 
@@ -150,6 +152,7 @@ class LeaseBook:
                 rate_micro_per_hour=p.rate_micro_per_hour,
             )
             self.leases[lease_id] = LeaseRecord(lease, dict(p.amounts), offered_ms=now_ms)
+            self._open.setdefault(p.node, {})[lease_id] = None
             out.append(lease)
         return out
 
@@ -172,8 +175,9 @@ class LeaseBook:
 
     def renew(self, node: str, now_ms: int) -> None:
         """A heartbeat from ``node`` renews its active leases."""
-        for rec in self.leases.values():
-            if rec.state is LeaseState.ACTIVE and rec.lease.node == node:
+        for lease_id in self._open.get(node, ()):
+            rec = self.leases[lease_id]
+            if rec.state is LeaseState.ACTIVE:
                 rec.renewed_ms = now_ms
 
     def release_node(self, node: str, now_ms: int, why: str = "node_dead") -> list[Released]:
@@ -184,9 +188,7 @@ class LeaseBook:
         """Release leases past their end, unanswered offers, unrenewed leases and those of dead nodes."""
         alive = set(online)
         out = []
-        for rec in list(self.leases.values()):
-            if not rec.open:
-                continue
+        for rec in [self.leases[i] for ids in self._open.values() for i in ids]:  # a copy: releases edit it
             if rec.lease.node not in alive:
                 out.append(self._release(rec, now_ms, "node_dead"))
             elif now_ms >= rec.lease.end_ms:
@@ -201,6 +203,11 @@ class LeaseBook:
         rec.state = LeaseState.RELEASED
         rec.released_ms = now_ms
         rec.why = why
+        ids = self._open.get(rec.lease.node)
+        if ids is not None:
+            ids.pop(rec.lease.lease_id, None)
+            if not ids:
+                del self._open[rec.lease.node]
         return Released(rec.lease.lease_id, rec.lease.node, rec.lease.task_id, why)
 
     def record_work(

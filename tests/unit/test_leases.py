@@ -95,6 +95,11 @@ class LeaseMachine(RuleBasedStateMachine):
             assert self.book.held(node).get(CPU, 0.0) <= OFFERED[node][CPU] + 1e-9
 
     @invariant()
+    def open_index_matches_the_states(self) -> None:
+        indexed = {i for ids in self.book._open.values() for i in ids}
+        assert indexed == {i for i, r in self.book.leases.items() if r.open}
+
+    @invariant()
     def one_task_per_lease(self) -> None:
         for lease_id, rec in self.book.leases.items():
             assert rec.lease.task_id == self.owner[lease_id]
