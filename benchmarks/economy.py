@@ -146,9 +146,8 @@ async def ledger(n_appends: int, producers: int) -> None:
         f"  group commit, {producers} producers       {total / elapsed:,.0f} /s  "
         f"({total / commits:.0f} entries per commit, {total / elapsed / solo_rate:.1f}× the baseline)"
     )
-    print(
-        f"  append → durable p50 / p99        {statistics.median(latencies):.1f} ms / {pct(latencies, 0.99):.1f} ms"
-    )
+    p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
+    print(f"  append → durable p50 / p99        {p50:.1f} ms / {p99:.1f} ms")
 
 
 def main() -> None:
