@@ -58,16 +58,16 @@ __all__ = [
 
 # Starting base rates, µFTNS per unit-hour (units: messages.RESOURCE_UNITS).
 DEFAULT_RATES: Final[dict[ResourceType, int]] = {
-    ResourceType.COMPUTE_CPU: 20_000,
-    ResourceType.COMPUTE_GPU: 400_000,
-    ResourceType.COMPUTE_TPU: 300_000,
-    ResourceType.STORAGE_PERSISTENT: 50,
-    ResourceType.STORAGE_MEMORY: 2_000,
-    ResourceType.STORAGE_CACHE: 200,
-    ResourceType.BANDWIDTH_INGRESS: 100,
-    ResourceType.BANDWIDTH_EGRESS: 100,
-    ResourceType.SPECIALIZED_QUANTUM: 50_000,
-    ResourceType.SPECIALIZED_EDGE: 100_000,
+    ResourceType.COMPUTE_CPU: 100_000,  # 0.1 FTNS per core-hour: one core meets the default minimum rate
+    ResourceType.COMPUTE_GPU: 1_000_000,
+    ResourceType.COMPUTE_TPU: 800_000,
+    ResourceType.STORAGE_PERSISTENT: 200,
+    ResourceType.STORAGE_MEMORY: 10_000,
+    ResourceType.STORAGE_CACHE: 1_000,
+    ResourceType.BANDWIDTH_INGRESS: 500,
+    ResourceType.BANDWIDTH_EGRESS: 500,
+    ResourceType.SPECIALIZED_QUANTUM: 200_000,
+    ResourceType.SPECIALIZED_EDGE: 300_000,
 }
 
 # The first units of each owner that earn the micro-node multiplier.

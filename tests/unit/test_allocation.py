@@ -101,10 +101,10 @@ def test_strategies_are_weight_vectors_with_per_node_scores() -> None:
 def test_safety_check_refuses_a_placement_that_breaks_a_constraint() -> None:
     members = [cand("a", cores=2.0), cand("hot", temperature_c=99.0)]
     t = task(3.0)
-    forged = Allocation("t1", "hybrid_optimal", (Placement("a", {CPU: 3.0}, 60_000),), {}, {})
+    forged = Allocation("t1", "hybrid_optimal", (Placement("a", {CPU: 3.0}, 300_000),), {}, {})
     names = {v.constraint for v in safety_check(t, forged, members, RATES)}
     assert "allocation_percentage" in names  # 3 cores from a member that allows 2
-    hot = Allocation("t1", "hybrid_optimal", (Placement("hot", {CPU: 3.0}, 60_000),), {}, {})
+    hot = Allocation("t1", "hybrid_optimal", (Placement("hot", {CPU: 3.0}, 300_000),), {}, {})
     assert [v.constraint for v in safety_check(t, hot, members, RATES)] == ["temperature_limit"]
 
 

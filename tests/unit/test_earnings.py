@@ -35,15 +35,16 @@ def test_worked_example_of_the_docs() -> None:
         streak=6,
         measured_rate=1_200_000,
     )
-    group = GroupFacts(rates={CPU: 20_000}, geographic=1.5, median_rate=1_000_000)
+    group = GroupFacts(rates=dict(DEFAULT_RATES), geographic=1.5, median_rate=1_000_000)
     (credit,) = settle([pi], group, hours=1.0)
     inputs = credit.inputs
     assert inputs["reputation"] == 0.8
     assert inputs["geographic"] == 1.5
     assert inputs["performance"] == 1.1  # 1 + 0.5 × (1.2 − 1)
     assert inputs["compute_cpu.micro"] == 2.0  # the owner's 2 cores are within the first 4
-    # 2 cores × 1 h × 20,000 × 0.75 utilization × min(0.8 × 1.5 × 1.1 × 2.0 = 2.64, 3.0)
-    assert credit.amount_micro == 79_200
+    # 2 cores × 1 h × 100,000 µFTNS × 0.75 utilization × min(0.8 × 1.5 × 1.1 × 2.0 = 2.64, 3.0)
+    assert inputs["compute_cpu.rate"] == 100_000
+    assert credit.amount_micro == 396_000
     assert recompute(inputs) == credit.amount_micro
 
 
