@@ -17,6 +17,7 @@ ones); verified work not yet settled when the process dies is lost, never paid t
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import tomllib
 from collections.abc import Callable, Mapping
@@ -45,6 +46,8 @@ from prsm_edge.protocol.leases import LeaseBook, LeaseError, Released
 from prsm_edge.protocol.ledger import Ledger, LedgerError, LedgerKind
 from prsm_edge.protocol.market import listing, market_summary
 from prsm_edge.protocol.messages import (
+    MICRO,
+    TRUST_SCORE,
     LedgerEntry,
     LedgerHead,
     MarketListing,
@@ -86,6 +89,21 @@ class EconomyConfig:
     rates: Mapping[ResourceType, int] = field(default_factory=lambda: dict(DEFAULT_RATES))
     answer_ms: int = 15_000
     renew_ms: int = 60_000
+
+
+def _number(value: object, default: float, low: float, high: float) -> float:
+    """A caller's number, checked: finite and within [low, high] (``default`` when absent)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise LocalError(f"expected a number, not {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise LocalError(f"expected a number, not {value!r}") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise LocalError(f"{number} is outside {low:g}–{high:g}")
+    return number
 
 
 PerformanceOf = Callable[[str], tuple[int, float]]  # node → (consecutive verified results, measured rate)
@@ -130,6 +148,7 @@ class Economy:
         self.hourly: dict[str, float] = {}  # µFTNS/h of each node's last credit
         self._listed: dict[str, MarketListing] = {}
         self._head_published = b""
+        self._last_market: dict[str, Any] = {}
         self._settled = self._last_settled_period()
 
     # ---- state from the ledger ---------------------------------------------------------------
@@ -285,7 +304,12 @@ class Economy:
 
     def market(self, members: Mapping[str, Member]) -> dict[str, Any]:
         """The ``market`` part of the group summary."""
-        return market_summary(list(members.values()), self.leases.demand(), self.current_rates(), self.hourly)
+        summary = market_summary(
+            list(members.values()), self.leases.demand(), self.current_rates(), self.hourly
+        )
+        if len(members) > 1 or not self._last_market:
+            self._last_market = summary  # the whole group's picture, for advice
+        return summary
 
     # ---- leases ------------------------------------------------------------------------------
     def candidates(self, members: Mapping[str, Member]) -> list[Candidate]:
@@ -393,6 +417,88 @@ class Economy:
             member.max_power_w,
             price_per_kwh_micro,
         )
+
+    # ---- the API's readers (prsm_edge.coordinator.api.EconomyReader) ------------------------
+    def earnings(self, member: Member, now_ms: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Balance, leases, and gross/electricity/net over a span (default a day) with a prediction."""
+        span = _number(params.get("span_ms"), 86_400_000.0, 60_000.0, 366 * 86_400_000.0)
+        settings = params.get("settings")
+        price = params.get("electricity_price_per_kwh")
+        if price is None and isinstance(settings, Mapping):
+            price = settings.get("electricity_price_per_kwh")
+        price_micro = round(_number(price, 0.0, 0.0, 1_000_000.0) * MICRO)
+        report = self.earnings_report(member, now_ms, int(span), price_micro)
+        return {
+            **self.status(member.node),
+            "gross_micro": report.gross_micro,
+            "electricity_kwh": report.electricity_kwh,
+            "electricity_micro": report.electricity_micro,
+            "net_micro": report.net_micro,
+            "hours": report.hours,
+            "predicted_next_day_micro": report.predicted_next_day_micro,
+            "prediction_method": report.method,
+            "power_source": report.power_source,
+        }
+
+    def analytics(self, member: Member, now_ms: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The node's credits per period (with their formula inputs) and the group's market."""
+        periods = int(_number(params.get("periods"), 24.0, 1.0, 500.0))
+        credits = [
+            {"at_ms": e.at_ms, "amount_micro": e.amount_micro, "inputs": dict(e.inputs)}
+            for e in self.ledger.entries
+            if e.account == member.node and e.kind == LedgerKind.CREDIT
+        ][-periods:]
+        return {
+            "node": member.node,
+            "level": self.level_of(member.node).value,
+            "credits": credits,
+            "market": self.market({member.node: member}) | {"group": self._last_market},
+        }
+
+    def advice(self, member: Member, now_ms: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Suggestions from the group's demand and prices and the node's record (its own settings and
+        detected capacity come in ``params``, since only the node knows them)."""
+        raw_settings = params.get("settings", {})
+        raw_detected = params.get("detected", {})
+        settings = {
+            str(k): float(v)
+            for k, v in (raw_settings.items() if isinstance(raw_settings, Mapping) else [])
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        detected: dict[ResourceType, float] = {}
+        for k, v in raw_detected.items() if isinstance(raw_detected, Mapping) else []:
+            try:
+                detected[ResourceType(k)] = _number(v, 0.0, 0.0, 1e9)
+            except ValueError:
+                continue
+        last = next(
+            (
+                e.inputs
+                for e in reversed(self.ledger.entries)
+                if e.account == member.node and e.kind == "credit"
+            ),
+            None,
+        )
+        level = self.level_of(member.node)
+        multiplier = TRUST_SCORE[level]
+        if last:
+            multiplier = float(last.get("reputation", multiplier)) * float(last.get("geographic", 1.0))
+            multiplier *= float(last.get("performance", 1.0))
+        record = advice.NodeRecord(level, settings, detected, multiplier)
+        suggestions = advice.suggest(record, self._last_market or self.market({}))
+        return {
+            "suggestions": [
+                {
+                    "setting": s.setting,
+                    "current": s.current,
+                    "value": s.proposed,
+                    "reason": s.reason,
+                    "ftns_per_day": s.ftns_per_day,
+                }
+                for s in suggestions
+            ],
+            "market": self._last_market,
+        }
 
     def correct(self, key: str, now_ms: int, memo: str) -> list[LedgerEntry]:
         """Reverse the credit under ``key`` (a correction); the new entry, to be made durable."""
