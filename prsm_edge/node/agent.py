@@ -129,6 +129,7 @@ class Agent:
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
+        self.clock_problem = ""  # set when the coordinator says our clock is off: what to do about it
         self.work = ProofWork(
             self.node_id,
             prover=options.prover,
@@ -296,8 +297,13 @@ class Agent:
     async def _command(self, cmd: NodeCommand) -> None:
         match cmd.verb:
             case "rebirth":
+                if self.clock_problem and cmd.args.get("why") == "not a member":
+                    log.debug("%s: not re-announcing until the clock is fixed", self.node_id)
+                    return
                 log.info("%s: rebirth requested (%s)", self.node_id, cmd.args.get("why", ""))
                 self._birth()
+            case "clock":
+                self._clock_off(str(cmd.args.get("detail", "")), str(cmd.args.get("window_ms", "")))
             case "settings":
                 self._apply_limits(cmd.args.get("limit"))
             case "redirect":
@@ -317,6 +323,29 @@ class Agent:
                 self._answer_lease(cmd.args)
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
+
+    def _clock_off(self, detail: str, window_ms: str) -> None:
+        """The coordinator refused our messages as stale: say so, with the fix, instead of looping."""
+        first = not self.clock_problem
+        self.clock_problem = (
+            f"this device's clock is outside the group's replay window ({window_ms} ms): {detail}; "
+            "turn on time synchronisation (e.g. `timedatectl set-ntp true`, or chrony/ntpd) and restart"
+        )
+        log.log(logging.ERROR if first else logging.DEBUG, "%s: %s", self.node_id, self.clock_problem)
+        if first:
+            self._retry_birth_later()
+
+    def _retry_birth_later(self) -> None:
+        """Re-announce once a minute while the clock is off, in case it has been fixed meanwhile."""
+
+        async def later() -> None:
+            await asyncio.sleep(60.0)
+            self.clock_problem = ""
+            self._birth()
+
+        task = asyncio.create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _apply_limits(self, limits: object) -> None:
         """A coordinator's push: offer at most these fractions (0–1) of what the owner offers, per type.

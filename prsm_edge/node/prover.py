@@ -199,13 +199,11 @@ class ProofWork:
                 if panel is None or panel.proof is None or signer != panel.challenge.node:
                     return None
                 del self._panels[msg.challenge_id]
+                # A panel vote attests the re-executed segments only: lateness and speed are judged on
+                # the coordinator's clock alone, never on a panelist's (so the arrival time given here
+                # is the issue time, which can be neither late nor slow).
                 verdict = await asyncio.to_thread(
-                    proofs.check,
-                    panel.challenge,
-                    panel.proof,
-                    msg,
-                    panel.proof_at,
-                    min_rate_ratio=panel.min_rate_ratio,
+                    proofs.check, panel.challenge, panel.proof, msg, panel.challenge.issued_ms
                 )
                 self.voted += 1
                 return VerificationVote(
@@ -214,7 +212,6 @@ class ProofWork:
                     voter=self.node_id,
                     challenge_id=msg.challenge_id,
                     accept=verdict.accepted,
-                    measured_rate=verdict.measured_rate,
                     reason=verdict.reason.value,
                 )
         return None

@@ -226,13 +226,18 @@ class CoordState(Message, frozen=True, tag="cstate"):
 
 class Beacon(Message, frozen=True, tag="beacon"):
     """A verification round's public randomness: the revealed secret of ``round``, the mix it is
-    combined with (the round's subjects), and the commitment to the next round's secret."""
+    combined with (the digest of the inputs committed a round ahead), and the next round's commitment."""
 
     group: str
     round: int
     reveal: bytes
     mix: bytes
     commit_next: bytes
+    # Published inputs, so anyone can recompute the panels (peers.round_panels): committed one round
+    # ahead (eligible verifiers and each member's sampling chance), and this round's candidates.
+    eligible_next: list[str] = []
+    sampling_next: dict[str, float] = {}
+    candidates: list[str] = []
 
 
 class RosterEntry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
