@@ -31,6 +31,7 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
+from prsm_edge.protocol.allocation import Allocation, Task
 from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
@@ -339,6 +340,12 @@ class Coordinator:
             "capacity_multiplier": required.capacity_multiplier,
             "risk_factor": required.risk_factor,
         }
+
+    async def submit(self, task: Task, strategy: str = "hybrid_optimal") -> Allocation:
+        """Allocate ``task`` in this group and offer its leases (``AllocationRefused`` names why not)."""
+        alloc, effects = self.economy.submit(self.group.members, task, now_ms(), strategy)
+        await self._apply(list(effects))
+        return alloc
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
         """Ask ``node`` to offer at most these fractions of its owner's offer (it never offers more)."""

@@ -25,6 +25,7 @@ def test_demo_forms_a_group_and_stops_on_time(broker: str) -> None:
         raise AssertionError(f"the demo hung; stdout: {exc.stdout!r}; stderr: {exc.stderr!r}") from None
     assert proc.returncode == 0, proc.stderr
     assert "4/4 online" in proc.stdout
+    assert "earned FTNS:" in proc.stdout  # the economy runs in the demo (credits each --settle period)
     assert f"broker: {broker}" in proc.stderr
     assert ("per-node ACLs enforced" in proc.stderr) == (broker == "mosquitto")
 
