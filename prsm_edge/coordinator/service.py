@@ -318,6 +318,14 @@ class Coordinator:
                     result = self.economy.lease_answer(node, request.params, now_ms())
                 case "earnings":
                     result = self.economy.status(node)
+                case "ledger":  # the member's own signed entries, the newest that fit, and the head
+                    signed: list[bytes] = []
+                    for data in reversed(self.ledger_store.signed(node)):
+                        if sum(map(len, signed)) + len(data) > 48_000 or len(signed) >= 100:
+                            break
+                        signed.insert(0, data)
+                    head = self.economy.head_message()
+                    result = {"entries": signed, "count": head.count, "head": head.head}
                 case _:
                     raise LocalError(f"unknown method {request.method!r}")
         except LocalError as exc:

@@ -48,6 +48,7 @@ from nacl.signing import VerifyKey
 
 from prsm_edge.errors import LocalError, Reason, RejectedMessage, RemoteError
 from prsm_edge.protocol import cbor
+from prsm_edge.protocol.earnings import recompute
 from prsm_edge.protocol.envelope import Signer, open_envelope, self_certifying
 from prsm_edge.protocol.messages import LedgerEntry
 
@@ -60,6 +61,7 @@ __all__ = [
     "LedgerKind",
     "entry_hash",
     "open_entry",
+    "open_own_entries",
     "open_signed_chain",
     "seal_entry",
     "verify_chain",
@@ -320,6 +322,34 @@ def open_entry(data: bytes, coordinator_key: bytes) -> LedgerEntry:
     if entry.seq != entry.index + 1:
         raise RejectedMessage(Reason.MALFORMED, f"entry {entry.index} was signed as sequence {entry.seq}")
     return entry
+
+
+def open_own_entries(rows: Iterable[bytes], coordinator_key: bytes, account: str) -> list[LedgerEntry]:
+    """A member's check of its own entries (as the coordinator's ``ledger`` method hands them out).
+
+    Every entry must carry the coordinator's signature and name ``account``, in increasing index order,
+    and each earnings credit must follow from its recorded inputs. What this cannot show alone is that
+    nothing was left out between them: compare the count with the published head, or run the full
+    check (``prsm-edge ledger verify``) on the whole chain.
+    """
+    out: list[LedgerEntry] = []
+    for data in rows:
+        entry = open_entry(data, coordinator_key)
+        if entry.account != account:
+            raise RejectedMessage(
+                Reason.MALFORMED, f"entry {entry.index} is {entry.account}'s, not {account}'s"
+            )
+        if out and entry.index <= out[-1].index:
+            raise RejectedMessage(Reason.MALFORMED, f"entry {entry.index} comes after {out[-1].index}")
+        if entry.kind == LedgerKind.CREDIT and entry.inputs.get("formula"):
+            expected = recompute(entry.inputs)
+            if expected != entry.amount_micro:
+                raise RejectedMessage(
+                    Reason.IMPLAUSIBLE,
+                    f"entry {entry.index} pays {entry.amount_micro}, its inputs {expected}",
+                )
+        out.append(entry)
+    return out
 
 
 def open_signed_chain(rows: Iterable[bytes], coordinator_key: bytes) -> Ledger:

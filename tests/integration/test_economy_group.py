@@ -10,12 +10,13 @@ import aiomqtt
 import pytest
 
 from prsm_edge.coordinator.economy import EconomyConfig
+from prsm_edge.errors import RejectedMessage
 from prsm_edge.node.agent import Agent
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.allocation import AllocationRefused, Task
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.leases import LeaseState
-from prsm_edge.protocol.ledger import LedgerKind, open_signed_chain
+from prsm_edge.protocol.ledger import LedgerKind, open_own_entries, open_signed_chain
 from prsm_edge.protocol.messages import (
     GroupSummary,
     LedgerHead,
@@ -57,8 +58,8 @@ async def test_leases_settlement_head_and_listings_on_a_real_broker(
     async with running(coord, worker, careful):
         await eventually(lambda: coord.group.online_count == 2, what="both online")
 
-        # A task for 5 cores spans both; each agent answers its lease with a signed request.
-        alloc, effects = eco.submit(members, Task("t1", {CPU: 5.0}, 60_000, 10**9), _now())
+        # A task for all 6 cores spans both; each agent answers its lease with a signed request.
+        alloc, effects = eco.submit(members, Task("t1", {CPU: 6.0}, 60_000, 10**9), _now())
         assert {p.node for p in alloc.placements} == {worker.node_id, careful.node_id}
         assert set(alloc.scores) == {worker.node_id, careful.node_id}
         careful.resources = cpu(0.5)  # the owner lowered the offer since the coordinator last heard
@@ -97,6 +98,19 @@ async def test_leases_settlement_head_and_listings_on_a_real_broker(
         durable = coord.ledger_store.signed()
         assert len(durable) >= head.count > 0  # nothing is announced before it is on disk
         assert open_signed_chain(durable[: head.count], coord.identity.public_key).head == head.head
+
+        # A member checks its own history with the coordinator's key it pinned, against the head.
+        answer = await worker.call("ledger", {})
+        assert answer.ok, answer.error
+        mine = open_own_entries(answer.result["entries"], coord.identity.public_key, worker.node_id)
+        assert [e.key for e in mine] == [
+            e.key
+            for e in coord.ledger.entries
+            if e.account == worker.node_id and e.index < answer.result["count"]
+        ]
+        assert any(e.kind == LedgerKind.CREDIT for e in mine)
+        with pytest.raises(RejectedMessage):  # another member cannot pass them off as its own
+            open_own_entries(answer.result["entries"], coord.identity.public_key, careful.node_id)
 
         listing = open_envelope(
             await retained(mosquitto.url, topics.market_listing(SITE, GROUP, worker.node_id))
