@@ -160,3 +160,13 @@ def _task() -> object:
     from prsm_edge.protocol.allocation import Task
 
     return Task(task_id="t1", amounts={CPU: 3.0}, duration_ms=10 * HOUR, max_price_micro_per_hour=10**9)
+
+
+def test_the_head_and_listing_topics_parse_back() -> None:
+    from prsm_edge.protocol import topics
+
+    head = topics.parse(topics.coord_ledger("lab", "g1"))
+    assert head.kind is topics.Kind.COORD_LEDGER and head.retained
+    listing = topics.parse(topics.market_listing("lab", "g1", "nabc"))
+    assert listing.kind is topics.Kind.MARKET_LISTING and listing.node == "nabc" and listing.retained
+    assert str(listing) == "prsm/v1/lab/g1/market/nabc"
