@@ -313,7 +313,7 @@ class Coordinator:
                     )
                     result = self._trust_status(member)
                 case "status":
-                    result = self._trust_status(member)
+                    result = self._trust_status(member) | {"leases": self.economy.status(node)["leases"]}
                 case "lease":  # the agent's answer to a lease offer
                     result = self.economy.lease_answer(node, request.params, now_ms())
                 case "earnings":
