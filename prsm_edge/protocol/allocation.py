@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from prsm_edge.errors import LocalError
+from prsm_edge.errors import LocalError, Reason, RejectedMessage
 from prsm_edge.protocol.messages import TRUST_SCORE, ResourceType, VerificationLevel
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "Violation",
     "Weights",
     "allocate",
+    "check_owner_terms",
     "hard_filter",
     "safety_check",
 ]
@@ -182,6 +183,29 @@ class AllocationRefused(LocalError):
         self.constraint = constraint
         self.detail = detail
         self.filtered = dict(filtered or {})
+
+
+def check_owner_terms(
+    security_level: str,
+    min_hourly_rate_micro: int,
+    priority_level: int,
+    max_temp_c: float,
+    max_power_w: float,
+) -> None:
+    """Refuse (``implausible``) owner terms from the network that allocation could not use safely."""
+    problem = ""
+    if security_level not in SECURITY_RANK:
+        problem = f"security level {security_level!r} is not one of {', '.join(SECURITY_RANK)}"
+    elif not 0 <= min_hourly_rate_micro <= 10**15:
+        problem = f"minimum hourly rate {min_hourly_rate_micro} µFTNS is out of range"
+    elif not 1 <= priority_level <= 10:
+        problem = f"priority level {priority_level} is not 1–10"
+    elif not (math.isfinite(max_temp_c) and 0.0 < max_temp_c <= 150.0):
+        problem = f"temperature limit {max_temp_c} °C is not within 0–150"
+    elif not (math.isfinite(max_power_w) and 0.0 < max_power_w <= 1_000_000.0):
+        problem = f"power limit {max_power_w} W is not within 0–1,000,000"
+    if problem:
+        raise RejectedMessage(Reason.IMPLAUSIBLE, problem)
 
 
 def _price(amounts: Mapping[ResourceType, float], rates: Mapping[ResourceType, int]) -> int:

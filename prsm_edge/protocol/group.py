@@ -36,6 +36,7 @@ import msgspec
 
 from prsm_edge.errors import Reason, RejectedMessage, TopicError
 from prsm_edge.protocol import topics
+from prsm_edge.protocol.allocation import check_owner_terms
 from prsm_edge.protocol.envelope import Opened, open_envelope
 from prsm_edge.protocol.messages import (
     TRUST_SCORE,
@@ -430,6 +431,13 @@ class Group:
             raise RejectedMessage(
                 Reason.IMPLAUSIBLE, f"uptime commitment {msg.uptime_commitment} is not a fraction 0–1"
             )
+        check_owner_terms(
+            msg.security_level,
+            msg.min_hourly_rate_micro,
+            msg.priority_level,
+            msg.max_temperature_c,
+            msg.max_power_w,
+        )
         self._fresh(msg.node, msg, now_ms, birth=True)
         old = self.members.get(msg.node)
         member = Member(

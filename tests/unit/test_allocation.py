@@ -188,3 +188,56 @@ def test_allocations_never_exceed_what_an_owner_allowed(
     book.offer(alloc, offered, 0, 60_000)
     for p in alloc.placements:
         assert book.held(p.node)[CPU] <= offered[p.node][CPU] + 1e-9
+
+
+def test_owner_terms_from_the_network_are_kept_and_checked() -> None:
+    """The roster keeps what allocation filters on (it used to drop security level and minimum rate),
+    and refuses terms it could not use safely."""
+    from nacl.signing import SigningKey
+
+    from prsm_edge.errors import Reason
+    from prsm_edge.protocol import messages as m
+    from prsm_edge.protocol import topics as t
+    from prsm_edge.protocol.envelope import Signer
+    from prsm_edge.protocol.group import Group, GroupConfig, Rejection
+
+    coord = Signer(SigningKey(b"\x01" * 32))
+    g = Group(
+        GroupConfig(site="s", group="g", coordinator=coord.node_id, public_key=coord.public_key, epoch=1)
+    )
+
+    def birth(key: bytes, **terms: object) -> list[object]:
+        node = Signer(SigningKey(key))
+        msg = m.NodeBirth(
+            node=node.node_id,
+            bdseq=1,
+            public_key=node.public_key,
+            device_class="generic",
+            software="test",
+            hw_fingerprint="fp",
+            resources=[m.ResourceSpec(type=CPU, capacity=2.0, unit="cores")],
+            **terms,  # type: ignore[arg-type]
+        )
+        return list(
+            g.receive(t.node(t.Kind.NODE_BIRTH, "s", "g", node.node_id), node.seal(msg, 1_000), 1_000)
+        )
+
+    birth(b"\x02" * 32, security_level="high", min_hourly_rate_micro=250_000, priority_level=8)
+    (member,) = g.members.values()
+    assert (member.security_level, member.min_hourly_rate_micro, member.priority_level) == (
+        "high",
+        250_000,
+        8,
+    )
+    for i, bad in enumerate(
+        [
+            {"security_level": "lol"},
+            {"priority_level": 99},
+            {"max_temperature_c": float("nan")},
+            {"max_power_w": float("inf")},
+            {"min_hourly_rate_micro": -1},
+        ]
+    ):
+        effects = birth(bytes([3 + i]) * 32, **bad)
+        assert [e.reason for e in effects if isinstance(e, Rejection)] == [Reason.IMPLAUSIBLE], bad
+    assert len(g.members) == 1
