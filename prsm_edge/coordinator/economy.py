@@ -272,7 +272,16 @@ class Economy:
         for node, m in members.items():
             if m.online:
                 self.leases.renew(node, m.last_seen_ms)
-        self.leases.expire(now_ms, online)
+        for released in self.leases.expire(now_ms, online):
+            if released.why != "node_dead":  # a dead node hears nothing; it forgets leases at their end
+                cmd = NodeCommand(
+                    verb="lease_end",
+                    node=released.node,
+                    args={"lease_id": released.lease_id, "why": released.why},
+                )
+                effects.append(
+                    Publish(topics.node_cmd(self.site, self.group, released.node, "lease_end"), cmd)
+                )
         period = self.config.period_ms
         last_done = now_ms // period * period - period
         if last_done > self._settled:

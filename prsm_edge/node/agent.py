@@ -321,6 +321,8 @@ class Agent:
                 self.work.sit(cmd.args)
             case "lease":
                 self._answer_lease(cmd.args)
+            case "lease_end":
+                self.leases.end(cmd.args.get("lease_id"))
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
 

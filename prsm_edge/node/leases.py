@@ -52,6 +52,11 @@ class LeaseDesk:
                 out[r.type] = out.get(r.type, 0.0) + r.capacity
         return out
 
+    def end(self, lease_id: object) -> None:
+        """The coordinator released a lease (expired, unrenewed): its capacity is free again."""
+        if isinstance(lease_id, str):
+            self.accepted.pop(lease_id, None)
+
     def decide(
         self,
         args: dict[str, Any],

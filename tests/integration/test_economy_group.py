@@ -79,11 +79,20 @@ async def test_leases_settlement_head_and_listings_on_a_real_broker(
             eco.submit(members, Task("t2", {CPU: 3.0}, 60_000, 10**9), _now())
         assert exc.value.filtered.get(worker.node_id) == "allocation_percentage"
 
+        # A short lease on the careful node: accepted (0.4 fits its 0.5), then released at its end, and
+        # the agent hears it so the capacity is free on its side too.
+        _, effects = eco.submit(members, Task("t3", {CPU: 0.4}, 1_500, 10**9), _now())
+        await coord._apply(list(effects))
+        await eventually(lambda: len(careful.leases.accepted) == 1, what="careful accepted t3")
+        await eventually(lambda: not careful.leases.accepted, timeout=5, what="lease_end reached the agent")
+
         # Verified work under the lease is credited at the next settlement, with no action by the owner.
         lease = next(r for r in eco.leases.leases.values() if r.lease.node == worker.node_id)
         await asyncio.sleep(0.2)
-        counted = eco.record_work(lease.lease.lease_id, worker.node_id, {CPU: 1.0}, _now())
-        assert 0 < counted[CPU] <= 4.0 * 0.2 / 3600 * 2  # capped by what the lease allows
+        now = _now()
+        counted = eco.record_work(lease.lease.lease_id, worker.node_id, {CPU: 1.0}, now)
+        assert lease.active_ms is not None
+        assert 0 < counted[CPU] <= 4.0 * (now - lease.active_ms) / 3_600_000 + 1e-12  # capped by the lease
         await eventually(lambda: coord.ledger.balance(worker.node_id) > 0, timeout=5, what="credited")
         credit = next(
             e for e in coord.ledger.entries if e.account == worker.node_id and e.kind == LedgerKind.CREDIT

@@ -169,3 +169,5 @@ def test_agent_rechecks_the_owner_limits_before_accepting() -> None:
     bad = desk.decide({"lease_id": "x", "node": "me"}, offer, **kw)  # type: ignore[arg-type]
     assert not bad.accept and "malformed" in bad.reason
     assert msgspec.to_builtins(desk.accepted["l1"])["task_id"] == "t"
+    desk.end("l1")  # the coordinator released it: its capacity is free again
+    assert desk.decide(_offer("l6", cores=1.5), offer, **kw).accept  # type: ignore[arg-type]
