@@ -97,3 +97,35 @@ def test_kill_9_mid_crediting_leaves_a_valid_ledger_and_no_double_credit(tmp_pat
     assert verify.returncode == 0, verify.stderr
     report = json.loads(verify.stdout)
     assert report["valid"] and report["entries"] == len(final) and report["head"] == final.head.hex()
+
+    key = bytes(KEY.verify_key).hex()
+    mine = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prsm_edge",
+            "ledger",
+            "verify",
+            "--db",
+            str(db),
+            "--key",
+            key,
+            "--node",
+            "n00",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert mine.returncode == 0, mine.stderr
+    assert json.loads(mine.stdout)["balance_micro"] == final.balance("n00")
+    wrong_key = subprocess.run(
+        [sys.executable, "-m", "prsm_edge", "ledger", "verify", "--db", str(db), "--key", "00" * 32],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong_key.returncode == 1 and "INVALID" in wrong_key.stderr
