@@ -509,11 +509,12 @@ class Economy:
             "market": self._last_market,
         }
 
-    def correct(self, key: str, now_ms: int, memo: str) -> list[LedgerEntry]:
-        """Reverse the credit under ``key`` (a correction); the new entry, to be made durable."""
+    async def correct(self, key: str, now_ms: int, memo: str) -> LedgerEntry:
+        """Reverse the credit under ``key`` (a correction, never an edit); durable on return."""
         before = len(self.ledger)
         try:
-            self.ledger.reverse(key, now_ms, memo=memo)
+            entry = self.ledger.reverse(key, now_ms, memo=memo)
         except LedgerError as exc:
             raise LocalError(str(exc)) from None
-        return self.ledger.since(before)
+        await self.store.append_durable(self.ledger.since(before))
+        return entry

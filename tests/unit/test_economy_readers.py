@@ -70,4 +70,12 @@ async def test_readers_answer_from_the_ledger_and_the_market(tmp_path: Path) -> 
     )
     assert all({"setting", "value", "reason", "ftns_per_day"} <= set(s) for s in advice["suggestions"])
     assert advice["market"]["resources"]["compute_cpu"]["supply"] == 4.0
+
+    # A correction is a durable reversal entry; the credit stays in the history.
+    credit = next(e for e in eco.ledger.entries if e.account == "a" and e.kind == "credit")
+    reversal = await eco.correct(credit.key, 3 * HOUR, "work found invalid on re-check")
+    assert eco.ledger.balance("a") == 0 and reversal.inputs == {"reverses": credit.index}
+    assert len(store.signed("a")) == 2
+    with pytest.raises(LocalError):
+        await eco.correct("earn:none", 3 * HOUR, "no such credit")
     store.close()
