@@ -203,8 +203,8 @@ class Economy:
             facts.append(NodeFacts(node, owner, self.level_of(node), uses, streak, measured))
         rates_now = self.current_rates()
         # The group's measured throughput: every member the verifier has measured, not only those paid now.
-        measured = [self.performance_of(n)[1] for n in members]
-        median = statistics.median([r for r in measured if r > 0 and math.isfinite(r)] or [0.0])
+        rates = [self.performance_of(n)[1] for n in members]
+        median = statistics.median([r for r in rates if r > 0 and math.isfinite(r)] or [0.0])
         group = GroupFacts(rates_now, self.geographic, median)
         before = len(self.ledger)
         for earning in settle(facts, group, hours, c.policy):
