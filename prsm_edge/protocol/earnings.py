@@ -169,9 +169,11 @@ def earn(
     verified = node.level is not VerificationLevel.SELF_REPORTED
     reputation = _clamp(TRUST_SCORE[node.level], p.reputation_min, p.reputation_max)
     geographic = _clamp(group.geographic, 1.0, p.geographic_max) if verified else 1.0
+    measured = node.measured_rate if math.isfinite(node.measured_rate) and node.measured_rate > 0 else 0.0
+    median = group.median_rate if math.isfinite(group.median_rate) and group.median_rate > 0 else 0.0
     performance = 1.0
-    if verified and node.streak >= p.streak and group.median_rate > 0 and node.measured_rate > 0:
-        ratio = node.measured_rate / group.median_rate
+    if verified and node.streak >= p.streak and median > 0 and measured > 0:
+        ratio = measured / median
         performance = _clamp(1.0 + p.performance_slope * (ratio - 1.0), 1.0, p.performance_max)
     inputs: dict[str, int | float | str] = {
         "formula": "earnings/v1",
@@ -181,6 +183,9 @@ def earn(
         "geographic": geographic,
         "performance": performance,
         "streak": node.streak,
+        "measured_rate": measured,
+        "median_rate": median,
+        "owner": node.owner[:128],
         "product_max": p.product_max,
     }
     for use in sorted(node.resources, key=lambda r: r.type.value):
@@ -197,6 +202,7 @@ def earn(
         inputs[f"{t}.served"] = _num(use.served)
         inputs[f"{t}.rate"] = int(rate)
         inputs[f"{t}.micro"] = micro
+        inputs[f"{t}.owner_capacity"] = _num(whole)
     return Earning(node.node, recompute(inputs), inputs)
 
 

@@ -150,3 +150,12 @@ def test_base_rate_moves_bounded_within_floor_and_ceiling_and_keeps_last_good_va
     for _ in range(400):
         rate.update(supply=1000, demand=0, hours=1.0)
     assert rate.rate == policy.floor
+
+
+def test_inputs_are_recorded_and_bad_measurements_pay_no_bonus() -> None:
+    group = GroupFacts(rates={CPU: 20_000}, median_rate=math.nan)
+    node = NodeFacts("n", "fp", L.BENCHMARKED, (ResourceUse(CPU, 2, 1),), streak=9, measured_rate=math.inf)
+    credit = earn(node, group, {CPU: 2}, 1.0)
+    assert credit.inputs["performance"] == 1.0
+    assert credit.inputs["measured_rate"] == credit.inputs["median_rate"] == 0.0
+    assert credit.inputs["owner"] == "fp" and credit.inputs["compute_cpu.owner_capacity"] == 2
