@@ -101,6 +101,9 @@ def _report(coord: Coordinator, tally: Tally, args: argparse.Namespace) -> None:
         p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
         print(f"time to benchmarked, median / p95   : {statistics.median(times):.0f} s / {p95:.0f} s")
     print(f"checks settled / failed / voided    : {v.settled} / {tally.failed} / {v.voided}")
+    print(f"late/slow results re-checked first  : {v.contained}")
+    slashed = {e.account for e in coord.ledger.entries if e.kind == "slash"}
+    print(f"agents slashed                      : {len(slashed)}")
     for reason, count in tally.reasons.most_common():
         print(f"  failed: {reason:<30} {count}")
     print(f"final levels                        : {dict(sorted(coord.group.summary().trust.items()))}")

@@ -34,14 +34,13 @@ from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
 from prsm_edge.node.leases import LeaseDesk
-from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
+from prsm_edge.node.prover import Attestor, ProofWork, Prover, calibrate_cpu_rate, calibrate_table_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
-    BenchmarkChallenge,
     CoordState,
     Heartbeat,
     Message,
@@ -53,7 +52,7 @@ from prsm_edge.protocol.messages import (
     ResourceType,
 )
 from prsm_edge.protocol.offer import Guardrails, Readings, guardrail
-from prsm_edge.protocol.verifier import CPU_RATE_KEY, claim_hash
+from prsm_edge.protocol.verifier import claim_hash
 
 __all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
 
@@ -99,10 +98,12 @@ class AgentOptions:
     uptime_commitment: float = 0.95
     priority_level: int = 5
     sample: Callable[[], Sample] = sensor_sample
-    # Verification: the single-core SHA-256 rate claimed for the CPU offer (None: measure at start),
-    # how proofs are computed (tests substitute cheats), and a TPM attestation key when there is one.
+    # Verification: the per-core rate claimed for the CPU offer (proofs.RATE_KEYS; None: measure at start,
+    # with the memory and storage fill rates), the other workloads' rates when given instead of measured,
+    # how proofs are computed (None: the node's own; tests substitute cheats), and a TPM attestation key.
     cpu_rate: float | None = None
-    prover: Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]] = proofs.prove
+    rates: dict[str, float] = field(default_factory=dict)
+    prover: Prover | None = None
     attestor: Attestor | None = None
 
 
@@ -135,10 +136,11 @@ class Agent:
             prover=options.prover,
             attestor=options.attestor,
             claim_hash=lambda: claim_hash(self.node_id, self.resources),
+            workdir=options.workdir,
         )
         self._api_waiters: dict[str, asyncio.Future[ApiResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._cpu_rate = 0
+        self._rates: dict[str, int] = {}
         self.leases = LeaseDesk(self.node_id)
         o = options
         self.session = Session(
@@ -512,22 +514,38 @@ class Agent:
             )
 
     async def _calibrate(self) -> None:
-        """Put the single-core SHA-256 rate (claimed or measured now) into the CPU offer."""
-        rate = self.options.cpu_rate
-        if rate is None:
-            rate = await asyncio.to_thread(calibrate_cpu_rate)
-        self._cpu_rate = round(rate)
+        """Put the rate of each workload (claimed, or measured now) into the offer it proves.
+
+        Measured only when no CPU rate was given: the per-core CPU rate with one lane a claimed core, and
+        the memory and storage fill rates where those are offered (a few MiB each).
+        """
+        rates = dict(self.options.rates)
+        measure = self.options.cpu_rate is None
+        offered = {r.type for r in self.resources}
+        if measure:
+            cores = max(
+                (int(r.capacity) for r in self.resources if r.type is ResourceType.COMPUTE_CPU), default=1
+            )
+            rates["cpu"] = await asyncio.to_thread(calibrate_cpu_rate, 0.3, max(1, min(cores, 256)))
+            if proofs.RESOURCE_OF["memory"] in offered and "memory" not in rates:
+                rates["memory"] = await asyncio.to_thread(calibrate_table_rate)
+            if proofs.RESOURCE_OF["storage"] in offered and "storage" not in rates:
+                folder = self.options.workdir / "proofs"
+                rates["storage"] = await asyncio.to_thread(calibrate_table_rate, 8 << 20, folder)
+        elif self.options.cpu_rate:
+            rates["cpu"] = self.options.cpu_rate
+        self._rates = {w: round(r) for w, r in rates.items() if w in proofs.RATE_KEYS and r > 0}
         self.resources = self._with_rate(self.resources)
 
     def _with_rate(self, resources: list[ResourceSpec]) -> list[ResourceSpec]:
-        if not self._cpu_rate:
-            return list(resources)
-        return [
-            msgspec.structs.replace(r, details={**r.details, CPU_RATE_KEY: self._cpu_rate})
-            if r.type is ResourceType.COMPUTE_CPU
-            else r
-            for r in resources
-        ]
+        out = list(resources)
+        for workload, rate in self._rates.items():
+            rtype, key = proofs.RESOURCE_OF[workload], proofs.RATE_KEYS[workload]
+            out = [
+                msgspec.structs.replace(r, details={**r.details, key: rate}) if r.type is rtype else r
+                for r in out
+            ]
+        return out
 
     async def run(self) -> None:
         """Run until cancelled (graceful leave: ``offline`` is published) or redirected."""

@@ -159,6 +159,8 @@ class BenchmarkChallenge(Message, frozen=True, tag="bchal"):
     opens: int = 4
     open_commit: bytes = b""
     attest: bool = False
+    lanes: int = 1  # parallel chains, one per claimed core (``cpu``); segment i is in lane i % lanes
+    open_ms: int = 0  # > 0: the opening must arrive within this long of the salt reveal (``storage``)
 
 
 class BenchmarkProof(Message, frozen=True, tag="bproof"):
@@ -187,6 +189,15 @@ class ProofOpening(Message, frozen=True, tag="bopen"):
     node: str
     openings: list[SegmentOpening]
     salt: bytes = b""
+
+
+class BandwidthChunk(Message, frozen=True, tag="bwchunk"):
+    """One chunk of a bandwidth challenge's nonce-derived payload, sent by the node being measured."""
+
+    challenge_id: str
+    node: str
+    index: int
+    data: bytes
 
 
 class VerificationVote(Message, frozen=True, tag="vote"):
@@ -349,6 +360,7 @@ AnyMessage = (
     | BenchmarkChallenge
     | BenchmarkProof
     | ProofOpening
+    | BandwidthChunk
     | VerificationVote
     | NodeCommand
     | CoordState
@@ -371,6 +383,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     BenchmarkChallenge,
     BenchmarkProof,
     ProofOpening,
+    BandwidthChunk,
     VerificationVote,
     NodeCommand,
     CoordState,

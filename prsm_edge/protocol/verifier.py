@@ -90,7 +90,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CPU_RATE_KEY: Final = "sha256_per_s"  # single-core SHA-256 rate a node claims in its CPU offer
+CPU_RATE_KEY: Final = proofs.RATE_KEYS["cpu"]  # per-core rate a node claims in its CPU offer
 MIN_COMMITMENT: Final = 0.5  # the published floor of an uptime commitment: 0 would mean "never slash"
 _KEEP_CLAIMS: Final = 4  # evidence kept per node for its most recent claims
 
@@ -155,12 +155,13 @@ class VerifierConfig:
     round_ms: int = 300_000
     vote_timeout_ms: int = 15_000
     panel: int = 5
-    segments: int = 1024
-    opens: int = 16
-    target_ms: int = 1_500
-    slack: float = 1.5
-    network_ms: int = 500
-    min_rate_ratio: float = 0.6
+    # Challenge sizing and thresholds: proofs.PARAMS (chosen from measured noise) unless set here.
+    segments: int = proofs.PARAMS["cpu"].segments
+    opens: int = proofs.PARAMS["cpu"].opens
+    target_ms: int = proofs.PARAMS["cpu"].target_ms
+    slack: float = proofs.PARAMS["cpu"].slack
+    network_ms: int = proofs.PARAMS["cpu"].network_ms
+    min_rate_ratio: float = proofs.PARAMS["cpu"].min_rate_ratio
     policy: LevelPolicy = field(default_factory=LevelPolicy)
     stake_policy: stake_mod.StakePolicy = field(default_factory=stake_mod.StakePolicy)
     availability_window_ms: int = 3_600_000  # uptime is judged against the commitment per window
@@ -226,11 +227,19 @@ class RunCheck:
     opening: ProofOpening
     received_at_ms: int
     min_rate_ratio: float
+    revealed_at_ms: int | None = None  # the salt reveal and the opening's arrival (storage's window)
+    opened_at_ms: int | None = None
 
     def run(self) -> proofs.Verdict:
         """The verdict (pure; safe to call from a worker thread)."""
         return proofs.check(
-            self.challenge, self.proof, self.opening, self.received_at_ms, min_rate_ratio=self.min_rate_ratio
+            self.challenge,
+            self.proof,
+            self.opening,
+            self.received_at_ms,
+            min_rate_ratio=self.min_rate_ratio,
+            revealed_at_ms=self.revealed_at_ms,
+            opened_at_ms=self.opened_at_ms,
         )
 
 
@@ -254,6 +263,8 @@ class _Check:
     opening_raw: bytes = b""
     verdict: proofs.Verdict | None = None
     checking: bool = False
+    revealed_at: int = 0  # when the salt was sent, and when the opening arrived (storage: timed)
+    opened_at: int = 0
     votes: dict[str, VerificationVote] = field(default_factory=dict)  # one per panelist
     conflicting: list[VerificationVote] = field(default_factory=list)  # a panelist's other verdict
 
@@ -264,6 +275,7 @@ class _Pending:
     node: str
     round: int
     panel: tuple[str, ...]
+    workloads: tuple[str, ...] | None = None  # still to challenge (None: every one the claim has)
 
 
 @dataclass(slots=True)
@@ -539,12 +551,14 @@ class Verifier:
     ) -> list[VerifierEffect]:
         effects: list[VerifierEffect] = []
         limit = max(1, self.config.max_open_checks)
-        while self._queue and len(self.checks) < limit:
-            head = min(self._queue, key=lambda p: p.due_ms)
-            if head.due_ms > now_ms:
+        busy = {ch.challenge.node for ch in self.checks.values()}
+        for slot in sorted(self._queue, key=lambda p: p.due_ms):
+            if slot.due_ms > now_ms or len(self.checks) >= limit:
                 break
-            self._queue.remove(head)
-            member = members.get(head.node)
+            if slot.node in busy:
+                continue  # one check at a time per node: its workloads go one after another
+            self._queue.remove(slot)
+            member = members.get(slot.node)
             if member is None or not self._candidate(member):
                 # Offline, or withholding capacity under its owner's limits: not challenged, not counted.
                 if member is not None:
@@ -552,14 +566,23 @@ class Verifier:
                         (now_ms, "not challenged: withholding")
                     )
                 continue
-            for workload, rate in sorted(claimed_rates(member.resources).items()):
-                effects += self._issue(member, workload, rate, head, now_ms, rng)
+            rates = claimed_rates(member.resources)
+            todo = [
+                w for w in (slot.workloads if slot.workloads is not None else sorted(rates)) if w in rates
+            ]
+            if not todo:
+                continue
+            effects += self._issue(member, todo[0], rates[todo[0]], slot, now_ms, rng)
+            busy.add(slot.node)
+            if todo[1:]:
+                self._queue.append(_Pending(now_ms, slot.node, slot.round, slot.panel, tuple(todo[1:])))
         return effects
 
     def _issue(
         self, member: Member, workload: str, rate: float, slot: _Pending, now_ms: int, rng: random.Random
     ) -> list[VerifierEffect]:
         c = self.config
+        shape = proofs.claims(member.resources).get(workload, proofs.Claim(rate))  # lanes, capacity
         issued = proofs.make_challenge(
             c.coordinator,
             member.node,
@@ -572,6 +595,8 @@ class Verifier:
             opens=c.opens,
             slack=c.slack,
             network_ms=c.network_ms,
+            lanes=shape.lanes,
+            capacity_bytes=shape.capacity_bytes,
         )
         challenge = issued.challenge
         if member.attestation_key:
@@ -619,7 +644,7 @@ class Verifier:
         check = self.checks.get(proof.challenge_id)
         if check is None or check.proof is not None or proof.node != check.challenge.node:
             return []
-        check.proof, check.proof_at, check.proof_raw = proof, now_ms, raw
+        check.proof, check.proof_at, check.proof_raw, check.revealed_at = proof, now_ms, raw, now_ms
         effects: list[VerifierEffect] = [
             self._cmd(
                 proof.node,
@@ -655,7 +680,7 @@ class Verifier:
             or opening.node != check.challenge.node
         ):
             return []
-        check.opening, check.opening_raw, check.checking = opening, raw, True
+        check.opening, check.opening_raw, check.checking, check.opened_at = opening, raw, True, now_ms
         return [
             RunCheck(
                 opening.challenge_id,
@@ -664,6 +689,8 @@ class Verifier:
                 opening,
                 check.proof_at,
                 self.config.min_rate_ratio,
+                check.revealed_at,
+                check.opened_at,
             )
         ]
 

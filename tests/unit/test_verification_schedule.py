@@ -167,3 +167,23 @@ async def test_the_agent_says_what_to_fix_and_stops_rebirthing(tmp_path: Path) -
     assert births == []
     for task in list(agent._tasks):
         task.cancel()
+
+
+def test_a_nodes_workloads_are_challenged_one_at_a_time() -> None:
+    """A prover keeps one table at a time: two table challenges at once would cost an honest node its
+    opening (and a fraud slash), so each node has one open check and its workloads follow in turn."""
+    v, members = _verifier(6, spread=0.0)
+    table = {proofs.RATE_KEYS["memory"]: 50e6}
+    for member in members.values():
+        member.resources = [
+            *cpu(),
+            m.ResourceSpec(type=m.ResourceType.STORAGE_MEMORY, capacity=0.01, unit="GB", details=table),
+        ]
+    rng = random.Random(4)
+    first = v.start_round(list(members.values()), T0, rng)
+    assert sorted(_challenged(first)) == sorted(members)  # one challenge each, not two
+    assert sorted(c.challenge.workload for c in v.checks.values()) == ["cpu"] * 6
+    assert _challenged(v.tick(members, T0 + 100, rng)) == []  # the second waits for the first
+    later = v.tick(members, T0 + 600_000, rng)  # the cpu checks settle (unanswered here) …
+    assert sorted(_challenged(later)) == sorted(members)  # … and only then the memory ones go out
+    assert sorted(c.challenge.workload for c in v.checks.values()) == ["memory"] * 6
