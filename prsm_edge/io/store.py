@@ -183,6 +183,13 @@ class LedgerStore:
                 "account TEXT NOT NULL, signed BLOB NOT NULL)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS ftns_ledger_account ON ftns_ledger (account)")
+            old = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='ledger'")
+            if old.fetchone() is not None:
+                log.warning(
+                    "%s holds an unsigned ledger from an older prsm-edge (table 'ledger'); it is kept "
+                    "but not carried into the signed ledger: re-credit anything it held by hand",
+                    path,
+                )
 
     def signed(self, account: str | None = None) -> list[bytes]:
         """The signed entries, in order (only ``account``'s when given)."""
