@@ -26,7 +26,7 @@ from nacl.signing import VerifyKey
 from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
-from prsm_edge.io import attest
+from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
@@ -102,6 +102,7 @@ class CoordinatorOptions:
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
     economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
+    tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -175,6 +176,8 @@ class Coordinator:
         self._started = time.monotonic()
         self._next_round = self._started
         self._warm_count, self._warm_since = -1, self._started
+        # Only an AK bound to a certified EK by credential activation is asked for quotes.
+        self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
         self._logged: set[tuple[Reason, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
@@ -256,6 +259,7 @@ class Coordinator:
             return
         match message:
             case BenchmarkProof():
+                member = self.registrar.view(member)
                 await self._apply_verifier(self.verifier.on_proof(member, message, at_ms, raw))
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
@@ -326,6 +330,10 @@ class Coordinator:
                         signed.insert(0, data)
                     head = self.economy.head_message()
                     result = {"entries": signed, "count": head.count, "head": head.head}
+                case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
+                    result = await self.registrar.serve(member, request.method, request.params, now_ms())
+                    for lost in self.registrar.drain_revoked():
+                        await self._apply_verifier(self.verifier.attestation_result(lost, False, now_ms()))
                 case _:
                     raise LocalError(f"unknown method {request.method!r}")
         except LocalError as exc:
@@ -347,6 +355,7 @@ class Coordinator:
             "required_stake_micro": required.required_micro,
             "capacity_multiplier": required.capacity_multiplier,
             "risk_factor": required.risk_factor,
+            "attestation": self.registrar.status(member),
         }
 
     async def submit(self, task: Task, strategy: str = "hybrid_optimal") -> Allocation:
@@ -402,6 +411,7 @@ class Coordinator:
             self.store.close()
             self.ledger_store.close()
             self.evidence_store.close()
+            self.registrar.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -420,7 +430,8 @@ class Coordinator:
                 log.exception("a verification tick failed; verification goes on at the next tick")
 
     async def _verification_tick(self, now: int) -> None:
-        members = self.group.members
+        # The verifier sees only registered attestation keys (an unregistered AK is never asked to quote).
+        members = {n: self.registrar.view(m) for n, m in self.group.members.items()}
         await self._apply_verifier(self.verifier.tick(members, now, self.rng))
         if self.verifier.beacon is None:
             # Round 1's verifiers are those online at this first commitment: wait until arrivals settle
