@@ -171,13 +171,13 @@ class Coordinator:
         self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
         self._checks = asyncio.Semaphore(2)
+        # Only an AK bound to a certified EK by credential activation is asked for quotes.
+        self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
         self._warmup_s = min(5.0, vconfig.round_ms / 4000)
         self._started = time.monotonic()
         self._next_round = self._started
         self._warm_count, self._warm_since = -1, self._started
-        # Only an AK bound to a certified EK by credential activation is asked for quotes.
-        self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
         self._logged: set[tuple[Reason, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
@@ -430,9 +430,9 @@ class Coordinator:
                 log.exception("a verification tick failed; verification goes on at the next tick")
 
     async def _verification_tick(self, now: int) -> None:
-        # The verifier sees only registered attestation keys (an unregistered AK is never asked to quote).
-        members = {n: self.registrar.view(m) for n, m in self.group.members.items()}
-        await self._apply_verifier(self.verifier.tick(members, now, self.rng))
+        members = self.group.members
+        viewed = {node: self.registrar.view(m) for node, m in members.items()}
+        await self._apply_verifier(self.verifier.tick(viewed, now, self.rng))
         if self.verifier.beacon is None:
             # Round 1's verifiers are those online at this first commitment: wait until arrivals settle
             # (no change for the warm-up), at most one round.
@@ -446,7 +446,7 @@ class Coordinator:
             return
         if time.monotonic() >= self._next_round:
             self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
-            current = list(members.values())
+            current = list(viewed.values())
             await self._apply_verifier(self.verifier.observe_claims(current, now))
             await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
 

@@ -120,21 +120,9 @@ def claimed_cpu_rate(resources: list[ResourceSpec]) -> float:
 
 
 def claimed_rates(resources: list[ResourceSpec]) -> dict[str, float]:
-    """Workload → claimed rate for every resource a workload can check; the others earn no level.
-
-    Uses ``proofs.claimed_rates`` where the proofs module provides it (one workload per resource type),
-    else the CPU workload alone.
-    """
-    provided = getattr(proofs, "claimed_rates", None)
-    if provided is not None:
-        rates = provided(resources)
-        return {
-            str(w): float(r)
-            for w, r in dict(rates).items()
-            if isinstance(r, (int, float)) and math.isfinite(r) and r > 0
-        }
-    rate = claimed_cpu_rate(resources)
-    return {"cpu": rate} if rate > 0 else {}
+    """Workload → claimed rate for every resource a workload can check (``proofs.claimed_rates``); the
+    other resources earn no level above self-reported."""
+    return {w: r for w, r in proofs.claimed_rates(resources).items() if math.isfinite(r) and r > 0}
 
 
 def commitment_of(member: Member) -> float:

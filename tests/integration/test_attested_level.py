@@ -171,7 +171,7 @@ async def test_default_ca_set_keeps_a_software_tpm_below_hardware_attested(
                 member = g.members.get(node.node_id)
                 if member is None:
                     return False
-                level = g.level(node.node_id)
+                level = g.level(member.node)
                 highest = max(highest, ORDER.index(level))
                 if level not in (L.ECONOMICALLY_STAKED, L.HARDWARE_ATTESTED):
                     return False
