@@ -23,6 +23,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest, tpm_registration
@@ -30,7 +31,8 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
-from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
+from prsm_edge.protocol.allocation import Allocation, Task
+from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
     Effect,
@@ -49,6 +51,7 @@ from prsm_edge.protocol.messages import (
     ApiRequest,
     ApiResponse,
     BenchmarkProof,
+    GroupSummary,
     NodeCommand,
     ProofOpening,
     VerificationVote,
@@ -98,6 +101,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
 
 
@@ -129,7 +133,7 @@ class Coordinator:
         self.rng = rng or random.SystemRandom()
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.store = RosterStore(options.workdir / "roster.sqlite")
-        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite")
+        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite", Signer(identity.signing_key))
         self.evidence_store = EvidenceStore(options.workdir / "evidence.sqlite")
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
@@ -154,6 +158,15 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
+        self.economy = Economy(
+            options.site,
+            options.group,
+            self.ledger,
+            self.ledger_store,
+            level_of=self.group.level,  # read from the verifier, never copied
+            performance_of=verifier_performance(self.verifier),
+            config=options.economy,
+        )
         # What was proven before a restart still counts (while current); levels follow from it.
         self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
@@ -216,6 +229,10 @@ class Coordinator:
         for effect in effects:
             match effect:
                 case Publish(topic=topic, message=message, retain=retain, qos=qos):
+                    if isinstance(message, GroupSummary):
+                        message = msgspec.structs.replace(
+                            message, market=self.economy.market(self.group.members)
+                        )
                     await self.session.publish(
                         topic, self.signer.seal(message, now_ms()), qos=qos, retain=retain
                     )
@@ -300,7 +317,19 @@ class Coordinator:
                     )
                     result = self._trust_status(member)
                 case "status":
-                    result = self._trust_status(member)
+                    result = self._trust_status(member) | {"leases": self.economy.status(node)["leases"]}
+                case "lease":  # the agent's answer to a lease offer
+                    result = self.economy.lease_answer(node, request.params, now_ms())
+                case "earnings":
+                    result = self.economy.status(node)
+                case "ledger":  # the member's own signed entries, the newest that fit, and the head
+                    signed: list[bytes] = []
+                    for data in reversed(self.ledger_store.signed(node)):
+                        if sum(map(len, signed)) + len(data) > 48_000 or len(signed) >= 100:
+                            break
+                        signed.insert(0, data)
+                    head = self.economy.head_message()
+                    result = {"entries": signed, "count": head.count, "head": head.head}
                 case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
                     result = await self.registrar.serve(member, request.method, request.params, now_ms())
                     for lost in self.registrar.drain_revoked():
@@ -328,6 +357,12 @@ class Coordinator:
             "risk_factor": required.risk_factor,
             "attestation": self.registrar.status(member),
         }
+
+    async def submit(self, task: Task, strategy: str = "hybrid_optimal") -> Allocation:
+        """Allocate ``task`` in this group and offer its leases (``AllocationRefused`` names why not)."""
+        alloc, effects = self.economy.submit(self.group.members, task, now_ms(), strategy)
+        await self._apply(list(effects))
+        return alloc
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
         """Ask ``node`` to offer at most these fractions of its owner's offer (it never offers more)."""
@@ -385,6 +420,7 @@ class Coordinator:
                 continue
             now = now_ms()
             await self._apply(self.group.tick(now))
+            await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:
                 continue
             try:
