@@ -105,6 +105,7 @@ class CoordinatorApi:
         self.economy: EconomyReader | None = None
         self.pending: Pending[tuple[str, str], _Waiting] = Pending(max_pending)
         self._started = time.monotonic()
+        self.http_url = ""  # set once the read-only HTTP server listens
 
     # ---- MQTT --------------------------------------------------------------------------------
     def call(self, client: str, request: ApiRequest, envelope: bytes, now_ms: int) -> list[ApiEffect]:
@@ -288,4 +289,9 @@ async def serve_readonly(api: CoordinatorApi, host: str, port: int, clock: Calla
     from prsm_edge.io.http_api import LOOPBACK_HOSTS, build_app, serve
 
     allowed = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None
-    await serve(build_app(CoordinatorHttp(api, clock), writable=False, allowed_hosts=allowed), host, port)
+
+    def ready(bound: int) -> None:
+        api.http_url = f"http://{host}:{bound}"
+
+    app = build_app(CoordinatorHttp(api, clock), writable=False, allowed_hosts=allowed)
+    await serve(app, host, port, ready)

@@ -32,7 +32,7 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
-from prsm_edge.node.owner_api import PAUSED_REASON, NodeApi, OwnerOptions
+from prsm_edge.node.owner_api import PAUSED_REASON, NodeApi, OwnerOptions, local_server
 from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
@@ -487,10 +487,9 @@ class Agent:
                 tg.create_task(self.session.run(), name=f"{self.node_id}-session")
                 tg.create_task(self._heartbeats(), name=f"{self.node_id}-heartbeat")
                 tg.create_task(self._watch_redirect(), name=f"{self.node_id}-redirect")
-                if self.options.owner.local_port is not None:
-                    from prsm_edge.node.local_http import serve_local  # needs the `api` extra
-
-                    tg.create_task(serve_local(self.owner_api), name=f"{self.node_id}-local-api")
+                server = local_server(self.owner_api)
+                if server is not None:
+                    tg.create_task(server, name=f"{self.node_id}-local-api")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:

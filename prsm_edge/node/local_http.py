@@ -9,18 +9,19 @@ pair`` and ``prsm-edge api --local`` can find it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Final
 
 from prsm_edge.io.http_api import build_app, serve
-from prsm_edge.node.owner_api import NodeApi
+from prsm_edge.node.owner_api import LOCAL_API_FILE, NodeApi
 from prsm_edge.protocol.api import ApiError, ErrorCode
 from prsm_edge.protocol.messages import ApiResponse
 
 __all__ = ["LOCAL_API_FILE", "AgentHttp", "serve_local"]
 
-LOCAL_API_FILE: Final = "local-api.json"
 HOST: Final = "127.0.0.1"
+log = logging.getLogger(__name__)
 
 
 class AgentHttp:
@@ -65,5 +66,7 @@ async def serve_local(api: NodeApi) -> None:
 
     try:
         await serve(app, HOST, port, ready)
+    except OSError as exc:  # the port is taken: the agent goes on without its local API
+        log.error("the local API cannot listen on %s:%d (%s); the agent runs on without it", HOST, port, exc)
     finally:
         path.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -47,11 +48,13 @@ from prsm_edge.settings import Settings
 if TYPE_CHECKING:
     from prsm_edge.node.agent import Agent
 
-__all__ = ["NodeApi", "OwnerOptions"]
+__all__ = ["DEFAULT_LOCAL_PORT", "LOCAL_API_FILE", "NodeApi", "OwnerOptions", "local_server"]
 
 log = logging.getLogger(__name__)
 
 PAUSED_FILE: Final = "paused"
+LOCAL_API_FILE: Final = "local-api.json"  # the running agent's local API URL, for the CLI
+DEFAULT_LOCAL_PORT: Final = 8470
 PAUSED_REASON: Final = "paused by its owner"
 # Settings carried in the birth rather than in a claim: changing one re-announces the node.
 _BIRTH_TERMS: Final = frozenset({"security_level", "minimum_hourly_rate", "uptime_commitment"})
@@ -377,3 +380,15 @@ class NodeApi:
             suite = await run_suite_async(["cpu", "memory"], quick=True, workdir=self.agent.options.workdir)
         data: dict[str, Any] = msgspec.to_builtins(suite)
         return data
+
+
+def local_server(api: NodeApi) -> Coroutine[Any, Any, None] | None:
+    """The local HTTP server's coroutine, or None when it is off or aiohttp (the ``api`` extra) is absent."""
+    if api.options.local_port is None:
+        return None
+    try:
+        from prsm_edge.node.local_http import serve_local
+    except ImportError:
+        log.warning("the local API is off: it needs aiohttp (pip install 'prsm-edge[api]')")
+        return None
+    return serve_local(api)
