@@ -171,3 +171,27 @@ def test_pending_calls_are_bounded_and_expire() -> None:
     assert table.expired(1000) == []
     assert table.pop("a") is None
     assert len(table) == 0
+
+
+def test_the_documented_test_vector_is_what_the_code_signs_and_accepts() -> None:
+    owner = Signer(SigningKey(bytes([1]) * 32), lambda: 7)
+    envelope = seal_request(
+        owner,
+        "pause",
+        {"node": "nexamplenode00000", "paused": True},
+        txid="0011223344556677",
+        now_ms=1767225600000,
+    )
+    _, _, payload, signature = cbor2.loads(envelope).value
+    doc = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    flat = "".join(doc.split())
+    assert owner.node_id == "ngr2q7gf5lh6pzfdn" and owner.node_id in doc
+    assert payload.hex() in flat and signature.hex() in flat
+    call = check_owner_request(
+        envelope,
+        node_id="nexamplenode00000",
+        owners={owner.node_id: owner.public_key},
+        last_seq=lambda _o: None,
+        now_ms=1767225600000,
+    )
+    assert call.request.params["paused"] is True
