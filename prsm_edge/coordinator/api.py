@@ -14,8 +14,9 @@ The coordinator also serves the reads read-only over HTTP for operators (:func:`
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -46,18 +47,21 @@ __all__ = [
     "serve_readonly",
 ]
 
+log = logging.getLogger(__name__)
+
 RELAY_TIMEOUT_MS: Final = 10_000
 BENCHMARK_TIMEOUT_MS: Final = 60_000
 
 
 class EconomyReader(Protocol):
-    """What the economy answers about one member (the ``economy`` work provides it)."""
+    """What the economy answers about one member; ``params`` are the caller's (e.g. the node's own
+    settings and detected capacity, which only the node knows, for advice)."""
 
-    def earnings(self, node: str, now_ms: int) -> dict[str, Any]: ...
+    def earnings(self, member: Member, now_ms: int, params: Mapping[str, Any]) -> dict[str, Any]: ...
 
-    def analytics(self, node: str, now_ms: int) -> dict[str, Any]: ...
+    def analytics(self, member: Member, now_ms: int, params: Mapping[str, Any]) -> dict[str, Any]: ...
 
-    def advice(self, node: str, now_ms: int) -> dict[str, Any]: ...
+    def advice(self, member: Member, now_ms: int, params: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +122,7 @@ class CoordinatorApi:
                 raise ApiError(ErrorCode.BAD_REQUEST, "params.node must be a node id")
             if spec.access is Access.OWNER and not (request.method == "verify" and target == client):
                 return self._relay(client, request, envelope, target, now_ms)
-            result = self.read(request.method, target or None, now_ms)
+            result = self.read(request.method, target or None, now_ms, request.params)
         except ApiError as exc:
             return [Respond(client, failure(request, exc))]
         return [
@@ -166,8 +170,11 @@ class CoordinatorApi:
         return out
 
     # ---- reads -------------------------------------------------------------------------------
-    def read(self, name: str, node: str | None, now_ms: int) -> dict[str, Any]:
+    def read(
+        self, name: str, node: str | None, now_ms: int, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Answer a read method; raise :class:`ApiError`."""
+        params = params or {}
         match name:
             case "health":
                 return self.health()
@@ -187,10 +194,10 @@ class CoordinatorApi:
                         "(the earnings ledger is not part of this build)",
                     )
                 if name == "earnings":
-                    return economy.earnings(member.node, now_ms)
+                    return economy.earnings(member, now_ms, params)
                 if name == "analytics":
-                    return economy.analytics(member.node, now_ms)
-                return economy.advice(member.node, now_ms)
+                    return economy.analytics(member, now_ms, params)
+                return economy.advice(member, now_ms, params)
         spec = method(name)
         raise ApiError(ErrorCode.READ_ONLY, f"{spec.name} changes a node: ask the node, signed by its owner")
 
@@ -284,6 +291,18 @@ class CoordinatorHttp:
         raise ApiError(ErrorCode.READ_ONLY, "pair an owner on the node itself")
 
 
+def readonly_server(
+    api: CoordinatorApi, host: str, port: int, clock: Callable[[], int]
+) -> Coroutine[Any, Any, None] | None:
+    """The read-only HTTP server's coroutine, or None (logged) where aiohttp (the ``api`` extra) is absent."""
+    try:
+        import aiohttp  # noqa: F401  (only to know whether the server can run)
+    except ImportError:
+        log.warning("the coordinator's HTTP API is off: it needs aiohttp (pip install 'prsm-edge[api]')")
+        return None
+    return serve_readonly(api, host, port, clock)
+
+
 async def serve_readonly(api: CoordinatorApi, host: str, port: int, clock: Callable[[], int]) -> None:
     """Serve the reads over HTTP on ``host:port`` until cancelled (needs the ``api`` extra, aiohttp)."""
     from prsm_edge.io.http_api import LOOPBACK_HOSTS, build_app, serve
@@ -294,4 +313,7 @@ async def serve_readonly(api: CoordinatorApi, host: str, port: int, clock: Calla
         api.http_url = f"http://{host}:{bound}"
 
     app = build_app(CoordinatorHttp(api, clock), writable=False, allowed_hosts=allowed)
-    await serve(app, host, port, ready)
+    try:
+        await serve(app, host, port, ready)
+    except OSError as exc:  # the port is taken: the coordinator goes on without its HTTP API
+        log.error("the coordinator's HTTP API cannot listen on %s:%d (%s)", host, port, exc)

@@ -22,7 +22,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
-from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, serve_readonly
+from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest
@@ -338,11 +338,10 @@ class Coordinator:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.session.run(), name="coordinator-session")
                 tg.create_task(self._ticker(), name="coordinator-tick")
-                if self.options.http_port is not None:
-                    tg.create_task(
-                        serve_readonly(self.api, "127.0.0.1", self.options.http_port, now_ms),
-                        name="coordinator-http",
-                    )
+                http = self.options.http_port
+                server = None if http is None else readonly_server(self.api, "127.0.0.1", http, now_ms)
+                if server is not None:
+                    tg.create_task(server, name="coordinator-http")
         finally:
             self.store.close()
             self.ledger_store.close()

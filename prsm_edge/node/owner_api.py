@@ -89,6 +89,18 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _numeric(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 def _contribution(settings: Settings) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in CONTRIBUTION_SETTINGS:
@@ -133,6 +145,8 @@ class NodeApi:
                 return self.health()
             case "status":
                 return await self.status()
+            case "optimize":
+                return await self.ask_coordinator("optimize", self.record())
             case _:
                 return await self.ask_coordinator(name, {"node": self.agent.node_id} if spec.per_node else {})
 
@@ -175,6 +189,14 @@ class NodeApi:
             out["trust"] = None
             out["trust_error"] = exc.message
         return out
+
+    def record(self) -> dict[str, Any]:
+        """What advice needs from this node that only it knows: its settings and detected capacity."""
+        settings = {k: float(v) for k, v in _contribution(self.settings).items() if _numeric(v)}
+        detected: dict[str, float] = {}
+        for spec in self.detected:
+            detected[spec.type.value] = detected.get(spec.type.value, 0.0) + spec.capacity
+        return {"node": self.agent.node_id, "settings": settings, "detected": detected}
 
     async def ask_coordinator(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """Call a coordinator method as this node; raise :class:`ApiError` with its refusal."""
@@ -348,7 +370,7 @@ class NodeApi:
                 raise ApiError(ErrorCode.BAD_REQUEST, "there is no auto-optimize change to undo")
             undo, self._undo = self._undo, None
             return {"undone": True, **self.apply_settings(undo, replace_all=False)}
-        advice = await self.ask_coordinator("optimize", {"node": self.agent.node_id})
+        advice = await self.ask_coordinator("optimize", self.record())
         bounds = params.get("bounds", {})
         if not isinstance(bounds, dict):
             raise ApiError(ErrorCode.BAD_REQUEST, "params.bounds must map a setting to [low, high]")

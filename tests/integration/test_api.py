@@ -60,7 +60,11 @@ class Lab:
 @contextlib.asynccontextmanager
 async def lab(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[Lab]:
     coord = coordinator(mosquitto.url, tmp_path / "coord", http_port=0)
-    options = OwnerOptions(local_port=0, settings_path=tmp_path / "node-settings.toml")
+    ui = tmp_path / "ui"
+    ui.mkdir()
+    (ui / "index.html").write_text("<!doctype html><title>owner</title>")
+    (ui / "app.js").write_text("export const x = 1;")
+    options = OwnerOptions(local_port=0, settings_path=tmp_path / "node-settings.toml", static_dir=ui)
     agent = Agent(agent_options(mosquitto.url, tmp_path / "a1", owner=options))
     owner, stranger = Signer(SigningKey.generate()), Signer(SigningKey.generate())
     OwnerRegistry(agent.options.workdir).add(owner.public_key, "test owner", _ms())
@@ -214,6 +218,20 @@ async def test_curl_reads_status_and_earnings_from_the_local_api(
         assert status == 401  # DNS rebinding: only loopback names are answered
         status, doc = await curl(f"{g.local}/api/v1/openapi.json")
         assert status == 200 and doc["openapi"] == "3.1.0"
+        # The dashboard hook: static files with their MIME types (module scripts need a JavaScript type).
+        for name, kind in (("app.js", "javascript"), ("index.html", "text/html")):
+            proc = await asyncio.create_subprocess_exec(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{content_type}",
+                f"{g.local}/ui/{name}",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            assert kind in out.decode(), (name, out)
 
 
 async def test_pairing_over_http_with_the_one_time_code(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -294,9 +312,10 @@ def test_cli_api_and_owner_commands(mosquitto: Mosquitto, tmp_path: Path) -> Non
 
     async def group() -> None:
         coord = coordinator(mosquitto.url, tmp_path / "coord")
-        agent = Agent(agent_options(mosquitto.url, home, owner=OwnerOptions()))
+        agent = Agent(agent_options(mosquitto.url, home, owner=OwnerOptions(local_port=0)))
         async with running(coord, agent):
             await eventually(lambda: agent.node_id in coord.group.members, what="joined")
+            await eventually(lambda: bool(agent.owner_api.local_url), what="local API up")
             where = ["--broker", mosquitto.url, "--site", SITE, "--group", GROUP]
             status = await asyncio.to_thread(prsm, "api", "status", "--json", *where)
             assert status.returncode == 0, status.stderr
@@ -315,7 +334,12 @@ def test_cli_api_and_owner_commands(mosquitto: Mosquitto, tmp_path: Path) -> Non
             assert update.returncode == 0, update.stderr
             assert json.loads(update.stdout)["changed"] == {"cpu_allocation_percentage": 0.25}
             code = await asyncio.to_thread(prsm, "owner", "pair")
-            assert "pairing code" in code.stdout
+            assert "pairing code" in code.stdout and f"{agent.owner_api.local_url}/ui/#pair=" in code.stdout
+            local = await asyncio.to_thread(prsm, "api", "status", "--local", "--json")
+            assert local.returncode == 0, local.stderr
+            assert json.loads(local.stdout)["settings"]["cpu_allocation_percentage"] == 0.25
+            paused = await asyncio.to_thread(prsm, "api", "pause", "--local", "--param", "paused=true")
+            assert paused.returncode == 0 and agent.paused
             owner = json.loads(listed.stdout)[0]["owner"]
             assert (await asyncio.to_thread(prsm, "owner", "revoke", owner)).returncode == 0
             again = await asyncio.to_thread(
