@@ -41,6 +41,7 @@ from prsm_edge.protocol.api import (
     result_of,
     to_json_safe,
 )
+from prsm_edge.protocol.guardrails import Governor
 from prsm_edge.protocol.messages import ApiRequest, ApiResponse, ResourceSpec
 from prsm_edge.protocol.offer import offered
 from prsm_edge.settings import Settings
@@ -350,6 +351,7 @@ class NodeApi:
             min_hourly_rate_micro=new.min_hourly_rate_micro,
             uptime_commitment=new.uptime_commitment,
         )
+        agent.governor = Governor.for_limits(agent.options.guardrails)
         agent.update_resources(offer, reason="the owner changed the settings")
         if birth and agent.born.is_set():
             agent.reannounce()
