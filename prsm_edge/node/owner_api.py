@@ -11,6 +11,7 @@ acknowledged by a response signed with the node key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -256,7 +257,8 @@ class NodeApi:
         if not isinstance(code, str) or not isinstance(label, str):
             raise ApiError(ErrorCode.BAD_REQUEST, "pairing needs params.code (text) and an optional label")
         key = self.owners.pair(code, call.public_key, label, now_ms())
-        self.owners.accept_seq(key.owner, call.seq)
+        with contextlib.suppress(ApiError):  # bookkeeping only: the one-time code authorised this
+            self.owners.accept_seq(key.owner, call.seq)
         log.info("%s: paired owner key %s (%s)", self.agent.node_id, key.owner, key.label or "no label")
         return {"owner": key.owner, "node": self.agent.node_id, "label": key.label}
 

@@ -219,7 +219,7 @@ async def test_curl_reads_status_and_earnings_from_the_local_api(
         status, doc = await curl(f"{g.local}/api/v1/openapi.json")
         assert status == 200 and doc["openapi"] == "3.1.0"
         # The dashboard hook: static files with their MIME types (module scripts need a JavaScript type).
-        for name, kind in (("app.js", "javascript"), ("index.html", "text/html")):
+        for name, kind in (("app.js", "javascript"), ("index.html", "text/html"), ("", "text/html")):
             proc = await asyncio.create_subprocess_exec(
                 "curl",
                 "-s",

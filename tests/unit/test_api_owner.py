@@ -153,6 +153,9 @@ def test_accepted_sequence_numbers_survive_a_new_registry_and_revoke_unpairs(tmp
     OwnerRegistry(tmp_path).accept_seq(owner.node_id, 42)
     reg = OwnerRegistry(tmp_path)
     assert reg.last_seq(owner.node_id) == 42
+    with pytest.raises(ApiError) as info:  # checked again under the lock: a concurrent duplicate loses
+        reg.accept_seq(owner.node_id, 42)
+    assert info.value.code is ErrorCode.REPLAY
     assert reg.revoke(owner.node_id)
     assert not reg.revoke(owner.node_id)
     assert reg.keys() == {}
