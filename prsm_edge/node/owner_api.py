@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 PAUSED_FILE: Final = "paused"
 LOCAL_API_FILE: Final = "local-api.json"  # the running agent's local API URL, for the CLI
 DEFAULT_LOCAL_PORT: Final = 8470
+MAX_COORDINATOR_CALLS: Final = 32  # calls to the coordinator waiting at once (HTTP readers can pile up)
 PAUSED_REASON: Final = "paused by its owner"
 # Settings carried in the birth rather than in a claim: changing one re-announces the node.
 _BIRTH_TERMS: Final = frozenset({"security_level", "minimum_hourly_rate", "uptime_commitment"})
@@ -126,6 +127,7 @@ class NodeApi:
         self.changes = 0
         self._undo: dict[str, Any] | None = None
         self.local_url = ""  # set once the local HTTP server listens
+        self._waiting = 0
 
     @property
     def paused(self) -> bool:
@@ -207,6 +209,9 @@ class NodeApi:
                 ErrorCode.NOT_AVAILABLE,
                 "this node is not in a group yet (no coordinator online): try again once it has joined",
             )
+        if self._waiting >= MAX_COORDINATOR_CALLS:
+            raise ApiError(ErrorCode.BUSY, f"{MAX_COORDINATOR_CALLS} calls to the coordinator are waiting")
+        self._waiting += 1
         try:
             response = await self.agent.call(name, params, wait_s=self.options.call_timeout_s)
         except TimeoutError:
@@ -214,6 +219,8 @@ class NodeApi:
                 ErrorCode.TIMEOUT,
                 f"the coordinator did not answer {name} within {self.options.call_timeout_s:g} s",
             ) from None
+        finally:
+            self._waiting -= 1
         return result_of(response)
 
     # ---- changing ----------------------------------------------------------------------------
