@@ -343,7 +343,7 @@ def test_cli_api_and_owner_commands(mosquitto: Mosquitto, tmp_path: Path) -> Non
             assert json.loads(update.stdout)["changed"] == {"cpu_allocation_percentage": 0.25}
             code = await asyncio.to_thread(prsm, "owner", "pair")
             assert "pairing code" in code.stdout and f"{agent.owner_api.local_url}/ui/#pair=" in code.stdout
-            local = await asyncio.to_thread(prsm, "api", "status", "--local", "--json")
+            local = await asyncio.to_thread(prsm, "api", "status", "--json")  # the agent here answers
             assert local.returncode == 0, local.stderr
             assert json.loads(local.stdout)["settings"]["cpu_allocation_percentage"] == 0.25
             paused = await asyncio.to_thread(prsm, "api", "pause", "--local", "--param", "paused=true")
