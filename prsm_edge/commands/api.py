@@ -149,10 +149,16 @@ def _call_local(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, A
         data = json.loads(exc.read() or b"{}")
     except (urllib.error.URLError, TimeoutError) as exc:
         raise ApiError(
-            ErrorCode.NOT_AVAILABLE, f"cannot reach the agent's local API at {url}: {exc}"
+            ErrorCode.NOT_AVAILABLE,
+            f"cannot reach the agent's local API at {url} ({exc}): is the agent running? "
+            "(or ask the group over MQTT with --broker)",
         ) from None
     if not data.get("ok"):
-        raise ApiError(ErrorCode(data.get("code", "bad_request")), str(data.get("error", "refused")))
+        try:
+            code = ErrorCode(data.get("code", "bad_request"))
+        except ValueError:
+            code = ErrorCode.BAD_REQUEST
+        raise ApiError(code, str(data.get("error", "refused")))
     result: dict[str, Any] = data.get("result", {})
     return result
 
