@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--no-advertise", action="store_true", help="do not announce the group with mDNS")
     parser.add_argument(
         "--interface", action="append", default=None, metavar="IP", help="mDNS interface (repeat)"
+    )
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        default=None,
+        help="serve the API reads (status, summary, ...) to operators on 127.0.0.1:PORT (0: any port)",
     )
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
@@ -151,6 +158,8 @@ async def _serve(
         hosts=hosts,
         ws_port=ws_port,
     )
+    if args.api_port is not None:
+        coord.options = dataclasses.replace(coord.options, http_port=args.api_port)
     async with contextlib.AsyncExitStack() as stack:
         if not args.no_advertise:
             await stack.enter_async_context(Advertiser(advert, args.interface))

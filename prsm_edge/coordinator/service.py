@@ -23,6 +23,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
 from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
@@ -32,9 +33,11 @@ from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
 from prsm_edge.protocol.allocation import Allocation, Task
+from prsm_edge.protocol.api import METHODS
 from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
+    ApiReply,
     Effect,
     GrantJoin,
     Group,
@@ -103,6 +106,7 @@ class CoordinatorOptions:
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
     economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
+    http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -173,6 +177,8 @@ class Coordinator:
         self._checks = asyncio.Semaphore(2)
         # Only an AK bound to a certified EK by credential activation is asked for quotes.
         self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
+        self.api = CoordinatorApi(self.group, self.verifier, self._member_view)
+        self.api.economy = self.economy  # earnings, analytics and advice (coordinator/economy.py)
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
         self._warmup_s = min(5.0, vconfig.round_ms / 4000)
         self._started = time.monotonic()
@@ -248,8 +254,10 @@ class Coordinator:
                     await self._grant(effect)
                 case Verification(node=node, message=message, at_ms=at_ms, raw=raw):
                     await self._verification(node, message, at_ms or now_ms(), raw)
-                case ApiCall(node=node, request=request):
-                    await self._api(node, request)
+                case ApiCall(node=node, request=request, envelope=envelope):
+                    await self._api(node, request, envelope)
+                case ApiReply(node=node, response=response, envelope=envelope):
+                    await self._api_effects(self.api.reply(node, response, envelope))
 
     async def _verification(
         self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote, at_ms: int, raw: bytes
@@ -299,7 +307,10 @@ class Coordinator:
             verdict = await asyncio.to_thread(request.run)
         await self._apply_verifier(self.verifier.check_result(request.challenge_id, verdict))
 
-    async def _api(self, node: str, request: ApiRequest) -> None:
+    async def _api(self, node: str, request: ApiRequest, envelope: bytes) -> None:
+        if request.method in METHODS:  # the owner/operator API (coordinator/api.py)
+            await self._api_effects(self.api.call(node, request, envelope, now_ms()))
+            return
         o = self.options
         result: dict[str, object] = {}
         error = ""
@@ -316,12 +327,8 @@ class Coordinator:
                         self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
                     )
                     result = self._trust_status(member)
-                case "status":
-                    result = self._trust_status(member) | {"leases": self.economy.status(node)["leases"]}
                 case "lease":  # the agent's answer to a lease offer
                     result = self.economy.lease_answer(node, request.params, now_ms())
-                case "earnings":
-                    result = self.economy.status(node)
                 case "ledger":  # the member's own signed entries, the newest that fit, and the head
                     signed: list[bytes] = []
                     for data in reversed(self.ledger_store.signed(node)):
@@ -341,6 +348,24 @@ class Coordinator:
         resp = ApiResponse(txid=request.txid, method=request.method, ok=not error, result=result, error=error)
         topic = topics.api(topics.Kind.API_RESP, o.site, o.group, request.method, node)
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
+
+    async def _api_effects(self, effects: list[Respond | Relay | Forward]) -> None:
+        o = self.options
+        for effect in effects:
+            match effect:
+                case Respond(client=client, response=response):
+                    topic = topics.api(topics.Kind.API_RESP, o.site, o.group, response.method, client)
+                    await self.session.publish(topic, self.signer.seal(response, now_ms()), qos=1)
+                case Relay(node=node, command=command):
+                    topic = topics.node_cmd(o.site, o.group, node, command.verb)
+                    await self.session.publish(topic, self.signer.seal(command, now_ms()), qos=1)
+                case Forward(client=client, method=method, envelope=envelope):
+                    topic = topics.api(topics.Kind.API_RESP, o.site, o.group, method, client)
+                    await self.session.publish(topic, envelope, qos=1)
+
+    def _member_view(self, member: Member) -> dict[str, Any]:
+        """What the API's ``status`` adds to the roster: trust, balance, stake, attestation, leases."""
+        return self._trust_status(member) | {"leases": self.economy.status(member.node)["leases"]}
 
     def _trust_status(self, member: Member) -> dict[str, object]:
         now = now_ms()
@@ -405,6 +430,10 @@ class Coordinator:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.session.run(), name="coordinator-session")
                 tg.create_task(self._ticker(), name="coordinator-tick")
+                http = self.options.http_port
+                server = None if http is None else readonly_server(self.api, "127.0.0.1", http, now_ms)
+                if server is not None:
+                    tg.create_task(server, name="coordinator-http")
         finally:
             for task in list(self._tasks):
                 task.cancel()
@@ -420,6 +449,7 @@ class Coordinator:
                 continue
             now = now_ms()
             await self._apply(self.group.tick(now))
+            await self._api_effects(self.api.tick(now))
             await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:
                 continue

@@ -35,6 +35,7 @@ from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
 from prsm_edge.node.leases import LeaseDesk
+from prsm_edge.node.owner_api import PAUSED_REASON, NodeApi, OwnerOptions, local_server
 from prsm_edge.node.prover import Attestor, ProofWork, Prover, machine_rates
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
@@ -107,6 +108,8 @@ class AgentOptions:
     rates: dict[str, float] = field(default_factory=dict)
     prover: Prover | None = None
     attestor: Attestor | None = None
+    # The owner's API: settings, pairing, the local HTTP server (node/owner_api.py).
+    owner: OwnerOptions = field(default_factory=OwnerOptions)
 
 
 class Agent:
@@ -145,6 +148,8 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rates: dict[str, int] = {}
         self.leases = LeaseDesk(self.node_id)
+        self.owner_api = NodeApi(self, options.owner)
+        self.paused = PAUSED_REASON if self.owner_api.paused else ""
         o = options
         self.session = Session(
             o.broker_url,
@@ -328,6 +333,11 @@ class Agent:
                 self._answer_lease(cmd.args)
             case "lease_end":
                 self.leases.end(cmd.args.get("lease_id"))
+            case "owner":  # an owner's signed change, relayed; it may wait on the coordinator: a task
+                if len(self._tasks) < 64:
+                    task = asyncio.create_task(self.owner_api.relayed(cmd.args))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
 
@@ -474,6 +484,10 @@ class Agent:
         self.births += 1
         self.born.set()
 
+    def reannounce(self) -> None:
+        """Publish the birth again (terms carried only in the birth changed)."""
+        self._birth()
+
     def update_resources(self, resources: list[ResourceSpec], reason: str = "") -> None:
         """Offer different capacity (the owner changed settings); sent as a signed claim."""
         self.resources = self._with_rate(resources)
@@ -496,7 +510,9 @@ class Agent:
                 self.node_id,
                 f"holding capacity back: {decision.reason}" if decision.reason else "offering again",
             )
-        self.offering, self.throttle = decision.offering, decision.reason
+        # The owner's pause (owner API) outranks every other reason while it lasts.
+        self.offering = decision.offering and not self.paused
+        self.throttle = self.paused or decision.reason
         r = sample.readings
         return Heartbeat(
             node=self.node_id,
@@ -570,6 +586,9 @@ class Agent:
                 if a is not None and a.registration is not None and a.activate is not None:
                     reg = tpm_registration.keep_registered(self, a.registration, a.activate)
                     tg.create_task(reg, name=f"{self.node_id}-tpm-registration")
+                server = local_server(self.owner_api)
+                if server is not None:
+                    tg.create_task(server, name=f"{self.node_id}-local-api")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:
