@@ -17,6 +17,7 @@ from pathlib import Path
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
+from prsm_edge.io.brokerinfo import dashboard_dir
 from prsm_edge.io.dynsec import DynSec
 from prsm_edge.protocol.verifier import VerifierConfig
 
@@ -55,7 +56,10 @@ async def host_group(
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
     The coordinator is created but not run: the caller runs ``host.coordinator.run()`` in its task group.
+    Mosquitto's WebSocket listener serves the operator dashboard unless ``http_dir`` names another folder.
     """
+    if http_dir is None:
+        http_dir = dashboard_dir()
     async with start_broker(
         workdir / "broker", host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
     ) as broker:
