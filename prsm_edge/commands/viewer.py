@@ -100,7 +100,7 @@ async def _act(args: argparse.Namespace, broker: LocalBroker, key: str) -> int:
             print(f"  {password}")
             if broker.ws_port is None:
                 print(
-                    "this broker has no WebSocket listener: restart `coordinate` with --ws-port to use the page"
+                    "this broker has no WebSocket listener: restart `coordinate` with --ws-port for the page"
                 )
                 return 0
             host = args.url_host or "127.0.0.1"
