@@ -63,12 +63,12 @@ class Trends {
   }
 }
 
-function chart (el, title, series) {
+function chart (el, title, series, y = {}) {
   return new uPlot({
     title,
     width: Math.max(280, el.clientWidth - 10),
     height: 160,
-    scales: { x: { time: true } },
+    scales: { x: { time: true }, y },
     series: [{}, ...series],
     axes: [{ stroke: '#8a94a6' }, { stroke: '#8a94a6' }]
   }, [[], ...series.map(() => [])], el)
@@ -90,15 +90,18 @@ function main () {
   const trends = new Trends(`prsm-dash:${s.site}/${s.group}:trends`)
   window.prsmModel = model // for the browser tests and for curious operators
 
-  const utilChart = chart($('chart-util'), 'utilization %', [{ label: 'cpu %', stroke: '#4f9dff', width: 2 }])
+  const utilChart = chart($('chart-util'), 'utilization %', [{ label: 'cpu %', stroke: '#4f9dff', width: 2 }], { range: [0, 100] })
   const nodesChart = chart($('chart-nodes'), 'nodes', [
     { label: 'online', stroke: '#3ecf8e', width: 2 },
     { label: 'verified above self-report', stroke: '#f5a623', width: 2 }
-  ])
+  ], { range: (u, min, max) => [0, Math.max(4, max ?? 0)] })
   const drawCharts = () => {
     const [t, u, o, v] = trends.columns()
     utilChart.setData([t, u.map((x) => (x === null ? null : 100 * x))])
     nodesChart.setData([t, o, v])
+    // At least the last ten minutes on the time axis, so a fresh buffer does not stretch to years.
+    const now = Date.now() / 1000
+    for (const c of [utilChart, nodesChart]) c.setScale('x', { min: Math.min(t.length ? t[0] : now, now - 600), max: now })
   }
   drawCharts()
 

@@ -153,7 +153,8 @@ export class GroupModel {
     if (!n) return
     this.counts.verified++
     n.badTopics.delete(topic)
-    n.lastSeenMs = this.now()
+    // Last seen: the node itself speaking live, not its retained messages or the broker's Will for it.
+    if (!retained && !(b.t === 'nstate' && b.status === 'offline')) n.lastSeenMs = this.now()
     const seq = finite(b.seq, 0)
     if (seq !== null && !retained) {
       if (b.t === 'nbirth' || n.lastSeq === null) n.lastSeq = seq
