@@ -97,6 +97,9 @@ class Settings(BaseModel):
         default=10.0, ge=1.0, le=3600.0, description="seconds between heartbeats"
     )
     device_class: str | None = Field(default=None, description="firmware profile name (None: detect)")
+    homeassistant_discovery: bool = Field(
+        default=False, description="when coordinating, announce members to Home Assistant (MQTT discovery)"
+    )
 
     @field_validator("site", "group")
     @classmethod

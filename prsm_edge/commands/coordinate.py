@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prsm_edge import paths, settings
+from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.discovery import Advertiser
@@ -61,6 +62,13 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--interface", action="append", default=None, metavar="IP", help="mDNS interface (repeat)"
     )
+    parser.add_argument(
+        "--homeassistant",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce members to Home Assistant by MQTT discovery (default: the homeassistant_discovery "
+        "setting, off)",
+    )
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
     parser.set_defaults(handler=_run)
@@ -73,6 +81,11 @@ def _run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_coordinate(args))
     return 0
+
+
+def _homeassistant(args: argparse.Namespace) -> HomeAssistantOptions | None:
+    wanted = args.homeassistant if args.homeassistant is not None else settings.load().homeassistant_discovery
+    return HomeAssistantOptions() if wanted else None
 
 
 async def _coordinate(args: argparse.Namespace) -> None:
@@ -90,6 +103,7 @@ async def _coordinate(args: argparse.Namespace) -> None:
         ws_port=args.ws_port,
         prefer=args.broker,
         max_members=args.max_members,
+        homeassistant=_homeassistant(args),
     ) as hosted:
         coord = hosted.coordinator
         b = hosted.broker
@@ -108,6 +122,7 @@ async def _external(args: argparse.Namespace, site: str, workdir: Path) -> None:
         max_members=args.max_members,
         username=args.username,
         password=args.password,
+        homeassistant=_homeassistant(args),
     )
     coord = Coordinator(load_or_create(workdir), options)
     print(

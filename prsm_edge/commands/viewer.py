@@ -21,7 +21,7 @@ from prsm_edge import paths, settings
 from prsm_edge.errors import PrsmEdgeError
 from prsm_edge.identity import KEY_FILE, load_or_create
 from prsm_edge.io.brokerinfo import LocalBroker, broker_folder, read_local_broker
-from prsm_edge.io.dynsec import ROLE_VIEWER, DynSec
+from prsm_edge.io.dynsec import ROLE_HOMEASSISTANT, ROLE_VIEWER, DynSec
 
 PREFIX = "viewer-"
 _NAME = re.compile(r"[a-z0-9_-]{1,40}")
@@ -49,6 +49,12 @@ def register(sub: Any) -> None:
         "--url-host",
         default=None,
         help="host name for the printed URL (default: 127.0.0.1; use the LAN name for other machines)",
+    )
+    add.add_argument(
+        "--homeassistant",
+        action="store_true",
+        help="a login for Home Assistant's MQTT integration instead: reads the discovery and may "
+        "announce Home Assistant's own status, nothing else",
     )
     actions.add_parser("list", help="list viewer logins")
     remove = actions.add_parser("remove", help="delete a viewer login (disconnects it)")
@@ -92,6 +98,13 @@ async def _act(args: argparse.Namespace, broker: LocalBroker, key: str) -> int:
     async with DynSec(
         broker.connect_host, broker.port, broker.admin_username, broker.admin_password
     ) as dynsec:
+        if args.action == "add" and args.homeassistant:
+            username, password = PREFIX + args.name, secrets.token_urlsafe(18)
+            await dynsec.add_client(username, password, ROLE_HOMEASSISTANT)
+            print(f"Home Assistant login for {broker.connect_host}:{broker.port}: {username}, password:")
+            print(f"  {password}")
+            print("turn discovery on with `prsm-edge coordinate --homeassistant` (or the setting)")
+            return 0
         if args.action == "add":
             username, password = PREFIX + args.name, secrets.token_urlsafe(18)
             await dynsec.add_client(username, password, ROLE_VIEWER)
@@ -136,6 +149,6 @@ async def _viewers(dynsec: DynSec) -> list[str]:
         if not isinstance(client, dict):
             continue
         roles = {r.get("rolename") for r in client.get("roles", []) if isinstance(r, dict)}
-        if ROLE_VIEWER in roles:
+        if roles & {ROLE_VIEWER, ROLE_HOMEASSISTANT}:
             names.append(str(client.get("username")))
     return sorted(names)

@@ -22,6 +22,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest
@@ -93,6 +94,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    homeassistant: HomeAssistantOptions | None = None  # None: no Home Assistant discovery (the default)
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -149,11 +151,19 @@ class Coordinator:
         self._next_round = time.monotonic() + 1.0
         self._logged: set[tuple[Reason, str]] = set()
         self.ready = asyncio.Event()
+        self.homeassistant = (
+            None
+            if options.homeassistant is None
+            else HomeAssistant(options.site, options.group, options.homeassistant)
+        )
+        subscriptions = [(topics.group_filter(options.site, options.group), 1)]
+        if self.homeassistant is not None:
+            subscriptions.append((self.homeassistant.status_topic, 1))
         self.session = Session(
             options.broker_url,
             f"coord-{identity.node_id}",
             handler=self._on_message,
-            subscriptions=[(topics.group_filter(options.site, options.group), 1)],
+            subscriptions=subscriptions,
             prepare=self._prepare,
             on_connect=self._on_connect,
             goodbye=self._goodbye,
@@ -187,6 +197,9 @@ class Coordinator:
         self.ready.set()
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.homeassistant is not None and topic == self.homeassistant.status_topic:
+            self.homeassistant.on_status(payload)
+            return
         await self._apply(self.group.receive(topic, payload, now_ms()))
 
     async def _apply(self, effects: list[Effect]) -> None:
@@ -223,6 +236,8 @@ class Coordinator:
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, now_ms()))
             case VerificationVote():
+                if self.homeassistant is not None:
+                    self.homeassistant.on_vote(message)
                 await self._apply_verifier(self.verifier.on_vote(message))
 
     async def _apply_verifier(self, effects: list[VerifierEffect]) -> None:
@@ -332,6 +347,9 @@ class Coordinator:
                 continue
             now = now_ms()
             await self._apply(self.group.tick(now))
+            if self.homeassistant is not None:
+                for ha in self.homeassistant.tick(self.group.members.values(), self.ledger.balance, now):
+                    await self.session.publish(ha.topic, ha.payload, qos=1, retain=ha.retain)
             if not self.options.verify:
                 continue
             members = self.group.members

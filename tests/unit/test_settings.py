@@ -38,6 +38,7 @@ AGENT_DEFAULTS = {
     "broker_url": None,
     "heartbeat_interval_s": 10.0,
     "device_class": None,
+    "homeassistant_discovery": False,
 }
 
 
