@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ def register(sub: Any) -> None:
         default=None,
         help="announce members to Home Assistant by MQTT discovery (default: the homeassistant_discovery "
         "setting, off)",
+    )
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        default=None,
+        help="serve the API reads (status, summary, ...) to operators on 127.0.0.1:PORT (0: any port)",
     )
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
@@ -155,6 +162,8 @@ async def _serve(
         hosts=hosts,
         ws_port=ws_port,
     )
+    if args.api_port is not None:
+        coord.options = dataclasses.replace(coord.options, http_port=args.api_port)
     async with contextlib.AsyncExitStack() as stack:
         if not args.no_advertise:
             await stack.enter_async_context(Advertiser(advert, args.interface))

@@ -15,9 +15,11 @@ from prsm_edge.errors import PrsmEdgeError
 from prsm_edge.io import attest
 from prsm_edge.node.agent import AgentOptions
 from prsm_edge.node.detect import detect
+from prsm_edge.node.owner_api import DEFAULT_LOCAL_PORT, OwnerOptions
 from prsm_edge.node.profiles import resolve
 from prsm_edge.node.prover import Attestor, tpm_attestor
 from prsm_edge.protocol.offer import offered
+from prsm_edge.settings import settings_path
 
 
 def register(sub: Any) -> None:
@@ -51,6 +53,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
     parser.add_argument(
         "--no-attest", action="store_true", help="do not offer TPM attestation even where a TPM is present"
+    )
+    parser.add_argument(
+        "--local-api-port",
+        type=int,
+        default=DEFAULT_LOCAL_PORT,
+        help=f"the owner's local API on 127.0.0.1 (default {DEFAULT_LOCAL_PORT}; 0: any free port; -1: off)",
     )
     parser.set_defaults(handler=_run)
 
@@ -88,6 +96,12 @@ def _run(args: argparse.Namespace) -> int:
         security_level=s.security_level,
         min_hourly_rate_micro=s.min_hourly_rate_micro,
         uptime_commitment=s.uptime_commitment,
+        owner=OwnerOptions(
+            settings=s,
+            settings_path=settings_path(),
+            detected=resolved.detected.resource_specs(),
+            local_port=None if args.local_api_port < 0 else args.local_api_port,
+        ),
     )
     if not args.no_attest:
         agent = replace(agent, attestor=_attestor(workdir))

@@ -22,6 +22,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
@@ -33,6 +34,7 @@ from prsm_edge.protocol import cbor, topics
 from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
 from prsm_edge.protocol.group import (
     ApiCall,
+    ApiReply,
     Effect,
     GrantJoin,
     Group,
@@ -95,6 +97,7 @@ class CoordinatorOptions:
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
     homeassistant: HomeAssistantOptions | None = None  # None: no Home Assistant discovery (the default)
+    http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -148,6 +151,7 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
+        self.api = CoordinatorApi(self.group, self.verifier, self.ledger)
         self._next_round = time.monotonic() + 1.0
         self._logged: set[tuple[Reason, str]] = set()
         self.ready = asyncio.Event()
@@ -221,8 +225,10 @@ class Coordinator:
                     await self._grant(effect)
                 case Verification(node=node, message=message):
                     await self._verification(node, message)
-                case ApiCall(node=node, request=request):
-                    await self._api(node, request)
+                case ApiCall(node=node, request=request, envelope=envelope):
+                    await self._api(node, request, envelope)
+                case ApiReply(node=node, response=response, envelope=envelope):
+                    await self._api_effects(self.api.reply(node, response, envelope))
 
     async def _verification(
         self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote
@@ -256,7 +262,10 @@ class Coordinator:
                         self.verifier.attestation_result(effect.node, verified, now_ms())
                     )
 
-    async def _api(self, node: str, request: ApiRequest) -> None:
+    async def _api(self, node: str, request: ApiRequest, envelope: bytes) -> None:
+        if request.method != "stake":
+            await self._api_effects(self.api.call(node, request, envelope, now_ms()))
+            return
         o = self.options
         result: dict[str, object] = {}
         error = ""
@@ -264,24 +273,32 @@ class Coordinator:
         try:
             if member is None:
                 raise LocalError("not a member of this group")
-            match request.method:
-                case "stake":
-                    amount = request.params.get("amount_micro")
-                    if not isinstance(amount, int) or amount <= 0:
-                        raise LocalError("amount_micro must be a positive integer")
-                    await self._apply_verifier(
-                        self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
-                    )
-                    result = self._trust_status(member)
-                case "status":
-                    result = self._trust_status(member)
-                case _:
-                    raise LocalError(f"unknown method {request.method!r}")
+            amount = request.params.get("amount_micro")
+            if not isinstance(amount, int) or amount <= 0:
+                raise LocalError("amount_micro must be a positive integer")
+            await self._apply_verifier(
+                self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
+            )
+            result = self._trust_status(member)
         except LocalError as exc:
             error = str(exc)
         resp = ApiResponse(txid=request.txid, method=request.method, ok=not error, result=result, error=error)
         topic = topics.api(topics.Kind.API_RESP, o.site, o.group, request.method, node)
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
+
+    async def _api_effects(self, effects: list[Respond | Relay | Forward]) -> None:
+        o = self.options
+        for effect in effects:
+            match effect:
+                case Respond(client=client, response=response):
+                    topic = topics.api(topics.Kind.API_RESP, o.site, o.group, response.method, client)
+                    await self.session.publish(topic, self.signer.seal(response, now_ms()), qos=1)
+                case Relay(node=node, command=command):
+                    topic = topics.node_cmd(o.site, o.group, node, command.verb)
+                    await self.session.publish(topic, self.signer.seal(command, now_ms()), qos=1)
+                case Forward(client=client, method=method, envelope=envelope):
+                    topic = topics.api(topics.Kind.API_RESP, o.site, o.group, method, client)
+                    await self.session.publish(topic, envelope, qos=1)
 
     def _trust_status(self, member: Member) -> dict[str, object]:
         required = self.verifier.required_stake(member, now_ms())
@@ -336,6 +353,10 @@ class Coordinator:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.session.run(), name="coordinator-session")
                 tg.create_task(self._ticker(), name="coordinator-tick")
+                http = self.options.http_port
+                server = None if http is None else readonly_server(self.api, "127.0.0.1", http, now_ms)
+                if server is not None:
+                    tg.create_task(server, name="coordinator-http")
         finally:
             self.store.close()
             self.ledger_store.close()
@@ -350,6 +371,7 @@ class Coordinator:
             if self.homeassistant is not None:
                 for ha in self.homeassistant.tick(self.group.members.values(), self.ledger.balance, now):
                     await self.session.publish(ha.topic, ha.payload, qos=1, retain=ha.retain)
+            await self._api_effects(self.api.tick(now))
             if not self.options.verify:
                 continue
             members = self.group.members

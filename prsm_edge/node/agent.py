@@ -32,6 +32,7 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
+from prsm_edge.node.owner_api import PAUSED_REASON, NodeApi, OwnerOptions, local_server
 from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
@@ -101,6 +102,8 @@ class AgentOptions:
     cpu_rate: float | None = None
     prover: Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]] = proofs.prove
     attestor: Attestor | None = None
+    # The owner's API: settings, pairing, the local HTTP server (node/owner_api.py).
+    owner: OwnerOptions = field(default_factory=OwnerOptions)
 
 
 class Agent:
@@ -135,6 +138,8 @@ class Agent:
         self._api_waiters: dict[str, asyncio.Future[ApiResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._cpu_rate = 0
+        self.owner_api = NodeApi(self, options.owner)
+        self.paused = PAUSED_REASON if self.owner_api.paused else ""
         o = options
         self.session = Session(
             o.broker_url,
@@ -309,6 +314,11 @@ class Agent:
                     self._send(topics.Kind.NODE_PROOF, opening)
             case "verify":
                 self.work.sit(cmd.args)
+            case "owner":  # an owner's signed change, relayed; it may wait on the coordinator: a task
+                if len(self._tasks) < 64:
+                    task = asyncio.create_task(self.owner_api.relayed(cmd.args))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
 
@@ -405,6 +415,10 @@ class Agent:
         self.births += 1
         self.born.set()
 
+    def reannounce(self) -> None:
+        """Publish the birth again (terms carried only in the birth changed)."""
+        self._birth()
+
     def update_resources(self, resources: list[ResourceSpec], reason: str = "") -> None:
         """Offer different capacity (the owner changed settings); sent as a signed claim."""
         self.resources = self._with_rate(resources)
@@ -417,7 +431,7 @@ class Agent:
     def heartbeat(self) -> Heartbeat:
         """Sample telemetry and apply the owner's guardrails."""
         sample = self.options.sample()
-        reason = guardrail(sample.readings, self.options.guardrails)
+        reason = self.paused or guardrail(sample.readings, self.options.guardrails)
         if reason != self.throttle:
             log.warning(
                 "%s: %s", self.node_id, f"holding capacity back: {reason}" if reason else "offering again"
@@ -473,6 +487,9 @@ class Agent:
                 tg.create_task(self.session.run(), name=f"{self.node_id}-session")
                 tg.create_task(self._heartbeats(), name=f"{self.node_id}-heartbeat")
                 tg.create_task(self._watch_redirect(), name=f"{self.node_id}-redirect")
+                server = local_server(self.owner_api)
+                if server is not None:
+                    tg.create_task(server, name=f"{self.node_id}-local-api")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:

@@ -61,6 +61,8 @@ from prsm_edge.protocol.replay import ReplayGuard
 
 __all__ = [
     "MAX_MEMBERS",
+    "ApiCall",
+    "ApiReply",
     "Effect",
     "Group",
     "GroupConfig",
@@ -179,13 +181,26 @@ class Verification:
 
 @dataclass(frozen=True, slots=True)
 class ApiCall:
-    """A signed API request from a node (other than ``join``), for the shell to serve."""
+    """A signed API request from a client (other than ``join``), for the shell to serve.
+
+    ``envelope`` is the request exactly as signed, so it can be relayed to the node it concerns.
+    """
 
     node: str
     request: ApiRequest
+    envelope: bytes = b""
 
 
-Effect = Publish | StoreMember | GrantJoin | Rejection | Verification | ApiCall
+@dataclass(frozen=True, slots=True)
+class ApiReply:
+    """A member's signed answer (on its ``reply`` topic) to an API call relayed to it."""
+
+    node: str
+    response: ApiResponse
+    envelope: bytes
+
+
+Effect = Publish | StoreMember | GrantJoin | Rejection | Verification | ApiCall | ApiReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +314,13 @@ class Group:
             )
         msg = opened.message
         if kind is topics.Kind.API_REQ:
-            return self._api(parsed.method, opened, now_ms)
+            return self._api(parsed.method, opened, now_ms, payload)
+        if kind is topics.Kind.NODE_REPLY:
+            if not isinstance(msg, ApiResponse):
+                raise RejectedMessage(Reason.MALFORMED, "a node's reply topic carries API responses only")
+            member = self._member(owner)
+            self._fresh(member.node, msg, now_ms)
+            return [ApiReply(member.node, msg, payload)]
         body_node = msg.voter if isinstance(msg, VerificationVote) else getattr(msg, "node", None)
         if body_node != owner:
             raise RejectedMessage(Reason.WRONG_TOPIC_OWNER, f"message names {body_node}, topic {owner}")
@@ -331,13 +352,13 @@ class Group:
     def _full_for(self, node: str) -> bool:
         return node not in self.members and len(self.members) >= self.config.max_members
 
-    def _api(self, method: str, opened: Opened, now_ms: int) -> list[Effect]:
+    def _api(self, method: str, opened: Opened, now_ms: int, envelope: bytes) -> list[Effect]:
         msg = opened.message
         if not isinstance(msg, ApiRequest) or msg.method != method or msg.requester != opened.signer:
             raise RejectedMessage(Reason.MALFORMED, "API request does not match its topic")
         self._fresh(opened.signer, msg, now_ms, birth=True)
         if method != "join":
-            return [ApiCall(opened.signer, msg)]
+            return [ApiCall(opened.signer, msg, envelope)]
         if self._full_for(opened.signer):
             self.rejected[Reason.GROUP_FULL] += 1
             resp = ApiResponse(

@@ -302,13 +302,14 @@ class ApiRequest(Message, frozen=True, tag="apireq"):
 
 
 class ApiResponse(Message, frozen=True, tag="apiresp"):
-    """The answer to one :class:`ApiRequest`."""
+    """The answer to one :class:`ApiRequest`; ``code`` names the kind of failure (``protocol/api.py``)."""
 
     txid: str
     method: str
     ok: bool
     result: dict[str, Any] = {}
     error: str = ""
+    code: str = ""
 
 
 AnyMessage = (

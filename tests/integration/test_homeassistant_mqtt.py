@@ -71,7 +71,7 @@ async def test_a_nodes_device_appears_and_disappears_for_a_real_subscriber(tmp_p
             availability = f"prsm-ha/{SITE}/{GROUP}/{node}/availability"
             try:
                 # The device appears, with its sensors, its availability and a state carrying the readings.
-                await eventually(lambda: bool(last(config_topic)), timeout=20, what="discovery config")
+                await eventually(lambda: bool(last(config_topic)), timeout=30, what="discovery config")
                 config = json.loads(last(config_topic) or b"")
                 assert config["dev"]["ids"] == [f"prsm_{node}"]
                 assert {"temperature", "power", "energy", "trust_level", "earnings"} <= set(config["cmps"])
