@@ -46,12 +46,25 @@ def register(sub: Any) -> None:
 
 
 def _folder(args: argparse.Namespace) -> Path:
-    return args.workdir or paths.data_dir()
+    """The running agent's state folder: `join` keeps it under groups/<site>-<group>-<coordinator>/."""
+    base: Path = args.workdir or paths.data_dir()
+    running = sorted(base.glob(f"groups/*/{LOCAL_API_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return running[0].parent if running and not (base / LOCAL_API_FILE).exists() else base
+
+
+def _node_id(args: argparse.Namespace, folder: Path) -> str:
+    """The node's id: from its running local API, else from the key `join` keeps (never a new key)."""
+    try:
+        return str(json.loads((folder / LOCAL_API_FILE).read_text(encoding="utf-8"))["node"])
+    except (OSError, ValueError, KeyError):
+        base: Path = args.workdir or paths.data_dir()
+        keyed = base / "identity" if (base / "identity").is_dir() else folder
+        return load_or_create(keyed).node_id
 
 
 def _pair(args: argparse.Namespace) -> int:
     folder = _folder(args)
-    node = load_or_create(folder).node_id
+    node = _node_id(args, folder)
     registry = OwnerRegistry(folder)
     now = int(time.time() * 1000)
     if args.cli:
@@ -67,7 +80,7 @@ def _pair(args: argparse.Namespace) -> int:
     print(f"pairing code for node {node}: {code}")
     print(f"valid for {PAIRING_TTL_MS // 60000} minutes, once.")
     if url:
-        print(f"open on this machine: {url}/ui/#pair={code}&node={node}")
+        print(f"open on this machine: {url}/ui/index.html#pair={code}&node={node}")
         print(f"(or POST the signed pairing request to {url}/api/v1/owner/pair; see docs/api.md)")
     else:
         print("the agent's local API is not running: start the agent (`prsm-edge join`) and open its page")

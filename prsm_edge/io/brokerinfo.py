@@ -15,7 +15,7 @@ from prsm_edge.errors import LocalError
 from prsm_edge.io.broker import ADMIN_SECRET_FILE, ADMIN_USERNAME
 from prsm_edge.resources import data_path
 
-__all__ = ["LocalBroker", "broker_folder", "dashboard_dir", "read_local_broker"]
+__all__ = ["LocalBroker", "broker_folder", "dashboard_dir", "owner_panel_dir", "read_local_broker"]
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -27,6 +27,13 @@ def dashboard_dir() -> Path | None:
     except LocalError:
         return None
     return folder if (folder / "index.html").is_file() else None
+
+
+def owner_panel_dir() -> Path | None:
+    """The folder holding the built owner panel, which the agent's local API serves under ``/ui/``."""
+    folder = dashboard_dir()
+    panel = None if folder is None else folder / "owner"
+    return panel if panel is not None and (panel / "index.html").is_file() else None
 
 
 def broker_folder(data_dir: Path, group: str) -> Path:
