@@ -33,7 +33,6 @@ from prsm_edge.protocol.api import (
     to_json_safe,
 )
 from prsm_edge.protocol.group import Group, Member
-from prsm_edge.protocol.ledger import Ledger
 from prsm_edge.protocol.messages import ApiRequest, ApiResponse, NodeCommand
 from prsm_edge.protocol.verifier import Verifier
 
@@ -102,10 +101,17 @@ class _Waiting:
 class CoordinatorApi:
     """The API methods as a coordinator answers them."""
 
-    def __init__(self, group: Group, verifier: Verifier, ledger: Ledger, *, max_pending: int = 1024) -> None:
+    def __init__(
+        self,
+        group: Group,
+        verifier: Verifier,
+        trust_status: Callable[[Member], dict[str, Any]],
+        *,
+        max_pending: int = 1024,
+    ) -> None:
         self.group = group
         self.verifier = verifier
-        self.ledger = ledger
+        self.trust_status = trust_status  # level, trust, balance, stake, attestation: the service's view
         self.economy: EconomyReader | None = None
         self.pending: Pending[tuple[str, str], _Waiting] = Pending(max_pending)
         self._started = time.monotonic()
@@ -233,8 +239,7 @@ class CoordinatorApi:
         return summary
 
     def status(self, member: Member, now_ms: int) -> dict[str, Any]:
-        """One member as the coordinator sees it: offer, load, level, balance and stake."""
-        required = self.verifier.required_stake(member, now_ms)
+        """One member as the coordinator sees it: offer, load, and its trust, balance and stake."""
         return {
             "node": member.node,
             "device_class": member.device_class,
@@ -247,24 +252,14 @@ class CoordinatorApi:
             "mem_util": member.mem_util,
             "temperature_c": member.temperature_c,
             "power_w": member.power_w,
-            "level": member.level.value,
-            "trust": member.trust,
-            "balance_micro": self.ledger.balance(member.node),
-            "stake_micro": self.ledger.stake(member.node),
-            "required_stake_micro": required.required_micro,
-            "capacity_multiplier": required.capacity_multiplier,
-            "risk_factor": required.risk_factor,
+            **self.trust_status(member),
         }
 
     def verification(self, member: Member, now_ms: int) -> dict[str, Any]:
         """A member's verification state; checks run in rounds, so this reports, it does not schedule."""
-        status = self.status(member, now_ms)
         return {
             "node": member.node,
-            "level": status["level"],
-            "trust": status["trust"],
-            "stake_micro": status["stake_micro"],
-            "required_stake_micro": status["required_stake_micro"],
+            **self.trust_status(member),
             "round_s": self.verifier.config.round_ms / 1000,
             "note": "checks run in rounds; the public beacon picks nodes, unproven ones more often",
         }

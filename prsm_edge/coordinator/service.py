@@ -26,11 +26,12 @@ from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, r
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
-from prsm_edge.io import attest
+from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
+from prsm_edge.protocol.api import METHODS
 from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
 from prsm_edge.protocol.group import (
     ApiCall,
@@ -97,6 +98,7 @@ class CoordinatorOptions:
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
     homeassistant: HomeAssistantOptions | None = None  # None: no Home Assistant discovery (the default)
+    tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
 
 
@@ -151,7 +153,9 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
-        self.api = CoordinatorApi(self.group, self.verifier, self.ledger)
+        # Only an AK bound to a certified EK by credential activation is asked for quotes.
+        self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
+        self.api = CoordinatorApi(self.group, self.verifier, self._trust_status)
         self._next_round = time.monotonic() + 1.0
         self._logged: set[tuple[Reason, str]] = set()
         self.ready = asyncio.Event()
@@ -238,6 +242,7 @@ class Coordinator:
             return
         match message:
             case BenchmarkProof():
+                member = self.registrar.view(member)
                 await self._apply_verifier(self.verifier.on_proof(member, message, now_ms()))
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, now_ms()))
@@ -263,7 +268,7 @@ class Coordinator:
                     )
 
     async def _api(self, node: str, request: ApiRequest, envelope: bytes) -> None:
-        if request.method != "stake":
+        if request.method in METHODS:  # the owner/operator API (coordinator/api.py)
             await self._api_effects(self.api.call(node, request, envelope, now_ms()))
             return
         o = self.options
@@ -273,13 +278,21 @@ class Coordinator:
         try:
             if member is None:
                 raise LocalError("not a member of this group")
-            amount = request.params.get("amount_micro")
-            if not isinstance(amount, int) or amount <= 0:
-                raise LocalError("amount_micro must be a positive integer")
-            await self._apply_verifier(
-                self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
-            )
-            result = self._trust_status(member)
+            match request.method:
+                case "stake":
+                    amount = request.params.get("amount_micro")
+                    if not isinstance(amount, int) or amount <= 0:
+                        raise LocalError("amount_micro must be a positive integer")
+                    await self._apply_verifier(
+                        self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
+                    )
+                    result = self._trust_status(member)
+                case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
+                    result = await self.registrar.serve(member, request.method, request.params, now_ms())
+                    for lost in self.registrar.drain_revoked():
+                        await self._apply_verifier(self.verifier.attestation_result(lost, False, now_ms()))
+                case _:
+                    raise LocalError(f"unknown method {request.method!r}")
         except LocalError as exc:
             error = str(exc)
         resp = ApiResponse(txid=request.txid, method=request.method, ok=not error, result=result, error=error)
@@ -310,6 +323,7 @@ class Coordinator:
             "required_stake_micro": required.required_micro,
             "capacity_multiplier": required.capacity_multiplier,
             "risk_factor": required.risk_factor,
+            "attestation": self.registrar.status(member),
         }
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
@@ -360,6 +374,7 @@ class Coordinator:
         finally:
             self.store.close()
             self.ledger_store.close()
+            self.registrar.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -378,7 +393,7 @@ class Coordinator:
             await self._apply_verifier(self.verifier.tick(members, now))
             if time.monotonic() >= self._next_round:
                 self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
-                current = list(members.values())
+                current = [self.registrar.view(m) for m in members.values()]
                 await self._apply_verifier(self.verifier.observe_claims(current, now))
                 await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
 

@@ -145,6 +145,18 @@ def build_app(
 
         app.router.add_post(PAIR_PATH, pair)
     if static_dir is not None:
+        index = static_dir / "index.html"
+
+        async def home(_request: web.Request) -> web.StreamResponse:
+            if not index.is_file():
+                raise web.HTTPNotFound(text="no dashboard is installed here")
+            return web.FileResponse(index)
+
+        async def to_ui(_request: web.Request) -> web.StreamResponse:
+            raise web.HTTPFound("/ui/")
+
+        app.router.add_get("/", to_ui)
+        app.router.add_get("/ui/", home)
         app.router.add_static("/ui/", static_dir, show_index=False, follow_symlinks=False)
     return app
 

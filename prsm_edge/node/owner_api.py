@@ -11,6 +11,7 @@ acknowledged by a response signed with the node key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -41,6 +42,7 @@ from prsm_edge.protocol.api import (
     result_of,
     to_json_safe,
 )
+from prsm_edge.protocol.guardrails import Governor
 from prsm_edge.protocol.messages import ApiRequest, ApiResponse, ResourceSpec
 from prsm_edge.protocol.offer import offered
 from prsm_edge.settings import Settings
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 PAUSED_FILE: Final = "paused"
 LOCAL_API_FILE: Final = "local-api.json"  # the running agent's local API URL, for the CLI
 DEFAULT_LOCAL_PORT: Final = 8470
+MAX_COORDINATOR_CALLS: Final = 32  # calls to the coordinator waiting at once (HTTP readers can pile up)
 PAUSED_REASON: Final = "paused by its owner"
 # Settings carried in the birth rather than in a claim: changing one re-announces the node.
 _BIRTH_TERMS: Final = frozenset({"security_level", "minimum_hourly_rate", "uptime_commitment"})
@@ -124,6 +127,7 @@ class NodeApi:
         self.changes = 0
         self._undo: dict[str, Any] | None = None
         self.local_url = ""  # set once the local HTTP server listens
+        self._waiting = 0
 
     @property
     def paused(self) -> bool:
@@ -205,6 +209,9 @@ class NodeApi:
                 ErrorCode.NOT_AVAILABLE,
                 "this node is not in a group yet (no coordinator online): try again once it has joined",
             )
+        if self._waiting >= MAX_COORDINATOR_CALLS:
+            raise ApiError(ErrorCode.BUSY, f"{MAX_COORDINATOR_CALLS} calls to the coordinator are waiting")
+        self._waiting += 1
         try:
             response = await self.agent.call(name, params, wait_s=self.options.call_timeout_s)
         except TimeoutError:
@@ -212,6 +219,8 @@ class NodeApi:
                 ErrorCode.TIMEOUT,
                 f"the coordinator did not answer {name} within {self.options.call_timeout_s:g} s",
             ) from None
+        finally:
+            self._waiting -= 1
         return result_of(response)
 
     # ---- changing ----------------------------------------------------------------------------
@@ -255,7 +264,8 @@ class NodeApi:
         if not isinstance(code, str) or not isinstance(label, str):
             raise ApiError(ErrorCode.BAD_REQUEST, "pairing needs params.code (text) and an optional label")
         key = self.owners.pair(code, call.public_key, label, now_ms())
-        self.owners.accept_seq(key.owner, call.seq)
+        with contextlib.suppress(ApiError):  # bookkeeping only: the one-time code authorised this
+            self.owners.accept_seq(key.owner, call.seq)
         log.info("%s: paired owner key %s (%s)", self.agent.node_id, key.owner, key.label or "no label")
         return {"owner": key.owner, "node": self.agent.node_id, "label": key.label}
 
@@ -350,6 +360,7 @@ class NodeApi:
             min_hourly_rate_micro=new.min_hourly_rate_micro,
             uptime_commitment=new.uptime_commitment,
         )
+        agent.governor = Governor.for_limits(agent.options.guardrails)
         agent.update_resources(offer, reason="the owner changed the settings")
         if birth and agent.born.is_set():
             agent.reannounce()

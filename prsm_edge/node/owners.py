@@ -206,14 +206,25 @@ class OwnerRegistry:
         return self._change(lambda data: data["owners"].pop(owner, None) is not None)
 
     def accept_seq(self, owner: str, seq: int) -> None:
-        """Record that a request numbered ``seq`` from ``owner`` was accepted (replays of it are not)."""
+        """Record that request ``seq`` from ``owner`` is being applied; ``replay`` if it is not new.
 
-        def change(data: dict[str, Any]) -> None:
+        The check and the record happen under the lock, so one request is applied once even when
+        the same bytes arrive over HTTP and MQTT at the same moment.
+        """
+
+        def change(data: dict[str, Any]) -> ApiError | None:
             rec = data["owners"].get(owner)
-            if rec is not None:
-                rec["last_seq"] = max(int(rec.get("last_seq", 0)), seq)
+            if rec is None:
+                return ApiError(ErrorCode.NOT_OWNER, f"key {owner} was unpaired")
+            last = int(rec.get("last_seq", 0))
+            if seq <= last:
+                return ApiError(ErrorCode.REPLAY, f"sequence {seq} is not after {last}, the last accepted")
+            rec["last_seq"] = seq
+            return None
 
-        self._change(change)
+        error = self._change(change)
+        if error is not None:
+            raise error
 
 
 def cli_owner(folder: Path) -> tuple[Identity, Signer]:

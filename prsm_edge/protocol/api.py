@@ -59,7 +59,8 @@ OWNER_REQUEST_LIMIT: Final = 16 * 1024
 PAIR_METHOD: Final = "pair"
 
 # The owner's contribution settings that the API may change (the seed's ResourceContributionSettings
-# plus the battery floor). Where the node connects (site, group, broker) is changed on the machine only.
+# plus the agent's guardrails: battery, GPU temperature, weekly schedule). Where the node connects (site,
+# group, broker) is changed on the machine only.
 CONTRIBUTION_SETTINGS: Final[tuple[str, ...]] = (
     "cpu_allocation_percentage",
     "gpu_allocation_percentage",
@@ -75,6 +76,10 @@ CONTRIBUTION_SETTINGS: Final[tuple[str, ...]] = (
     "uptime_commitment",
     "security_level",
     "min_battery_percent",
+    "offer_on_battery",
+    "max_gpu_temperature",
+    "schedule",
+    "guardrail_hold_s",
 )
 
 

@@ -19,6 +19,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from prsm_edge.coordinator.service import Coordinator
+from prsm_edge.errors import Reason
 from prsm_edge.io.api_client import ApiClient, connect
 from prsm_edge.node.agent import Agent
 from prsm_edge.node.owner_api import OwnerOptions
@@ -194,6 +195,13 @@ async def test_a_replayed_owner_request_is_refused(mosquitto: Mosquitto, tmp_pat
             f"prsm/v1/{SITE}/{GROUP}/api/update/req/{g.owner.node_id}", second, qos=1
         )
         await eventually(lambda: g.cpu_offered() == 3.0, what="the MQTT change applied")
+        replays = g.coord.group.rejected[Reason.REPLAY]
+        await g.coord.session.publish(
+            f"prsm/v1/{SITE}/{GROUP}/api/update/req/{g.owner.node_id}", second, qos=1
+        )
+        await eventually(
+            lambda: g.coord.group.rejected[Reason.REPLAY] == replays + 1, what="MQTT replay refused"
+        )
         g.agent.update_resources([])  # make a repeated application visible
         status, body = await post_signed(url, second, "PUT")
         assert status == 409 and body["code"] == "replay"
@@ -219,7 +227,7 @@ async def test_curl_reads_status_and_earnings_from_the_local_api(
         status, doc = await curl(f"{g.local}/api/v1/openapi.json")
         assert status == 200 and doc["openapi"] == "3.1.0"
         # The dashboard hook: static files with their MIME types (module scripts need a JavaScript type).
-        for name, kind in (("app.js", "javascript"), ("index.html", "text/html")):
+        for name, kind in (("app.js", "javascript"), ("index.html", "text/html"), ("", "text/html")):
             proc = await asyncio.create_subprocess_exec(
                 "curl",
                 "-s",

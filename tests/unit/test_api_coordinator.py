@@ -35,7 +35,12 @@ def _api() -> tuple[CoordinatorApi, Member]:
     verifier = Verifier(
         VerifierConfig(site="lab", group="g1", coordinator=coord.node_id), Ledger(), secret=bytes(32)
     )
-    return CoordinatorApi(group, verifier, Ledger(), max_pending=2), member
+    ledger = Ledger()
+
+    def trust(m: Member) -> dict[str, object]:
+        return {"level": m.level.value, "trust": m.trust, "balance_micro": ledger.balance(m.node)}
+
+    return CoordinatorApi(group, verifier, trust, max_pending=2), member
 
 
 def _call(api: CoordinatorApi, client: Signer, method: str, **params: object) -> list[object]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from prsm_edge.node.owners import OwnerRegistry
@@ -153,6 +155,9 @@ def test_accepted_sequence_numbers_survive_a_new_registry_and_revoke_unpairs(tmp
     OwnerRegistry(tmp_path).accept_seq(owner.node_id, 42)
     reg = OwnerRegistry(tmp_path)
     assert reg.last_seq(owner.node_id) == 42
+    with pytest.raises(ApiError) as info:  # checked again under the lock: a concurrent duplicate loses
+        reg.accept_seq(owner.node_id, 42)
+    assert info.value.code is ErrorCode.REPLAY
     assert reg.revoke(owner.node_id)
     assert not reg.revoke(owner.node_id)
     assert reg.keys() == {}
@@ -195,3 +200,14 @@ def test_the_documented_test_vector_is_what_the_code_signs_and_accepts() -> None
         now_ms=1767225600000,
     )
     assert call.request.params["paused"] is True
+
+
+@given(position=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255))
+def test_no_single_byte_change_to_a_signed_request_is_accepted(position: int, flip: int) -> None:
+    owner = _signer(1)
+    envelope = bytearray(_req(owner, settings={"cpu_allocation_percentage": 0.7}))
+    envelope[position % len(envelope)] ^= flip
+    # Flipping a byte of the key id makes another (unpaired or invalid) key: refused too.
+    with pytest.raises(ApiError) as info:
+        _check(bytes(envelope), {owner.node_id: owner.public_key})
+    assert info.value.code in (ErrorCode.UNAUTHORIZED, ErrorCode.BAD_REQUEST, ErrorCode.NOT_OWNER)
