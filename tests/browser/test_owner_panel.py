@@ -107,6 +107,7 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
         assert extractable is False
         page.wait_for_selector('input[data-setting="cpu_allocation_percentage"]', timeout=15_000)
         page.locator('input[data-setting="cpu_allocation_percentage"]').fill(str(wanted))
+        page.locator('input[data-setting="schedule"]').fill("Mon-Sun 00:00-24:00")  # the weekly schedule
         page.click("#apply")
         page.wait_for_function("() => document.getElementById('result').dataset.code !== ''", timeout=15_000)
         assert page.locator("#result").get_attribute("data-code") == "ok", page.locator(
@@ -114,7 +115,9 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
         ).inner_text()
         assert page.locator("#result").get_attribute("data-acked") == "true"
         assert "acknowledged (signed by the node)" in page.locator("#result").inner_text()
-        assert status(api, node)["settings"]["cpu_allocation_percentage"] == wanted  # it reached the agent
+        settings = status(api, node)["settings"]
+        assert settings["cpu_allocation_percentage"] == wanted  # it reached the agent
+        assert settings["schedule"] == "Mon-Sun 00:00-24:00"
         page.wait_for_timeout(500)
         page.screenshot(path=str(artifacts / "owner-panel.png"), full_page=True)
         owner.close()

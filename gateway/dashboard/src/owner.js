@@ -19,11 +19,16 @@ const CONTROLS = [
   ['memory_allocation_percentage', 'Memory', 'range', 0, 1, 0.05, 100, '%'],
   ['storage_allocation_percentage', 'Storage', 'range', 0, 1, 0.05, 100, '%'],
   ['bandwidth_allocation_percentage', 'Bandwidth', 'range', 0, 1, 0.05, 100, '%'],
-  ['max_cpu_temperature', 'Temperature limit', 'range', 40, 100, 1, 1, '°C'],
+  ['max_cpu_temperature', 'CPU temperature limit', 'range', 40, 100, 1, 1, '°C'],
+  ['max_gpu_temperature', 'GPU temperature limit', 'range', 40, 100, 1, 1, '°C'],
   ['max_power_consumption', 'Power limit', 'range', 1, 2000, 1, 1, 'W'],
   ['minimum_hourly_rate', 'Minimum rate', 'number', 0, 1000000, 0.01, 1, 'FTNS/h'],
   ['uptime_commitment', 'Uptime commitment', 'range', 0, 1, 0.01, 100, '%'],
+  ['min_battery_percent', 'Battery floor', 'range', 0, 100, 5, 1, '%'],
   ['automatic_scaling', 'Automatic scaling', 'checkbox'],
+  ['market_participation', 'Take part in the market', 'checkbox'],
+  ['offer_on_battery', 'Offer on battery', 'checkbox'],
+  ['schedule', 'Weekly schedule', 'text', 'Mon-Fri 18:00-08:00; Sat,Sun   (empty: always)'],
   ['security_level', 'Security level', 'select', ['standard', 'high', 'maximum']]
 ]
 
@@ -142,6 +147,7 @@ function renderControls () {
   $('controls').innerHTML = CONTROLS.map(([name, label, kind, min, max, step, scale, unit]) => {
     const v = s[name]
     if (kind === 'checkbox') return `<label class="ctl"><span>${label}</span><input type="checkbox" data-setting="${name}" ${v ? 'checked' : ''}></label>`
+    if (kind === 'text') return `<label class="ctl wide-ctl"><span>${label}</span><input type="text" data-setting="${name}" value="${esc(v ?? '')}" placeholder="${esc(min)}" spellcheck="false"></label>`
     if (kind === 'select') return `<label class="ctl"><span>${label}</span><select data-setting="${name}">${min.map((o) => `<option ${o === v ? 'selected' : ''}>${o}</option>`).join('')}</select></label>`
     const shown = v === undefined || v === null ? '' : Number(v)
     return `<label class="ctl"><span>${label}</span><input type="${kind}" data-setting="${name}" min="${min}" max="${max}" step="${step}" value="${shown}">
@@ -159,7 +165,7 @@ function edited () {
   for (const el of $('controls').querySelectorAll('[data-setting]')) {
     const name = el.dataset.setting
     let value = el.type === 'checkbox' ? el.checked : el.tagName === 'SELECT' ? el.value : Number(el.value)
-    if (name === 'minimum_hourly_rate') value = String(el.value)
+    if (name === 'minimum_hourly_rate' || el.type === 'text') value = String(el.value).trim()
     if (String(value) !== String(s[name])) out[name] = value
   }
   return out
