@@ -20,6 +20,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--disable-default-apps",
     "--disable-extensions",
+    # A name for a "remote" page that still resolves to loopback (nothing leaves the machine).
+    "--host-resolver-rules=MAP owner.test 127.0.0.1",
 ]
 
 

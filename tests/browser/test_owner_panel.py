@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,3 +143,44 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
         stranger.close()
 
     assert requests and all((urlsplit(r).hostname or "") == "127.0.0.1" for r in requests), requests
+
+
+def test_the_panel_from_another_host_is_read_only_and_says_why(browser: Any, tmp_path: Path) -> None:
+    """Opened as http://owner.test (not this machine's loopback name), the page is not a secure context:
+    no WebCrypto, so no owner key; it must say so and offer no change. (A name mapped to 127.0.0.1 in the
+    browser stands in for a LAN address, and a plain file server for the agent, which refuses other Host
+    names.)"""
+    import http.server
+    import shutil
+    import threading
+
+    from prsm_edge.io.brokerinfo import owner_panel_dir
+
+    panel = owner_panel_dir()
+    assert panel is not None
+    shutil.copy(panel / "index.html", tmp_path / "index.html")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    context = None
+    try:
+        port = server.server_address[1]
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/index.html#node=nexamplenode00000")
+        assert page.evaluate("window.isSecureContext") is True  # loopback is secure: the control case
+        page.wait_for_function("() => document.getElementById('mode').textContent !== ''")
+        assert "Read-only" not in page.locator("#mode").inner_text()
+        context.close()
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"http://owner.test:{port}/index.html#node=nexamplenode00000")
+        assert page.evaluate("window.isSecureContext") is False
+        page.wait_for_function("() => document.getElementById('mode').textContent.includes('Read-only')")
+        assert "WebCrypto" in page.locator("#mode").inner_text()
+        assert page.locator("#apply").is_disabled() and page.locator("#pause").is_disabled()
+    finally:
+        if context is not None:
+            context.close()
+        server.shutdown()
+        server.server_close()
