@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
             settings_path=settings_path(),
             detected=resolved.detected.resource_specs(),
             local_port=None if args.local_api_port < 0 else args.local_api_port,
-            static_dir=owner_panel_dir(),  # the owner panel, at /ui/index.html
+            static_dir=owner_panel_dir(),  # the owner panel, at /ui/
         ),
     )
     if not args.no_attest:

@@ -80,7 +80,7 @@ def _pair(args: argparse.Namespace) -> int:
     print(f"pairing code for node {node}: {code}")
     print(f"valid for {PAIRING_TTL_MS // 60000} minutes, once.")
     if url:
-        print(f"open on this machine: {url}/ui/index.html#pair={code}&node={node}")
+        print(f"open on this machine: {url}/ui/#pair={code}&node={node}")
         print(f"(or POST the signed pairing request to {url}/api/v1/owner/pair; see docs/api.md)")
     else:
         print("the agent's local API is not running: start the agent (`prsm-edge join`) and open its page")

@@ -74,7 +74,7 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
 
         paired = prsm(home, "owner", "--workdir", str(node_dir), "pair")
         assert paired.returncode == 0, paired.stderr
-        match = re.search(r"(http://\S+/ui/index\.html#pair=\S+)", paired.stdout)
+        match = re.search(r"(http://\S+/ui/#pair=\S+)", paired.stdout)
         assert match is not None, paired.stdout
         link = match.group(1)
         assert f"node={node}" in link and urlsplit(link).port == api_port
