@@ -118,7 +118,11 @@ class GroupView:
         elif where.node and where.kind is not topics.Kind.NODE_CMD:
             self._from_node(topic, where.node, opened, now_ms)
         elif where.kind is topics.Kind.API_REQ:
-            self._from_node(topic, where.client, opened, now_ms)
+            # Signed by its client (a node or an owner key): checked and counted, never a row of its own.
+            if opened.signer != where.client:
+                self._fail(topic, f"signed by {opened.signer}, not by the topic's client", now_ms)
+            else:
+                self.verified += 1
         elif self.coord is None:
             self._pending.append((topic, payload))
         elif opened.kid != self.coord.public_key:

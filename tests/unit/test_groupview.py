@@ -120,3 +120,14 @@ def test_a_cleared_birth_removes_the_node() -> None:
     view.receive(*a.birth(T0), T0)
     view.receive(a.topic(t.Kind.NODE_BIRTH), b"", T0)
     assert a.id not in view.nodes
+
+
+def test_an_owner_keys_api_request_is_checked_but_is_no_node() -> None:
+    owner, node = Node(7), Node(8)
+    view = GroupView(SITE, GROUP)
+    request = m.ApiRequest(txid="01", method="status", requester=owner.id, params={"node": node.id})
+    view.receive(t.api(t.Kind.API_REQ, SITE, GROUP, "status", owner.id), owner.signer.seal(request, T0), T0)
+    assert view.verified == 1 and owner.id not in view.nodes
+    forged = node.signer.seal(request, T0)  # another key on the owner's topic
+    view.receive(t.api(t.Kind.API_REQ, SITE, GROUP, "status", owner.id), forged, T0)
+    assert view.unverified == 1 and "not by the topic's client" in view.failures[0].reason

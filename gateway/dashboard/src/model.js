@@ -97,7 +97,8 @@ export class GroupModel {
     const nodeOfTopic = t.node || (t.kind === 'api/req' ? t.client : null)
     if (!opened.ok) return this.fail(topic, opened.reason, nodeOfTopic)
     if (t.kind === 'coord/state') return this.coordState(topic, opened)
-    if (t.kind === 'node' || t.kind === 'api/req') return this.fromNode(topic, t, opened, retained)
+    if (t.kind === 'api/req') return this.apiRequest(topic, t, opened)
+    if (t.kind === 'node') return this.fromNode(topic, t, opened, retained)
     // Everything else is the coordinator's.
     if (!this.coord) {
       if (this.pending.length < MAX_PENDING) this.pending.push([topic, payload, retained])
@@ -137,6 +138,16 @@ export class GroupModel {
     const pending = this.pending
     this.pending = []
     for (const [tp, pl, rt] of pending) this.receive(tp, pl, rt)
+  }
+
+  // An API request: signed by its client (a node or an owner key), which the topic names. It is
+  // checked and counted, but an owner key is not a node and gets no row.
+  apiRequest (topic, t, opened) {
+    if (opened.signer !== t.client) return this.fail(topic, `signed by ${opened.signer}, not by the topic's client ${t.client}`)
+    this.counts.verified++
+    const n = this.nodes.get(t.client)
+    if (n) n.lastSeenMs = this.now()
+    this.version++
   }
 
   fromNode (topic, t, opened, retained) {
