@@ -82,6 +82,24 @@ def test_viewer_reads_the_group_verifies_it_and_cannot_write(tmp_path: Path) -> 
         assert isinstance(nodes, list) and len(nodes) == 1 and nodes[0]["online"] is True
         assert snap["unverified"] == 0
 
+        # --watch keeps reading and prints a fresh verified picture each interval (one JSON object a line).
+        env = {"PRSM_EDGE_HOME": str(home), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "prsm_edge", "status", "--broker", f"mqtt://127.0.0.1:{port}",
+             "--site", "lab", "--group", "vw", "--json", "--watch", "--interval", "0.5", *login],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        )  # fmt: skip
+        try:
+            assert watch.stdout is not None
+            frames = [json.loads(watch.stdout.readline()) for _ in range(3)]
+        finally:
+            watch.kill()
+            watch.wait(10)
+            if watch.stdout is not None:
+                watch.stdout.close()
+        assert all(f["coordinator"]["status"] == "online" and len(f["nodes"]) == 1 for f in frames)
+        assert frames[-1]["verified"] >= frames[0]["verified"]
+
         # The node's own login reads the roster too (no --username: its stored credentials).
         own = status_json(home, str(port), "--workdir", str(tmp_path / "n"))
         assert [n["node"] for n in own["nodes"]] == [nodes[0]["node"]]  # type: ignore[index]
