@@ -36,8 +36,9 @@ def register(sub: Any) -> None:
             "Call one API method as a signed request. Reads (status, optimize, analytics, earnings, "
             "network-summary, health) answer anyone; changes (configure, update, pause, auto-optimize, "
             "verify, benchmark) are signed with this user's owner key and refused unless it is paired "
-            "with the node (`prsm-edge owner pair --cli`). Over MQTT the group's coordinator answers "
-            "reads and relays changes to the node; with --local the agent on this machine answers."
+            "with the node (`prsm-edge owner pair --cli`). On a node whose agent runs here, and with no "
+            "--broker given, the agent's local API answers; over MQTT (--broker) the group's coordinator "
+            "answers reads and relays changes to the node."
         ),
     )
     parser.add_argument("method", choices=sorted(METHODS), help="the method to call")
@@ -111,6 +112,10 @@ async def _call_mqtt(args: argparse.Namespace, params: dict[str, Any]) -> ApiRes
         return await client.call(args.method, params, timeout_s=args.timeout)
 
 
+def _running_agent(workdir: Path | None) -> bool:
+    return ((workdir or paths.data_dir()) / LOCAL_API_FILE).exists()
+
+
 def _local_url(args: argparse.Namespace) -> str:
     if args.local:
         return str(args.local).rstrip("/")
@@ -167,6 +172,8 @@ def _run(args: argparse.Namespace) -> int:
     if spec.per_node and node is None:
         raise ConfigError(f"{args.method} concerns one node: name it with --node ID")
     params = build_params(args.method, args.param, node)
+    if args.local is None and args.broker is None and _running_agent(args.workdir):
+        args.local = ""  # the agent on this machine answers; --broker asks the group over MQTT
     try:
         if args.local is not None:
             result = _call_local(args, params)

@@ -21,7 +21,7 @@ import aiomqtt
 
 from prsm_edge.errors import PrsmEdgeError, RejectedMessage
 from prsm_edge.io.clock import now_ms
-from prsm_edge.io.session import MAX_INCOMING_BYTES, parse_url
+from prsm_edge.io.session import MAX_INCOMING_BYTES, no_delay, parse_url
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.api import ApiError, ErrorCode, method, seal_request
 from prsm_edge.protocol.envelope import Signer, open_envelope
@@ -151,6 +151,7 @@ async def connect(
     )
     try:
         async with client:
+            no_delay(client)
             api = ApiClient(client, site, group, signer)
             await client.subscribe(
                 [

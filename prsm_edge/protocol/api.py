@@ -445,5 +445,15 @@ def result_of(response: ApiResponse) -> dict[str, Any]:
 
 
 def to_json_safe(value: Any) -> Any:
-    """``value`` as JSON-ready data: bytes as base64 text, enums as their values."""
-    return msgspec.to_builtins(value, enc_hook=str)
+    """``value`` as JSON-ready data: bytes as base64 text, enums as their values, NaN/inf as null."""
+    return _finite(msgspec.to_builtins(value, enc_hook=str))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -343,7 +343,7 @@ def test_cli_api_and_owner_commands(mosquitto: Mosquitto, tmp_path: Path) -> Non
             assert json.loads(update.stdout)["changed"] == {"cpu_allocation_percentage": 0.25}
             code = await asyncio.to_thread(prsm, "owner", "pair")
             assert "pairing code" in code.stdout and f"{agent.owner_api.local_url}/ui/#pair=" in code.stdout
-            local = await asyncio.to_thread(prsm, "api", "status", "--local", "--json")
+            local = await asyncio.to_thread(prsm, "api", "status", "--json")  # the agent here answers
             assert local.returncode == 0, local.stderr
             assert json.loads(local.stdout)["settings"]["cpu_allocation_percentage"] == 0.25
             paused = await asyncio.to_thread(prsm, "api", "pause", "--local", "--param", "paused=true")
@@ -356,3 +356,16 @@ def test_cli_api_and_owner_commands(mosquitto: Mosquitto, tmp_path: Path) -> Non
             assert again.returncode == 1 and "not_owner" in again.stderr
 
     asyncio.run(group())
+
+
+async def test_mqtt_clients_send_small_packets_at_once(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """TCP_NODELAY on every session: with Nagle on, each request/response paid a ~40 ms delayed ACK."""
+    import socket
+
+    async with lab(mosquitto, tmp_path) as g, client(g.url, g.owner) as c:
+        sessions = [g.coord.session._client, g.agent.session._client, c._client]
+        for mqtt in sessions:
+            assert mqtt is not None
+            sock = mqtt._client.socket()
+            assert isinstance(sock, socket.socket)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

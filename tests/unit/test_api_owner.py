@@ -211,3 +211,10 @@ def test_no_single_byte_change_to_a_signed_request_is_accepted(position: int, fl
     with pytest.raises(ApiError) as info:
         _check(bytes(envelope), {owner.node_id: owner.public_key})
     assert info.value.code in (ErrorCode.UNAUTHORIZED, ErrorCode.BAD_REQUEST, ErrorCode.NOT_OWNER)
+
+
+def test_answers_carry_no_value_json_cannot_hold() -> None:
+    from prsm_edge.protocol.api import to_json_safe
+
+    data = {"t": float("nan"), "x": [float("inf"), 1.5], "b": b"\x01", "n": {"k": -float("inf")}}
+    assert to_json_safe(data) == {"t": None, "x": [None, 1.5], "b": "AQ==", "n": {"k": None}}
