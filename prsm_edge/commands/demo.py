@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from prsm_edge import settings
+from prsm_edge.commands.viewer import open_viewer
 from prsm_edge.coordinator.service import Coordinator
+from prsm_edge.io.brokerinfo import dashboard_dir
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
@@ -121,6 +123,17 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         b = host.broker
         acl = "per-node ACLs enforced" if b.acl_enforced else "NO ACL enforcement (embedded fallback)"
         _say(f"broker: {b.kind} at {b.url}" + (f", WebSocket {b.ws_url}" if b.ws_url else "") + f"; {acl}")
+        if host.dynsec is not None and b.ws_port is not None and dashboard_dir() is not None:
+            url = await open_viewer(
+                host.dynsec,
+                "demo",
+                host=b.connect_host,
+                ws_port=b.ws_port,
+                site=args.site,
+                group=args.group,
+                key=host.coordinator.identity.public_key.hex(),
+            )
+            _say(f"dashboard (read-only login, served by the broker): {url}")
         coord = host.coordinator
         agents = [
             Agent(

@@ -94,6 +94,15 @@ def _coordinator_key(folder: Path) -> str:
     return load_or_create(folder).public_key.hex()
 
 
+async def open_viewer(
+    dynsec: DynSec, name: str, *, host: str, ws_port: int, site: str, group: str, key: str = ""
+) -> str:
+    """Create (or reset) viewer ``name`` on a running broker and return its dashboard URL."""
+    username, password = PREFIX + name, secrets.token_urlsafe(18)
+    await dynsec.add_client(username, password, ROLE_VIEWER)
+    return dashboard_url(host, ws_port, site=site, group=group, username=username, password=password, key=key)
+
+
 async def _act(args: argparse.Namespace, broker: LocalBroker, key: str) -> int:
     async with DynSec(
         broker.connect_host, broker.port, broker.admin_username, broker.admin_password

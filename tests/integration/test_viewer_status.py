@@ -123,3 +123,14 @@ def test_viewer_without_a_coordinator_here_says_what_to_do(tmp_path: Path) -> No
     result = prsm(tmp_path / "home", "viewer", "--workdir", str(tmp_path / "none"), "add", "ops")
     assert result.returncode == 1
     assert "no broker configuration" in result.stderr and "prsm-edge coordinate" in result.stderr
+
+
+def test_the_demo_prints_a_working_dashboard_link(tmp_path: Path) -> None:
+    require_mosquitto()
+    result = prsm(tmp_path / "home", "demo", "--nodes", "1", "--seconds", "4", "--no-table", "--broker",
+                  "mosquitto", "--no-verify", timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stderr.splitlines() if x.startswith("dashboard (read-only login"))
+    url = line.split(": ", 1)[1]
+    fragment = {k: v[0] for k, v in parse_qs(urlsplit(url).fragment).items()}
+    assert fragment["user"] == "viewer-demo" and fragment["site"] == "demo" and len(fragment["key"]) == 64
