@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from prsm_edge import __version__
 from prsm_edge.protocol.group import Member
@@ -32,6 +32,7 @@ from prsm_edge.protocol.messages import (
     RESOURCE_UNITS,
     TRUST_SCORE,
     ResourceType,
+    VerificationLevel,
     VerificationVote,
 )
 
@@ -157,6 +158,14 @@ class _Published:
     power_w: float | None = None
 
 
+class _Facts(NamedTuple):
+    """What the coordinator's other owners know of a member: its level (the verifier), its balance (the
+    ledger). Asked at publish time, never copied."""
+
+    level: Callable[[str], VerificationLevel]
+    balance_micro: Callable[[str], int]
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -188,7 +197,12 @@ class HomeAssistant:
             self._verifications[vote.subject] = self._verifications.get(vote.subject, 0) + 1
 
     def tick(
-        self, members: Iterable[Member], balance_micro: Callable[[str], int], now_ms: int
+        self,
+        members: Iterable[Member],
+        now_ms: int,
+        *,
+        level: Callable[[str], VerificationLevel],
+        balance_micro: Callable[[str], int],
     ) -> list[HaMessage]:
         """What to publish now: new or changed configs, availability changes, fresh states, clearances."""
         out: list[HaMessage] = []
@@ -200,7 +214,7 @@ class HomeAssistant:
             if gone:
                 continue
             seen.add(member.node)
-            out += self._member(member, balance_micro, now_ms, republish)
+            out += self._member(member, _Facts(level, balance_micro), now_ms, republish)
         for node in [n for n in self._published if n not in seen]:
             out += self._clear(node)
         return out
@@ -210,9 +224,7 @@ class HomeAssistant:
         self._verifications.pop(node, None)
         return [HaMessage(t, b"") for t in _topics(self.site, self.group, node, self.options.prefix)]
 
-    def _member(
-        self, member: Member, balance_micro: Callable[[str], int], now_ms: int, republish: bool
-    ) -> list[HaMessage]:
+    def _member(self, member: Member, facts: _Facts, now_ms: int, republish: bool) -> list[HaMessage]:
         out: list[HaMessage] = []
         p = self._published.setdefault(member.node, _Published())
         config_topic, payload = device_config(member, self.site, self.group, self.options.prefix)
@@ -229,7 +241,7 @@ class HomeAssistant:
         due = now_ms - p.state_at_ms >= self.options.state_interval_s * 1000
         if republish or p.state_at_ms < 0 or (fresh and due):
             p.state_at_ms, p.state_seen_ms = now_ms, member.last_seen_ms
-            out.append(HaMessage(state_topic, self._state(member, p, balance_micro).encode()))
+            out.append(HaMessage(state_topic, self._state(member, p, facts).encode()))
         return out
 
     @staticmethod
@@ -244,13 +256,13 @@ class HomeAssistant:
         p.power_w = power if power is not None and power >= 0 else None
         p.power_at_ms = at
 
-    def _state(self, member: Member, p: _Published, balance_micro: Callable[[str], int]) -> str:
+    def _state(self, member: Member, p: _Published, facts: _Facts) -> str:
         state: dict[str, Any] = {
             "cpu_util": round(100 * member.cpu_util, 1),
             "mem_util": round(100 * member.mem_util, 1),
-            "trust_level": member.level.value,
+            "trust_level": facts.level(member.node).value,
             "verifications": self._verifications.get(member.node, 0),
-            "earnings": round(balance_micro(member.node) / MICRO, 6),
+            "earnings": round(facts.balance_micro(member.node) / MICRO, 6),
         }
         for spec in member.resources:
             state[f"capacity_{spec.type.value}"] = round(spec.capacity if member.offering else 0.0, 3)

@@ -38,7 +38,8 @@ def _api() -> tuple[CoordinatorApi, Member]:
     ledger = Ledger()
 
     def trust(m: Member) -> dict[str, object]:
-        return {"level": m.level.value, "trust": m.trust, "balance_micro": ledger.balance(m.node)}
+        level = group.level(m.node)  # levels are the verifier's, read through the group (main's trust work)
+        return {"level": level.value, "trust": group.trust(m.node), "balance_micro": ledger.balance(m.node)}
 
     return CoordinatorApi(group, verifier, trust, max_pending=2), member
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions, device_config
 from prsm_edge.protocol.group import Member
@@ -49,7 +50,6 @@ def member(node: str = "nabc", **kw: object) -> Member:
             ResourceSpec(type=ResourceType.STORAGE_MEMORY, capacity=2.0, unit="GB"),
             ResourceSpec(type=ResourceType.BANDWIDTH_EGRESS, capacity=50.0, unit="Mbit/s"),
         ],
-        "level": VerificationLevel.BENCHMARKED,
         "last_seen_ms": T0,
         "cpu_util": 0.25,
         "mem_util": 0.5,
@@ -104,6 +104,11 @@ def test_sensors_a_node_lacks_are_not_announced() -> None:
     assert not {"temperature", "power", "energy"} & set(payload["cmps"])
 
 
+def facts(balance_micro: int = 0) -> dict[str, Callable[[str], object]]:
+    """The coordinator's other owners, as the publisher asks them: every node benchmarked, one balance."""
+    return {"level": lambda n: VerificationLevel.BENCHMARKED, "balance_micro": lambda n: balance_micro}
+
+
 def _by_topic(messages: list[object]) -> dict[str, bytes]:
     return {m.topic: m.payload for m in messages}  # type: ignore[attr-defined]
 
@@ -111,7 +116,7 @@ def _by_topic(messages: list[object]) -> dict[str, bytes]:
 def test_publishes_once_then_only_changes_and_republishes_when_home_assistant_comes_online() -> None:
     ha = HomeAssistant(SITE, GROUP, HomeAssistantOptions(state_interval_s=10))
     a = member()
-    messages = ha.tick([a], lambda n: 2_500_000, T0)
+    messages = ha.tick([a], T0, **facts(2_500_000))
     assert all(m.retain for m in messages)
     first = _by_topic(messages)
     assert set(first) == {
@@ -134,49 +139,49 @@ def test_publishes_once_then_only_changes_and_republishes_when_home_assistant_co
         "verifications": 0,
     }
     assert first["prsm-ha/lab/g1/nabc/availability"] == b"online"
-    assert ha.tick([a], lambda n: 0, T0 + 1000) == []  # nothing new
+    assert ha.tick([a], T0 + 1000, **facts(0)) == []  # nothing new
     ha.on_status(b"offline")
-    assert ha.tick([a], lambda n: 0, T0 + 1000) == []
+    assert ha.tick([a], T0 + 1000, **facts(0)) == []
     ha.on_status(b"online")
-    assert set(_by_topic(ha.tick([a], lambda n: 0, T0 + 1000))) == set(first)
+    assert set(_by_topic(ha.tick([a], T0 + 1000, **facts(0)))) == set(first)
 
 
 def test_energy_integrates_power_and_votes_count_as_verifications() -> None:
     ha = HomeAssistant(SITE, GROUP, HomeAssistantOptions(state_interval_s=0))
     a = member()
-    ha.tick([a], lambda n: 0, T0)
+    ha.tick([a], T0, **facts(0))
     ha.on_vote(VerificationVote(round=1, subject="nabc", voter="nv", challenge_id="c", accept=True))
     ha.on_vote(VerificationVote(round=1, subject="nabc", voter="nw", challenge_id="c", accept=False))
     a.last_seen_ms = T0 + 36_000  # 100 W held for 36 s = 1 Wh
-    state = json.loads(_by_topic(ha.tick([a], lambda n: 0, T0 + 36_000))["prsm-ha/lab/g1/nabc/state"])
+    state = json.loads(_by_topic(ha.tick([a], T0 + 36_000, **facts(0)))["prsm-ha/lab/g1/nabc/state"])
     assert state["energy"] == 0.001 and state["verifications"] == 1
     a.last_seen_ms = T0 + 36_000 + 10 * 60_000  # a silence longer than 5 min adds nothing
-    state = json.loads(_by_topic(ha.tick([a], lambda n: 0, a.last_seen_ms))["prsm-ha/lab/g1/nabc/state"])
+    state = json.loads(_by_topic(ha.tick([a], a.last_seen_ms, **facts(0)))["prsm-ha/lab/g1/nabc/state"])
     assert state["energy"] == 0.001
 
 
 def test_offline_is_unavailable_and_a_node_gone_for_good_is_cleared() -> None:
     ha = HomeAssistant(SITE, GROUP, HomeAssistantOptions(forget_after_s=60))
     a = member()
-    ha.tick([a], lambda n: 0, T0)
+    ha.tick([a], T0, **facts(0))
     a.online = False
-    assert _by_topic(ha.tick([a], lambda n: 0, T0 + 1000))["prsm-ha/lab/g1/nabc/availability"] == b"offline"
-    cleared = ha.tick([a], lambda n: 0, T0 + 61_000)
+    assert _by_topic(ha.tick([a], T0 + 1000, **facts(0)))["prsm-ha/lab/g1/nabc/availability"] == b"offline"
+    cleared = ha.tick([a], T0 + 61_000, **facts(0))
     assert _by_topic(cleared) == {
         "homeassistant/device/prsm_nabc/config": b"",
         "prsm-ha/lab/g1/nabc/state": b"",
         "prsm-ha/lab/g1/nabc/availability": b"",
     }
     assert all(m.retain for m in cleared)  # an empty retained message deletes the retained one
-    assert ha.tick([a], lambda n: 0, T0 + 62_000) == []
+    assert ha.tick([a], T0 + 62_000, **facts(0)) == []
     a.online, a.last_seen_ms = True, T0 + 63_000  # back: announced again
-    assert "homeassistant/device/prsm_nabc/config" in _by_topic(ha.tick([a], lambda n: 0, T0 + 63_000))
+    assert "homeassistant/device/prsm_nabc/config" in _by_topic(ha.tick([a], T0 + 63_000, **facts(0)))
 
 
 def test_a_member_no_longer_in_the_group_is_cleared() -> None:
     ha = HomeAssistant(SITE, GROUP)
-    ha.tick([member("na"), member("nb")], lambda n: 0, T0)
-    cleared = _by_topic(ha.tick([member("na")], lambda n: 0, T0 + 1000))
+    ha.tick([member("na"), member("nb")], T0, **facts(0))
+    cleared = _by_topic(ha.tick([member("na")], T0 + 1000, **facts(0)))
     assert cleared == {
         "homeassistant/device/prsm_nb/config": b"",
         "prsm-ha/lab/g1/nb/state": b"",
