@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prsm_edge.coordinator.economy import EconomyConfig
 from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
@@ -55,6 +56,7 @@ async def host_group(
     verify: bool = True,
     verification: VerifierConfig | None = None,
     homeassistant: HomeAssistantOptions | None = None,
+    economy: EconomyConfig | None = None,
     tpm_ca_dir: Path | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
@@ -81,6 +83,7 @@ async def host_group(
             verify=verify,
             verification=verification,
             homeassistant=homeassistant,
+            economy=economy,
             tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
         )
         if not broker.acl_enforced:

@@ -116,6 +116,13 @@ class Settings(BaseModel):
     homeassistant_discovery: bool = Field(
         default=False, description="when coordinating, announce members to Home Assistant (MQTT discovery)"
     )
+    electricity_price_per_kwh: Decimal = Field(
+        default=Decimal("0"),
+        ge=0,
+        le=1_000_000,
+        decimal_places=6,
+        description="what a kWh costs you, in FTNS (earnings reports subtract it: watts × hours × price)",
+    )
 
     @field_validator("site", "group")
     @classmethod
@@ -164,6 +171,11 @@ class Settings(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    @property
+    def electricity_price_micro_per_kwh(self) -> int:
+        """``electricity_price_per_kwh`` in µFTNS."""
+        return int(self.electricity_price_per_kwh * MICRO)
 
     @property
     def min_hourly_rate_micro(self) -> int:

@@ -144,15 +144,29 @@ def _call_local(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, A
     req = urllib.request.Request(url, data=body, method=spec.http, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=args.timeout) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
+            raw = resp.read()
     except urllib.error.HTTPError as exc:
-        data = json.loads(exc.read() or b"{}")
+        raw = exc.read() or b"{}"
     except (urllib.error.URLError, TimeoutError) as exc:
         raise ApiError(
-            ErrorCode.NOT_AVAILABLE, f"cannot reach the agent's local API at {url}: {exc}"
+            ErrorCode.NOT_AVAILABLE,
+            f"cannot reach the agent's local API at {url} ({exc}): is the agent running? "
+            "(or ask the group over MQTT with --broker)",
         ) from None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ApiError(
+            ErrorCode.BAD_REQUEST, f"{url} did not answer with a JSON map: is it a prsm-edge agent?"
+        )
     if not data.get("ok"):
-        raise ApiError(ErrorCode(data.get("code", "bad_request")), str(data.get("error", "refused")))
+        try:
+            code = ErrorCode(data.get("code", "bad_request"))
+        except ValueError:
+            code = ErrorCode.BAD_REQUEST
+        raise ApiError(code, str(data.get("error", "refused")))
     result: dict[str, Any] = data.get("result", {})
     return result
 

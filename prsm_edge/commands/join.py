@@ -97,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         security_level=s.security_level,
         min_hourly_rate_micro=s.min_hourly_rate_micro,
         uptime_commitment=s.uptime_commitment,
+        priority_level=s.priority_level,
         owner=OwnerOptions(
             settings=s,
             settings_path=settings_path(),

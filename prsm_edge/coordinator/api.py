@@ -4,7 +4,8 @@ Reads (status, verification, the group summary, health) come from the coordinato
 group's roster and the verifier, one owner each. Earnings, analytics and advice come from the economy
 through :class:`EconomyReader`; until one is attached they answer ``not_available``, never a made-up
 figure. A change to a node (``configure``, ``update``, ``pause``, ``auto-optimize``, ``verify``,
-``benchmark``) is decided by the node, not here: the caller's signed request is relayed as it was signed
+``benchmark``), and advice (``optimize``, which needs the node's own settings), is answered by the node, not
+here: the caller's signed request is relayed as it was signed
 (``cmd/owner``), the node checks its owner's signature and answers on its ``reply`` topic, and that
 node-signed answer is forwarded to the caller. A relay that gets no answer in time is answered
 ``timeout``; the table of relays in flight is bounded (``busy`` beyond it).
@@ -27,6 +28,7 @@ from prsm_edge.protocol.api import (
     ApiError,
     ErrorCode,
     Pending,
+    Server,
     check_params,
     failure,
     method,
@@ -126,8 +128,13 @@ class CoordinatorApi:
             target = request.params.get("node", client) if spec.per_node else ""
             if spec.per_node and not isinstance(target, str):
                 raise ApiError(ErrorCode.BAD_REQUEST, "params.node must be a node id")
-            if spec.access is Access.OWNER and not (request.method == "verify" and target == client):
+            if spec.server is Server.AGENT and target != client:
                 return self._relay(client, request, envelope, target, now_ms)
+            if spec.access is Access.OWNER and request.method != "verify":
+                raise ApiError(
+                    ErrorCode.BAD_REQUEST,
+                    "a node changes its own settings locally, not through its coordinator",
+                )
             result = self.read(request.method, target or None, now_ms, request.params)
         except ApiError as exc:
             return [Respond(client, failure(request, exc))]
@@ -138,10 +145,6 @@ class CoordinatorApi:
     def _relay(
         self, client: str, request: ApiRequest, envelope: bytes, target: str, now_ms: int
     ) -> list[ApiEffect]:
-        if target == client:
-            raise ApiError(
-                ErrorCode.BAD_REQUEST, "a node changes its own settings locally, not through its coordinator"
-            )
         member = self._member(target)
         if not member.online:
             raise ApiError(

@@ -24,6 +24,7 @@ from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
 from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
+from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
@@ -32,8 +33,9 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
+from prsm_edge.protocol.allocation import Allocation, Task
 from prsm_edge.protocol.api import METHODS
-from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
+from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
     ApiReply,
@@ -53,6 +55,7 @@ from prsm_edge.protocol.messages import (
     ApiRequest,
     ApiResponse,
     BenchmarkProof,
+    GroupSummary,
     NodeCommand,
     ProofOpening,
     VerificationVote,
@@ -103,6 +106,7 @@ class CoordinatorOptions:
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
     homeassistant: HomeAssistantOptions | None = None  # None: no Home Assistant discovery (the default)
+    economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
 
@@ -135,7 +139,7 @@ class Coordinator:
         self.rng = rng or random.SystemRandom()
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.store = RosterStore(options.workdir / "roster.sqlite")
-        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite")
+        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite", Signer(identity.signing_key))
         self.evidence_store = EvidenceStore(options.workdir / "evidence.sqlite")
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
@@ -160,13 +164,23 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
+        self.economy = Economy(
+            options.site,
+            options.group,
+            self.ledger,
+            self.ledger_store,
+            level_of=self.group.level,  # read from the verifier, never copied
+            performance_of=verifier_performance(self.verifier),
+            config=options.economy,
+        )
         # What was proven before a restart still counts (while current); levels follow from it.
         self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
         self._checks = asyncio.Semaphore(2)
         # Only an AK bound to a certified EK by credential activation is asked for quotes.
         self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
-        self.api = CoordinatorApi(self.group, self.verifier, self._trust_status)
+        self.api = CoordinatorApi(self.group, self.verifier, self._member_view)
+        self.api.economy = self.economy  # earnings, analytics and advice (coordinator/economy.py)
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
         self._warmup_s = min(5.0, vconfig.round_ms / 4000)
         self._started = time.monotonic()
@@ -234,6 +248,10 @@ class Coordinator:
         for effect in effects:
             match effect:
                 case Publish(topic=topic, message=message, retain=retain, qos=qos):
+                    if isinstance(message, GroupSummary):
+                        message = msgspec.structs.replace(
+                            message, market=self.economy.market(self.group.members)
+                        )
                     await self.session.publish(
                         topic, self.signer.seal(message, now_ms()), qos=qos, retain=retain
                     )
@@ -324,6 +342,16 @@ class Coordinator:
                         self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
                     )
                     result = self._trust_status(member)
+                case "lease":  # the agent's answer to a lease offer
+                    result = self.economy.lease_answer(node, request.params, now_ms())
+                case "ledger":  # the member's own signed entries, the newest that fit, and the head
+                    signed: list[bytes] = []
+                    for data in reversed(self.ledger_store.signed(node)):
+                        if sum(map(len, signed)) + len(data) > 48_000 or len(signed) >= 100:
+                            break
+                        signed.insert(0, data)
+                    head = self.economy.head_message()
+                    result = {"entries": signed, "count": head.count, "head": head.head}
                 case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
                     result = await self.registrar.serve(member, request.method, request.params, now_ms())
                     for lost in self.registrar.drain_revoked():
@@ -350,6 +378,10 @@ class Coordinator:
                     topic = topics.api(topics.Kind.API_RESP, o.site, o.group, method, client)
                     await self.session.publish(topic, envelope, qos=1)
 
+    def _member_view(self, member: Member) -> dict[str, Any]:
+        """What the API's ``status`` adds to the roster: trust, balance, stake, attestation, leases."""
+        return self._trust_status(member) | {"leases": self.economy.status(member.node)["leases"]}
+
     def _trust_status(self, member: Member) -> dict[str, object]:
         now = now_ms()
         required = self.verifier.required_stake(member, now)
@@ -365,6 +397,12 @@ class Coordinator:
             "risk_factor": required.risk_factor,
             "attestation": self.registrar.status(member),
         }
+
+    async def submit(self, task: Task, strategy: str = "hybrid_optimal") -> Allocation:
+        """Allocate ``task`` in this group and offer its leases (``AllocationRefused`` names why not)."""
+        alloc, effects = self.economy.submit(self.group.members, task, now_ms(), strategy)
+        await self._apply(list(effects))
+        return alloc
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
         """Ask ``node`` to offer at most these fractions of its owner's offer (it never offers more)."""
@@ -434,6 +472,7 @@ class Coordinator:
                 for ha in ha_messages:
                     await self.session.publish(ha.topic, ha.payload, qos=1, retain=ha.retain)
             await self._api_effects(self.api.tick(now))
+            await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:
                 continue
             try:

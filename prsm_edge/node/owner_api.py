@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -29,9 +30,10 @@ from prsm_edge import settings as settings_mod
 from prsm_edge.errors import PrsmEdgeError
 from prsm_edge.io.clock import now_ms
 from prsm_edge.node.owners import OwnerRegistry
-from prsm_edge.protocol import topics
+from prsm_edge.protocol import advice, topics
 from prsm_edge.protocol.api import (
     CONTRIBUTION_SETTINGS,
+    METHODS,
     PAIR_METHOD,
     Access,
     ApiError,
@@ -39,6 +41,7 @@ from prsm_edge.protocol.api import (
     check_owner_request,
     check_params,
     method,
+    open_request,
     result_of,
     to_json_safe,
 )
@@ -60,7 +63,16 @@ DEFAULT_LOCAL_PORT: Final = 8470
 MAX_COORDINATOR_CALLS: Final = 32  # calls to the coordinator waiting at once (HTTP readers can pile up)
 PAUSED_REASON: Final = "paused by its owner"
 # Settings carried in the birth rather than in a claim: changing one re-announces the node.
-_BIRTH_TERMS: Final = frozenset({"security_level", "minimum_hourly_rate", "uptime_commitment"})
+_BIRTH_TERMS: Final = frozenset(
+    {
+        "security_level",
+        "minimum_hourly_rate",
+        "uptime_commitment",
+        "priority_level",
+        "max_cpu_temperature",
+        "max_power_consumption",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +102,41 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _bounds(raw: object) -> dict[str, tuple[float, float]]:
+    """The owner's bounds for auto-optimize: setting → [low, high], finite, low ≤ high."""
+    if not isinstance(raw, dict):
+        raise ApiError(ErrorCode.BAD_REQUEST, "params.bounds must map a setting to [low, high]")
+    out: dict[str, tuple[float, float]] = {}
+    for name, pair in raw.items():
+        ok = isinstance(pair, list | tuple) and len(pair) == 2 and all(_numeric(v) for v in pair)
+        low, high = (float(pair[0]), float(pair[1])) if ok else (math.nan, math.nan)
+        if name not in CONTRIBUTION_SETTINGS or not (
+            math.isfinite(low) and math.isfinite(high) and low <= high
+        ):
+            raise ApiError(
+                ErrorCode.BAD_REQUEST,
+                f"bounds[{name!r}] must be [low, high] for a setting the API may change, low ≤ high",
+            )
+        out[str(name)] = (low, high)
+    return out
+
+
+def _suggestion(item: object) -> advice.Suggestion | None:
+    """One suggestion from the coordinator's answer, or None if it does not fit."""
+    if not isinstance(item, dict):
+        return None
+    try:
+        return advice.Suggestion(
+            setting=str(item["setting"]),
+            current=float(item["current"]),
+            proposed=float(item["value"]),
+            reason=str(item.get("reason", "")),
+            ftns_per_day=float(item.get("ftns_per_day", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _numeric(value: object) -> bool:
@@ -125,7 +172,7 @@ class NodeApi:
         self._bench_lock = asyncio.Lock()
         self._started = time.monotonic()
         self.changes = 0
-        self._undo: dict[str, Any] | None = None
+        self._undo: list[advice.Change] = []  # what the last auto-optimize changed
         self.local_url = ""  # set once the local HTTP server listens
         self._waiting = 0
 
@@ -149,8 +196,8 @@ class NodeApi:
                 return self.health()
             case "status":
                 return await self.status()
-            case "optimize":
-                return await self.ask_coordinator("optimize", self.record())
+            case "optimize" | "earnings":  # advice and the electricity cost need the node's own record
+                return await self.ask_coordinator(name, self.record())
             case _:
                 return await self.ask_coordinator(name, {"node": self.agent.node_id} if spec.per_node else {})
 
@@ -275,7 +322,12 @@ class NodeApi:
         if not isinstance(envelope, bytes):
             log.info("%s: ignoring a relayed call without a request", self.agent.node_id)
             return
-        resp, sealed = await self.change(envelope)
+        name = args.get("method")
+        spec = METHODS.get(name) if isinstance(name, str) else None
+        if spec is not None and spec.access is Access.READ:
+            resp, sealed = await self.relayed_read(envelope)
+        else:
+            resp, sealed = await self.change(envelope)
         if not resp.txid:  # refused before the request could be read: answer with what the relay named
             txid, name = args.get("txid"), args.get("method")
             if not isinstance(txid, str) or not isinstance(name, str):
@@ -286,6 +338,18 @@ class NodeApi:
         self.agent.session.enqueue(
             topics.node(topics.Kind.NODE_REPLY, o.site, o.group, self.agent.node_id), sealed
         )
+
+    async def relayed_read(self, envelope: bytes) -> tuple[ApiResponse, bytes]:
+        """A read relayed by the coordinator (one only the node can answer, e.g. advice)."""
+        txid, name = "", ""
+        try:
+            request, _signer, _kid = open_request(envelope)
+            txid, name = request.txid, request.method
+            result = await self.read(name, dict(request.params))
+            resp = ApiResponse(txid=txid, method=name, ok=True, result=result)
+        except ApiError as exc:
+            resp = ApiResponse(txid=txid, method=name, ok=False, error=exc.message, code=exc.code.value)
+        return resp, self.agent.signer.seal(resp, now_ms())
 
     async def _apply(self, request: ApiRequest) -> dict[str, Any]:
         params = request.params
@@ -359,6 +423,7 @@ class NodeApi:
             security_level=new.security_level,
             min_hourly_rate_micro=new.min_hourly_rate_micro,
             uptime_commitment=new.uptime_commitment,
+            priority_level=new.priority_level,
         )
         agent.governor = Governor.for_limits(agent.options.guardrails)
         agent.update_resources(offer, reason="the owner changed the settings")
@@ -375,33 +440,31 @@ class NodeApi:
         return {"paused": paused}
 
     async def auto_optimize(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Apply the coordinator's advice inside the owner's bounds (``dry_run``: only show it)."""
+        """Apply the coordinator's advice, only to settings the owner bounded and inside those bounds
+        (the rule is the economy's :func:`~prsm_edge.protocol.advice.auto_optimize`); ``dry_run`` only
+        shows the change, ``undo`` puts back what the last run changed."""
         if params.get("undo") is True:
-            if self._undo is None:
+            if not self._undo:
                 raise ApiError(ErrorCode.BAD_REQUEST, "there is no auto-optimize change to undo")
-            undo, self._undo = self._undo, None
-            return {"undone": True, **self.apply_settings(undo, replace_all=False)}
-        advice = await self.ask_coordinator("optimize", self.record())
-        bounds = params.get("bounds", {})
-        if not isinstance(bounds, dict):
-            raise ApiError(ErrorCode.BAD_REQUEST, "params.bounds must map a setting to [low, high]")
-        proposed: dict[str, Any] = {}
-        for item in advice.get("suggestions", []):
-            if not isinstance(item, dict):
-                continue
-            name, value = item.get("setting"), item.get("value")
-            if name not in CONTRIBUTION_SETTINGS or isinstance(value, bool) or value is None:
-                continue
-            low_high = bounds.get(name)
-            if isinstance(low_high, list) and len(low_high) == 2 and isinstance(value, int | float):
-                value = min(max(value, low_high[0]), low_high[1])
-            proposed[str(name)] = value
-        if params.get("dry_run") is True or not proposed:
-            return {"applied": False, "proposed": proposed, "advice": advice}
-        previous = {k: getattr(self.settings, k) for k in proposed}
+            changes, self._undo = self._undo, []
+            now = self.record()["settings"]
+            restored = advice.undo(now, changes)
+            back = {c.setting: restored[c.setting] for c in changes if restored[c.setting] != now[c.setting]}
+            return {"undone": [c.setting for c in changes], **self.apply_settings(back, replace_all=False)}
+        bounds = _bounds(params.get("bounds", {}))
+        record = self.record()
+        answer = await self.ask_coordinator("optimize", record)
+        suggestions = [_suggestion(item) for item in answer.get("suggestions", [])]
+        _new, changes = advice.auto_optimize(
+            record["settings"], [s for s in suggestions if s is not None], bounds
+        )
+        proposed = {c.setting: c.new for c in changes}
+        shown = [{"setting": c.setting, "old": c.old, "new": c.new, "reason": c.reason} for c in changes]
+        if params.get("dry_run") is True or not changes:
+            return {"applied": False, "changes": shown, "advice": answer}
         result = self.apply_settings(proposed, replace_all=False)
-        self._undo = {k: str(v) if isinstance(v, Decimal) else v for k, v in previous.items()}
-        return {"applied": True, "proposed": proposed, "undo": self._undo, **result}
+        self._undo = changes
+        return {"applied": True, "changes": shown, **result}
 
     async def benchmark(self) -> dict[str, Any]:
         """Run the quick CPU and memory benchmarks (one run at a time)."""

@@ -59,7 +59,8 @@ OWNER_REQUEST_LIMIT: Final = 16 * 1024
 PAIR_METHOD: Final = "pair"
 
 # The owner's contribution settings that the API may change (the seed's ResourceContributionSettings
-# plus the agent's guardrails: battery, GPU temperature, weekly schedule). Where the node connects (site,
+# plus the agent's guardrails: battery, GPU temperature, weekly schedule; and the electricity price that
+# earnings reports subtract). Where the node connects (site,
 # group, broker) is changed on the machine only.
 CONTRIBUTION_SETTINGS: Final[tuple[str, ...]] = (
     "cpu_allocation_percentage",
@@ -80,6 +81,7 @@ CONTRIBUTION_SETTINGS: Final[tuple[str, ...]] = (
     "max_gpu_temperature",
     "schedule",
     "guardrail_hold_s",
+    "electricity_price_per_kwh",
 )
 
 
@@ -145,7 +147,7 @@ class Access(enum.StrEnum):
 class Server(enum.StrEnum):
     """Where a method's answer comes from."""
 
-    AGENT = "agent"  # the node itself (its settings, its benchmarks)
+    AGENT = "agent"  # the node itself (its settings, its benchmarks): a coordinator relays these
     COORDINATOR = "coordinator"  # the group's coordinator (trust, ledger, market)
     ANY = "any"  # whoever is asked answers for itself
 
@@ -207,8 +209,9 @@ METHODS: Final[dict[str, MethodSpec]] = {
             "GET",
             f"{API_PREFIX}/optimize/{{user_id}}",
             Access.READ,
-            Server.COORDINATOR,
-            "Advice: setting changes that would earn more, from the group's demand and prices",
+            Server.AGENT,
+            "Advice: setting changes that would earn more, from the group's demand and prices and the "
+            "node's own settings and detected capacity",
         ),
         MethodSpec(
             "auto-optimize",

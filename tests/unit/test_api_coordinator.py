@@ -38,7 +38,7 @@ def _api() -> tuple[CoordinatorApi, Member]:
     ledger = Ledger()
 
     def trust(m: Member) -> dict[str, object]:
-        level = group.level(m.node)  # levels are the verifier's, read through the group (main's trust work)
+        level = group.level(m.node)
         return {"level": level.value, "trust": group.trust(m.node), "balance_micro": ledger.balance(m.node)}
 
     return CoordinatorApi(group, verifier, trust, max_pending=2), member
@@ -60,7 +60,9 @@ def test_reads_answer_from_the_roster_and_economy_reads_say_not_available() -> N
     assert status.response.result["resources"][0]["capacity"] == 2.0
     [summary] = _call(api, viewer, "network-summary")
     assert isinstance(summary, Respond) and summary.response.result["capacity"] == {"compute_cpu": 2.0}
-    for method in ("earnings", "analytics", "optimize"):
+    [relay] = _call(api, viewer, "optimize", node=member.node)  # advice needs the node's own record
+    assert isinstance(relay, Relay) and relay.command.args["method"] == "optimize"
+    for method in ("earnings", "analytics"):
         [answer] = _call(api, viewer, method, node=member.node)
         assert isinstance(answer, Respond)
         assert not answer.response.ok and answer.response.code == "not_available"
