@@ -119,6 +119,17 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
         settings = status(api, node)["settings"]
         assert settings["cpu_allocation_percentage"] == wanted  # it reached the agent
         assert settings["schedule"] == "Mon-Sun 00:00-24:00"
+        # Advice: a signed dry run of auto-optimize inside the sliders' bounds, shown before anything changes.
+        page.evaluate("document.getElementById('result').dataset.code = ''")
+        page.click("#advise")
+        page.wait_for_function("() => document.getElementById('result').dataset.code !== ''", timeout=30_000)
+        assert page.locator("#result").get_attribute("data-code") == "ok", page.locator(
+            "#result"
+        ).inner_text()
+        page.wait_for_function("() => document.getElementById('advice').textContent.trim() !== ''")
+        assert (
+            status(api, node)["settings"]["cpu_allocation_percentage"] == wanted
+        )  # a dry run changes nothing
         page.wait_for_timeout(500)
         page.screenshot(path=str(artifacts / "owner-panel.png"), full_page=True)
         owner.close()

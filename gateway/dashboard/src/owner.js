@@ -171,6 +171,14 @@ function edited () {
   return out
 }
 
+const ftns = (micro) => (typeof micro === 'number' && Number.isFinite(micro) ? (micro / 1e6).toFixed(6) : '—')
+/** The economy's earnings report: gross, electricity and net over its window, and the next day's guess. */
+function earningsText (e) {
+  const hours = typeof e.hours === 'number' ? `${e.hours} h` : 'the period'
+  return `${ftns(e.gross_micro)} gross − ${ftns(e.electricity_micro)} electricity = <b>${ftns(e.net_micro)} FTNS net</b> over ${esc(hours)}` +
+    `<br><span class="dim">next day ≈ ${ftns(e.predicted_next_day_micro)} FTNS; power: ${esc(e.power_source || '—')}</span>`
+}
+
 async function refresh () {
   try {
     const res = await fetch(`${API}/status/${state.node}`)
@@ -197,7 +205,7 @@ async function refresh () {
     <dt>state</dt><dd data-test="offering">${st.paused ? '<b class="warn">paused</b>' : st.offering ? '<b class="ok">offering</b>' : '<b class="warn">held</b>'} ${esc(st.throttle || '')}</dd>
     <dt>trust level</dt><dd>${esc(trust.level || '—')} ${trust.trust !== undefined ? '(' + esc(trust.trust) + ')' : ''}</dd>
     <dt>balance</dt><dd>${trust.balance_micro !== undefined ? (trust.balance_micro / 1e6).toFixed(6) + ' FTNS' : '—'}</dd>
-    <dt>earnings</dt><dd>${earnings ? esc(Object.entries(earnings).filter(([, v]) => typeof v !== 'object').map(([k, v]) => `${k} ${v}`).join(' · ')) : '—'}</dd>
+    <dt>earnings</dt><dd data-test="earnings">${earnings ? earningsText(earnings) : '—'}</dd>
     <dt>owners paired</dt><dd>${esc(st.owners)}</dd></dl>
     <p class="dim">offer: ${esc((st.resources || []).map((r) => `${r.type} ${(+r.capacity).toFixed(2)} ${r.unit}`).join(', '))}</p>`
   $('pause').textContent = st.paused ? 'Resume' : 'Pause'
@@ -235,14 +243,24 @@ async function main () {
     change('update', { settings })
   })
   $('pause').addEventListener('click', () => change('pause', { paused: !(state.status && state.status.paused) }))
+  // Auto-optimize may move only the settings the owner bounds (the economy's rule): here, each slider's
+  // own range. The dry run shows every change with the coordinator's reason before anything is applied.
+  const bounds = () => Object.fromEntries(CONTROLS.filter((c) => c[2] === 'range').map((c) => [c[0], [c[3], c[4]]]))
   $('advise').addEventListener('click', async () => {
-    const answer = await change('auto-optimize', { dry_run: true })
-    const proposed = answer && answer.result && answer.result.proposed
-    $('advice').innerHTML = proposed && Object.keys(proposed).length
-      ? `<p>The coordinator suggests:</p><ul>${Object.entries(proposed).map(([k, v]) => `<li>${esc(k)}: ${esc(state.status.settings[k])} → <b>${esc(v)}</b></li>`).join('')}</ul><button id="optimize">Apply these</button>`
+    const answer = await change('auto-optimize', { dry_run: true, bounds: bounds() })
+    const changes = (answer && answer.result && answer.result.changes) || []
+    $('advice').innerHTML = changes.length
+      ? `<p>The coordinator's advice, inside your bounds:</p><ul data-test="advice">${changes.map((c) => `<li>${esc(c.setting)}: ${esc(c.old)} → <b>${esc(c.new)}</b> <span class="dim">${esc(c.reason || '')}</span></li>`).join('')}</ul><button id="optimize">Apply these</button>`
       : '<p class="dim">no change suggested now</p>'
     const apply = $('optimize')
-    if (apply) apply.addEventListener('click', () => change('auto-optimize', {}))
+    if (apply) {
+      apply.addEventListener('click', async () => {
+        const done = await change('auto-optimize', { bounds: bounds() })
+        if (done && done.ok) $('advice').innerHTML = '<p class="ok">applied</p><button id="undo">Undo</button>'
+        const undo = $('undo')
+        if (undo) undo.addEventListener('click', () => change('auto-optimize', { undo: true }))
+      })
+    }
   })
   await refresh()
   setInterval(refresh, 3000)
