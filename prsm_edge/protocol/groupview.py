@@ -43,6 +43,8 @@ __all__ = ["GroupView", "NodeView", "Unverified"]
 MAX_NODES: Final = 1000
 MAX_PENDING: Final = 500
 MAX_FAILURES: Final = 100
+# Topics that name a node but carry the coordinator's signature: its commands and the node's market listing.
+_COORDINATOR_SPEAKS_FOR_NODE: Final = frozenset({topics.Kind.NODE_CMD, topics.Kind.MARKET_LISTING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ class GroupView:
             return
         if where.kind is topics.Kind.COORD_STATE:
             self._coord_state(topic, opened, now_ms)
-        elif where.node and where.kind is not topics.Kind.NODE_CMD:
+        elif where.node and where.kind not in _COORDINATOR_SPEAKS_FOR_NODE:
             self._from_node(topic, where.node, opened, now_ms)
         elif where.kind is topics.Kind.API_REQ:
             # Signed by its client (a node or an owner key): checked and counted, never a row of its own.

@@ -131,3 +131,22 @@ def test_an_owner_keys_api_request_is_checked_but_is_no_node() -> None:
     forged = node.signer.seal(request, T0)  # another key on the owner's topic
     view.receive(t.api(t.Kind.API_REQ, SITE, GROUP, "status", owner.id), forged, T0)
     assert view.unverified == 1 and "not by the topic's client" in view.failures[0].reason
+
+
+def test_a_market_listing_names_a_node_but_is_the_coordinators_word() -> None:
+    a = Node(1)
+    view = GroupView(SITE, GROUP)
+    view.receive(*coord_state(), T0)
+    listing = m.MarketListing(
+        node=a.id,
+        device_class="generic",
+        level=m.VerificationLevel.SELF_REPORTED,
+        resources=[],
+        free={},
+        min_hourly_rate_micro=0,
+        online=True,
+    )
+    view.receive(t.market_listing(SITE, GROUP, a.id), COORD.seal(listing, T0), T0)
+    assert view.unverified == 0 and view.verified == 2
+    view.receive(t.market_listing(SITE, GROUP, a.id), a.signer.seal(listing, T0), T0)  # the node's own word
+    assert view.unverified == 1 and "not by the coordinator" in view.failures[0].reason

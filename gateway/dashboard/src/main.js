@@ -181,6 +181,15 @@ function render (model, agesOnly) {
     $('failures').innerHTML = model.failures.length
       ? `<ul class="events" data-test="failures">${model.failures.slice(0, 20).map((f) => `<li class="bad">${new Date(f.at).toLocaleTimeString()} <span class="mono">${esc(f.topic)}</span>: ${esc(f.reason)}</li>`).join('')}</ul>`
       : '<p class="ok">every message so far verified</p>'
+    const leases = model.activeLeases(now)
+    const market = model.summary && model.summary.market
+    const perHour = market && market.hourly_earnings_micro ? Object.entries(market.hourly_earnings_micro) : []
+    const ledger = model.ledgerHead
+    $('economy').innerHTML = `
+      <div class="row">ledger <b>${ledger ? esc(ledger.count) : '—'}</b> entries${ledger && ledger.head ? ` · head <span class="mono">${hex(ledger.head, 6)}…</span>` : ''}
+        · active leases <b data-test="leases">${leases.length}</b> · market listings <b>${model.listings.size}</b></div>
+      ${perHour.length ? `<table class="cap"><tr><th>device class</th><th>FTNS/h p25</th><th>p50</th><th>p75</th><th>nodes</th></tr>${perHour.map(([cls, q]) => `<tr><td>${esc(cls)}</td><td>${fmt(q.p25 / 1e6, 4)}</td><td>${fmt(q.p50 / 1e6, 4)}</td><td>${fmt(q.p75 / 1e6, 4)}</td><td>${esc(q.nodes)}</td></tr>`).join('')}</table>` : ''}
+      ${leases.length ? `<table class="cap"><tr><th>lease</th><th>node</th><th>FTNS/h</th><th>ends</th></tr>${leases.slice(0, 12).map((l) => `<tr><td class="mono">${esc(String(l.lease_id).slice(0, 12))}</td><td class="mono">${esc(l.node)}</td><td>${fmt((l.rate_micro_per_hour || 0) / 1e6, 4)}</td><td>${typeof l.end_ms === 'number' ? ago(l.end_ms - now) : '—'}</td></tr>`).join('')}</table>` : '<p class="dim">no lease running</p>'}`
     $('gateways').innerHTML = model.gateways.size
       ? [...model.gateways.entries()].map(([g, b]) => `<div><b>${esc(g)}</b> ${esc(b.status ?? b.link ?? '')} ${b.buffered !== undefined ? '· buffered ' + esc(b.buffered) : ''} <span class="mono">signed by ${esc(b.signer)}</span></div>`).join('')
       : '<p class="dim">no gateway state published for this site</p>'

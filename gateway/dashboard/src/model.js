@@ -15,6 +15,7 @@ export const MAX_NODES = 1000
 const MAX_PENDING = 500
 const MAX_FAILURES = 100
 const MAX_EVENTS = 60
+const MAX_LEASES = 2000
 
 function topicParts (topic) {
   const p = topic.split('/')
@@ -25,6 +26,7 @@ function topicParts (topic) {
   const rest = p.slice(4)
   if (rest[0] === 'coord' && rest.length === 2) return { kind: 'coord/' + rest[1], site, group }
   if (rest[0] === 'summary' && rest.length === 1) return { kind: 'summary', site, group }
+  if (rest[0] === 'market' && rest.length === 2) return { kind: 'market', site, group, listing: rest[1] }
   if (rest[0] === 'node' && rest.length === 3) return { kind: 'node', leaf: rest[2], site, group, node: rest[1] }
   if (rest[0] === 'node' && rest.length === 4) return { kind: 'node/' + rest[2], verb: rest[3], site, group, node: rest[1] }
   if (rest[0] === 'api' && rest.length === 4) return { kind: 'api/' + rest[2], method: rest[1], site, group, client: rest[3] }
@@ -47,6 +49,9 @@ export class GroupModel {
     this.rosterEpoch = null
     this.summary = null
     this.beacon = null
+    this.ledgerHead = null // {count, head}: the coordinator's retained FTNS ledger chain head
+    this.listings = new Map() // node -> the coordinator's retained market listing
+    this.leases = new Map() // lease_id -> lease (from the coordinator's lease commands), until it ends
     this.nodes = new Map()
     this.gateways = new Map()
     this.pending = []
@@ -241,8 +246,20 @@ export class GroupModel {
       case 'coord/beacon':
         if (b.t === 'beacon') this.beacon = b
         break
+      case 'coord/ledger':
+        if (b.t === 'lhead') this.ledgerHead = { count: b.count, head: b.head }
+        break
+      case 'market':
+        if (b.t === 'listing' && b.node === t.listing && this.listings.size < MAX_NODES) this.listings.set(t.listing, b)
+        break
       case 'node/cmd':
-        if (b.verb === 'challenge') this.counts.challenges++
+        if (b.verb === 'lease' && b.args && typeof b.args.lease_id === 'string') {
+          if (this.leases.size < MAX_LEASES) this.leases.set(b.args.lease_id, { ...b.args, node: t.node })
+          this.event(`lease ${b.args.lease_id} to ${t.node}`)
+        } else if (b.verb === 'lease_end' && b.args) {
+          this.leases.delete(b.args.lease_id)
+          this.event(`lease ${b.args.lease_id} ended (${b.args.why || ''})`)
+        } else if (b.verb === 'challenge') this.counts.challenges++
         else if (b.verb === 'settings' || b.verb === 'redirect' || b.verb === 'rebirth') this.event(`coordinator → ${t.node}: ${b.verb}`)
         break
     }
@@ -258,6 +275,12 @@ export class GroupModel {
     this.counts.verified++
     this.gateways.set(t.gateway, { ...opened.body, signer: opened.signer, receivedMs: this.now() })
     this.version++
+  }
+
+  /** Leases still running at ``nowMs`` (ended ones are dropped). */
+  activeLeases (nowMs) {
+    for (const [id, l] of this.leases) if (typeof l.end_ms === 'number' && l.end_ms < nowMs) this.leases.delete(id)
+    return [...this.leases.values()]
   }
 
   /** Is this node online: its own signed state when present, else the roster's word. */
