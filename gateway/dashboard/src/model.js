@@ -96,13 +96,13 @@ export class GroupModel {
     if (!t) return
     if (t.kind === 'gw') return this.gatewayState(topic, t, payload)
     if (t.site !== this.site || t.group !== this.group) return
-    if (t.kind === 'node/bench') return // the node's own network-benchmark echo, not protocol state
+    if (t.kind === 'node/bench') return // the network benchmark's raw echo bytes: not signed, not state
     if (payload.length === 0) return this.cleared(t)
     const opened = openEnvelope(payload)
     const nodeOfTopic = t.node || (t.kind === 'api/req' ? t.client : null)
     if (!opened.ok) return this.fail(topic, opened.reason, nodeOfTopic)
     if (t.kind === 'coord/state') return this.coordState(topic, opened)
-    if (t.kind === 'api/req') return this.apiRequest(topic, t, opened)
+    if (t.kind === 'api/req') return this.sideMessage(topic, t.client, opened, retained)
     if (t.kind === 'node') return this.fromNode(topic, t, opened, retained)
     // Everything else is the coordinator's.
     if (!this.coord) {
@@ -145,14 +145,28 @@ export class GroupModel {
     for (const [tp, pl, rt] of pending) this.receive(tp, pl, rt)
   }
 
-  // An API request: signed by its client (a node or an owner key), which the topic names. It is
-  // checked and counted, but an owner key is not a node and gets no row.
-  apiRequest (topic, t, opened) {
-    if (opened.signer !== t.client) return this.fail(topic, `signed by ${opened.signer}, not by the topic's client ${t.client}`)
+  // An API request, signed by the client its topic names: a node, or an owner key (which is not a node
+  // and gets no row). It is checked and counted, and a node's counts in its sequence (no false gaps).
+  sideMessage (topic, client, opened, retained) {
+    if (opened.signer !== client) return this.fail(topic, `signed by ${opened.signer}, not by the topic's client ${client}`)
     this.counts.verified++
-    const n = this.nodes.get(t.client)
-    if (n) n.lastSeenMs = this.now()
+    const n = this.nodes.get(client)
+    if (n) {
+      if (!retained) n.lastSeenMs = this.now()
+      this.trackSeq(n, opened.body, retained)
+    }
     this.version++
+  }
+
+  /** Count the gaps in a node's sequence numbers, on live messages, from its latest birth on. */
+  trackSeq (n, b, retained) {
+    const seq = finite(b.seq, 0)
+    if (seq === null || retained) return
+    if (b.t === 'nbirth' || n.lastSeq === null) n.lastSeq = seq
+    else if (seq > n.lastSeq) {
+      if (seq > n.lastSeq + 1) n.gaps += seq - n.lastSeq - 1
+      n.lastSeq = seq
+    }
   }
 
   fromNode (topic, t, opened, retained) {
@@ -171,14 +185,7 @@ export class GroupModel {
     n.badTopics.delete(topic)
     // Last seen: the node itself speaking live, not its retained messages or the broker's Will for it.
     if (!retained && !(b.t === 'nstate' && b.status === 'offline')) n.lastSeenMs = this.now()
-    const seq = finite(b.seq, 0)
-    if (seq !== null && !retained) {
-      if (b.t === 'nbirth' || n.lastSeq === null) n.lastSeq = seq
-      else if (seq > n.lastSeq) {
-        if (seq > n.lastSeq + 1) n.gaps += seq - n.lastSeq - 1
-        n.lastSeq = seq
-      }
-    }
+    this.trackSeq(n, b, retained)
     switch (b.t) {
       case 'nbirth':
         if (!sameBytes(b.public_key, opened.kid)) return this.fail(topic, 'birth names another public key', id)
