@@ -136,6 +136,10 @@ def test_dashboard_follows_a_live_group_and_flags_forgeries(
             page, "document.querySelectorAll('#roster tr[data-state=\"online\"]').length === 3", 40
         )
         page.wait_for_timeout(5500)  # one trend sample with three nodes
+        gaps = page.evaluate(
+            "[...document.querySelectorAll('#roster tr td:last-child')].map((td) => td.textContent)"
+        )
+        assert gaps == ["0", "0", "0"]  # every message of every node seen, in order (loopback, no loss)
         page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
 
         # A node is killed: no goodbye, the broker publishes its Will.
