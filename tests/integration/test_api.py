@@ -313,6 +313,7 @@ async def test_schemathesis_finds_no_server_error(mosquitto: Mosquitto, tmp_path
                 "--no-color",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
+                cwd=tmp_path,  # its cache folder lands there, not in the repository
             )
             out, _ = await proc.communicate()
             text = out.decode()
