@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prsm_edge.coordinator.economy import EconomyConfig
+from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
+from prsm_edge.io.brokerinfo import dashboard_dir
 from prsm_edge.io.dynsec import DynSec
 from prsm_edge.io.tpm_registration import default_ca_dir
 from prsm_edge.protocol.verifier import VerifierConfig
@@ -53,15 +55,19 @@ async def host_group(
     http_dir: Path | None = None,
     verify: bool = True,
     verification: VerifierConfig | None = None,
+    homeassistant: HomeAssistantOptions | None = None,
     economy: EconomyConfig | None = None,
     tpm_ca_dir: Path | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
     The coordinator is created but not run: the caller runs ``host.coordinator.run()`` in its task group.
+    Mosquitto's WebSocket listener serves the operator dashboard unless ``http_dir`` names another folder.
     ``tpm_ca_dir`` (default: ``tpm-ca`` in the config dir, absent unless the operator made it) holds the
     TPM manufacturer CAs whose EK certificates let a node's quotes earn hardware_attested.
     """
+    if http_dir is None:
+        http_dir = dashboard_dir()
     async with start_broker(
         workdir / "broker", host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
     ) as broker:
@@ -76,6 +82,7 @@ async def host_group(
             summary_interval_s=summary_interval_s,
             verify=verify,
             verification=verification,
+            homeassistant=homeassistant,
             economy=economy,
             tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
         )

@@ -113,6 +113,9 @@ class Settings(BaseModel):
         default=10.0, ge=1.0, le=3600.0, description="seconds between heartbeats"
     )
     device_class: str | None = Field(default=None, description="firmware profile name (None: detect)")
+    homeassistant_discovery: bool = Field(
+        default=False, description="when coordinating, announce members to Home Assistant (MQTT discovery)"
+    )
     electricity_price_per_kwh: Decimal = Field(
         default=Decimal("0"),
         ge=0,

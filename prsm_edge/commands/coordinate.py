@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prsm_edge import paths, settings
+from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.discovery import Advertiser
@@ -64,6 +65,13 @@ def register(sub: Any) -> None:
         "--interface", action="append", default=None, metavar="IP", help="mDNS interface (repeat)"
     )
     parser.add_argument(
+        "--homeassistant",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce members to Home Assistant by MQTT discovery (default: the homeassistant_discovery "
+        "setting, off)",
+    )
+    parser.add_argument(
         "--api-port",
         type=int,
         default=None,
@@ -91,6 +99,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _homeassistant(args: argparse.Namespace) -> HomeAssistantOptions | None:
+    wanted = args.homeassistant if args.homeassistant is not None else settings.load().homeassistant_discovery
+    return HomeAssistantOptions() if wanted else None
+
+
 async def _coordinate(args: argparse.Namespace) -> None:
     site = args.site or settings.load().site
     workdir = (args.workdir or paths.data_dir()) / "coordinator" / args.group
@@ -106,6 +119,7 @@ async def _coordinate(args: argparse.Namespace) -> None:
         ws_port=args.ws_port,
         prefer=args.broker,
         max_members=args.max_members,
+        homeassistant=_homeassistant(args),
         tpm_ca_dir=args.tpm_ca_dir,
     ) as hosted:
         coord = hosted.coordinator
@@ -125,6 +139,7 @@ async def _external(args: argparse.Namespace, site: str, workdir: Path) -> None:
         max_members=args.max_members,
         username=args.username,
         password=args.password,
+        homeassistant=_homeassistant(args),
         tpm_ca_dir=args.tpm_ca_dir or default_ca_dir(),
     )
     coord = Coordinator(load_or_create(workdir), options)

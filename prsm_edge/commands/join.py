@@ -13,6 +13,7 @@ from prsm_edge import paths
 from prsm_edge.autoform import AutoNode, FormationOptions
 from prsm_edge.errors import PrsmEdgeError
 from prsm_edge.io import attest
+from prsm_edge.io.brokerinfo import owner_panel_dir
 from prsm_edge.node.agent import AgentOptions
 from prsm_edge.node.detect import detect
 from prsm_edge.node.owner_api import DEFAULT_LOCAL_PORT, OwnerOptions
@@ -102,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             settings_path=settings_path(),
             detected=resolved.detected.resource_specs(),
             local_port=None if args.local_api_port < 0 else args.local_api_port,
+            static_dir=owner_panel_dir(),  # the owner panel, at /ui/
         ),
     )
     if not args.no_attest:

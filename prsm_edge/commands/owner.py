@@ -46,12 +46,25 @@ def register(sub: Any) -> None:
 
 
 def _folder(args: argparse.Namespace) -> Path:
-    return args.workdir or paths.data_dir()
+    """The running agent's state folder: `join` keeps it under groups/<site>-<group>-<coordinator>/."""
+    base: Path = args.workdir or paths.data_dir()
+    running = sorted(base.glob(f"groups/*/{LOCAL_API_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return running[0].parent if running and not (base / LOCAL_API_FILE).exists() else base
+
+
+def _node_id(args: argparse.Namespace, folder: Path) -> str:
+    """The node's id: from its running local API, else from the key `join` keeps (never a new key)."""
+    try:
+        return str(json.loads((folder / LOCAL_API_FILE).read_text(encoding="utf-8"))["node"])
+    except (OSError, ValueError, KeyError):
+        base: Path = args.workdir or paths.data_dir()
+        keyed = base / "identity" if (base / "identity").is_dir() else folder
+        return load_or_create(keyed).node_id
 
 
 def _pair(args: argparse.Namespace) -> int:
     folder = _folder(args)
-    node = load_or_create(folder).node_id
+    node = _node_id(args, folder)
     registry = OwnerRegistry(folder)
     now = int(time.time() * 1000)
     if args.cli:

@@ -25,6 +25,7 @@ from nacl.signing import VerifyKey
 
 from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
 from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
+from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest, tpm_registration
@@ -104,6 +105,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    homeassistant: HomeAssistantOptions | None = None  # None: no Home Assistant discovery (the default)
     economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
@@ -187,11 +189,19 @@ class Coordinator:
         self._logged: set[tuple[Reason, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
+        self.homeassistant = (
+            None
+            if options.homeassistant is None
+            else HomeAssistant(options.site, options.group, options.homeassistant)
+        )
+        subscriptions = [(topics.group_filter(options.site, options.group), 1)]
+        if self.homeassistant is not None:
+            subscriptions.append((self.homeassistant.status_topic, 1))
         self.session = Session(
             options.broker_url,
             f"coord-{identity.node_id}",
             handler=self._on_message,
-            subscriptions=[(topics.group_filter(options.site, options.group), 1)],
+            subscriptions=subscriptions,
             prepare=self._prepare,
             on_connect=self._on_connect,
             goodbye=self._goodbye,
@@ -229,6 +239,9 @@ class Coordinator:
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         arrived = now_ms()  # stamped before any other work: a proof's lateness is judged on this
+        if self.homeassistant is not None and topic == self.homeassistant.status_topic:
+            self.homeassistant.on_status(payload)
+            return
         await self._apply(self.group.receive(topic, payload, arrived))
 
     async def _apply(self, effects: list[Effect]) -> None:
@@ -272,6 +285,8 @@ class Coordinator:
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
             case VerificationVote():
+                if self.homeassistant is not None:
+                    self.homeassistant.on_vote(message)
                 await self._apply_verifier(self.verifier.on_vote(message))
 
     async def _apply_verifier(self, effects: list[VerifierEffect]) -> None:
@@ -449,6 +464,13 @@ class Coordinator:
                 continue
             now = now_ms()
             await self._apply(self.group.tick(now))
+            if self.homeassistant is not None:
+                members = self.group.members.values()
+                ha_messages = self.homeassistant.tick(
+                    members, now, level=self.group.level, balance_micro=self.ledger.balance
+                )
+                for ha in ha_messages:
+                    await self.session.publish(ha.topic, ha.payload, qos=1, retain=ha.retain)
             await self._api_effects(self.api.tick(now))
             await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:

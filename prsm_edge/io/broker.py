@@ -35,6 +35,7 @@ from prsm_edge.errors import BrokerError
 from prsm_edge.resources import data_path
 
 __all__ = [
+    "ADMIN_SECRET_FILE",
     "ADMIN_USERNAME",
     "RunningBroker",
     "find_dynsec_plugin",
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 Prefer = Literal["auto", "mosquitto", "embedded"]
 
 ADMIN_USERNAME: Final = "prsm-admin"
+ADMIN_SECRET_FILE: Final = "admin.secret"  # the running broker's admin password, mode 0600
 MAX_QUEUED_MESSAGES: Final = 20000
 MAX_PACKET_SIZE: Final = 256 * 1024
 START_TIMEOUT_S: Final = 10.0
@@ -505,6 +507,8 @@ async def _start_mosquitto(
             )
         ctrl = shutil.which("mosquitto_ctrl")
         admin_password = await asyncio.to_thread(_prepare_dynsec, dynsec_path, Path(ctrl) if ctrl else None)
+        # Owner-only, beside the dynsec file: lets this host's CLI (`prsm-edge viewer`) administer logins.
+        await asyncio.to_thread(_write_private, workdir / ADMIN_SECRET_FILE, admin_password)
     log_path = workdir / "mosquitto.log"
     config_path = workdir / "mosquitto.conf"
     try:

@@ -39,6 +39,7 @@ __all__ = [
     "GROUP_JOINER",
     "RESPONSE_TOPIC",
     "ROLE_COORDINATOR",
+    "ROLE_HOMEASSISTANT",
     "ROLE_JOINER",
     "ROLE_NODE",
     "ROLE_VIEWER",
@@ -56,6 +57,7 @@ ROLE_NODE: Final = "prsm-node"
 ROLE_COORDINATOR: Final = "prsm-coordinator"
 ROLE_JOINER: Final = "prsm-joiner"
 ROLE_VIEWER: Final = "prsm-viewer"
+ROLE_HOMEASSISTANT: Final = "prsm-homeassistant"
 GROUP_JOINER: Final = "prsm-joiner"
 _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the shared one
 
@@ -103,6 +105,9 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
     """The shared roles of a group, by name, with their ACLs."""
     base = _base(site, group)
     gateways = f"{topics.ROOT}/{site}/gw/#"
+    # Home Assistant discovery (off unless the coordinator turns it on): its configs, and the plain-JSON
+    # states outside the signed tree (prsm_edge.coordinator.homeassistant).
+    ha_states = f"prsm-ha/{site}/{group}/#"
     return {
         ROLE_NODE: [
             _allow("subscribePattern", f"{base}/coord/#"),
@@ -115,6 +120,9 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("subscribePattern", f"{base}/#"),
             _allow("publishClientSend", gateways),
             _allow("subscribePattern", gateways),
+            _allow("publishClientSend", "homeassistant/device/#"),
+            _allow("publishClientSend", ha_states),
+            _allow("subscribePattern", "homeassistant/status"),
         ],
         ROLE_JOINER: [
             _allow("publishClientSend", f"{base}/api/join/req/+"),
@@ -125,6 +133,14 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("subscribePattern", f"{base}/#"),
             _allow("subscribePattern", gateways),
             _allow("subscribePattern", "$SYS/broker/#"),
+            _allow("subscribePattern", "homeassistant/#"),
+            _allow("subscribePattern", ha_states),
+        ],
+        # Home Assistant's own login: read the discovery and states, announce itself (its birth/Will).
+        ROLE_HOMEASSISTANT: [
+            _allow("subscribePattern", "homeassistant/#"),
+            _allow("subscribePattern", ha_states),
+            _allow("publishClientSend", "homeassistant/status"),
         ],
     }
 
