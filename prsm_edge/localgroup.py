@@ -18,6 +18,7 @@ from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
 from prsm_edge.io.dynsec import DynSec
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.verifier import VerifierConfig
 
 __all__ = ["GroupHost", "host_group"]
@@ -51,13 +52,22 @@ async def host_group(
     http_dir: Path | None = None,
     verify: bool = True,
     verification: VerifierConfig | None = None,
+    join_policy: JoinPolicy | None = None,
+    listen: bool = False,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
     The coordinator is created but not run: the caller runs ``host.coordinator.run()`` in its task group.
     """
     async with start_broker(
-        workdir / "broker", host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
+        workdir / "broker",
+        host=host,
+        port=port,
+        ws_port=ws_port,
+        prefer=prefer,
+        acl=acl,
+        http_dir=http_dir,
+        expose_embedded=listen,
     ) as broker:
         identity = load_or_create(workdir / "coordinator")
         options = CoordinatorOptions(
@@ -70,6 +80,7 @@ async def host_group(
             summary_interval_s=summary_interval_s,
             verify=verify,
             verification=verification,
+            join_policy=join_policy or JoinPolicy(),
         )
         if not broker.acl_enforced:
             log.warning(

@@ -22,10 +22,12 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.membership import Admissions, MembershipStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest
 from prsm_edge.io.clock import now_ms
+from prsm_edge.io.replaystore import PersistentReplayGuard
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
@@ -43,6 +45,7 @@ from prsm_edge.protocol.group import (
     Verification,
 )
 from prsm_edge.protocol.ledger import Ledger
+from prsm_edge.protocol.membership import JoinPolicy, evictable
 from prsm_edge.protocol.messages import (
     ApiRequest,
     ApiResponse,
@@ -70,6 +73,8 @@ class CredentialIssuer(Protocol):
 
     async def add_node(self, node_id: str, password: str) -> None: ...
 
+    async def remove_node(self, node_id: str) -> None: ...
+
 
 def seal_secret(node_public_key: bytes, secret: bytes) -> bytes:
     """Encrypt ``secret`` so only the holder of the node's Ed25519 key can read it."""
@@ -93,6 +98,10 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    join_policy: JoinPolicy = dataclasses.field(
+        default_factory=JoinPolicy
+    )  # who may join, how fast, and when absent members are evicted
+    dead_after_s: float = 600.0  # an offline member silent this long no longer holds one of the seats
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -127,6 +136,9 @@ class Coordinator:
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
         epoch = self.store.next_epoch()
+        self.replay_guard = PersistentReplayGuard(
+            options.workdir / "replay.sqlite", now_ms(), max_signers=options.max_members * 4
+        )
         self.group = Group(
             GroupConfig(
                 site=options.site,
@@ -138,9 +150,21 @@ class Coordinator:
                 heartbeat_timeout_ms=int(options.heartbeat_timeout_s * 1000),
                 summary_interval_ms=int(options.summary_interval_s * 1000),
                 acl=issuer is not None,
-            )
+                dead_after_ms=int(options.dead_after_s * 1000),
+            ),
+            guard=self.replay_guard,
         )
         self.group.restore(self.store.load())
+        self.membership = MembershipStore(options.workdir / "membership.sqlite")
+        self.admissions = Admissions(
+            options.join_policy,
+            self.membership,
+            issuer,
+            self._answer_join,
+            known=lambda node: node in self.group.members,
+        )
+        if options.join_policy.name != "open":
+            self.group.admit = self.admissions.admitted
         vconfig = dataclasses.replace(
             options.verification or VerifierConfig(site=options.site, group=options.group, coordinator=""),
             coordinator=identity.node_id,
@@ -205,7 +229,9 @@ class Coordinator:
                         self._logged.add(key)
                     log.log(level, "rejected a message from %s: %s (%s)", node or "?", reason.value, detail)
                 case GrantJoin():
-                    await self._grant(effect)
+                    refused = self.admissions.submit(effect)  # never waits on the broker here
+                    if refused is not None:
+                        await refused
                 case Verification(node=node, message=message):
                     await self._verification(node, message)
                 case ApiCall(node=node, request=request):
@@ -288,11 +314,17 @@ class Coordinator:
             topics.node_cmd(o.site, o.group, node, "settings"), self.signer.seal(cmd, now_ms()), qos=1
         )
 
-    async def redirect_all(self, reason: str) -> None:
-        """Tell every member to leave and look for another group (this coordinator is stopping)."""
+    async def redirect_all(self, reason: str, *, to_key: bytes = b"", to_group: str = "") -> None:
+        """Tell every member to leave and look for another group (this coordinator is stopping).
+
+        With ``to_key``, members pinned to this coordinator hand their pin on to that coordinator.
+        """
         o = self.options
+        args: dict[str, object] = {"reason": reason}
+        if to_key:
+            args |= {"to_key": to_key, "to_group": to_group}
         for node in list(self.group.members):
-            cmd = NodeCommand(verb="redirect", node=node, args={"reason": reason})
+            cmd = NodeCommand(verb="redirect", node=node, args=args)
             await self.session.publish(
                 topics.node_cmd(o.site, o.group, node, "redirect"), self.signer.seal(cmd, now_ms()), qos=1
             )
@@ -303,17 +335,31 @@ class Coordinator:
             if isinstance(effect, RecordLedger):
                 self.ledger_store.append(effect.entries)
 
-    async def _grant(self, grant: GrantJoin) -> None:
+    async def _answer_join(self, grant: GrantJoin, ok: bool, error: str) -> None:
+        """Answer a join (run by the admissions worker): credentials sealed to the node's key, or why not."""
         o = self.options
-        result: dict[str, object] = {"username": grant.node, "acl": self.issuer is not None}
-        if self.issuer is not None:
-            password = secrets.token_urlsafe(24)
-            await self.issuer.add_node(grant.node, password)
-            result["sealed_password"] = seal_secret(grant.public_key, password.encode())
-        resp = ApiResponse(txid=grant.txid, method="join", ok=True, result=result)
+        result: dict[str, object] = {}
+        if ok:
+            result = {"username": grant.node, "acl": self.issuer is not None}
+            if self.issuer is not None:
+                password = secrets.token_urlsafe(24)
+                await self.issuer.add_node(grant.node, password)
+                result["sealed_password"] = seal_secret(grant.public_key, password.encode())
+        resp = ApiResponse(txid=grant.txid, method="join", ok=ok, result=result, error=error)
         topic = topics.api(topics.Kind.API_RESP, o.site, o.group, "join", grant.node)
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
-        log.info("issued broker credentials to %s", grant.node)
+        if ok:
+            log.info("admitted %s%s", grant.node, " and issued broker credentials" if self.issuer else "")
+
+    def _evict(self, now: int) -> None:
+        """Evict members absent for longer than the policy allows: roster, record and broker login."""
+        policy = self.options.join_policy
+        seen = [(m.node, m.online, m.last_seen_ms) for m in self.group.members.values()]
+        for node in evictable(seen, now, policy.evict_after_ms):
+            if self.group.remove(node):
+                self.store.delete(node)
+                self.admissions.revoke(node)
+                log.info("evicted %s: absent for more than %.0f s", node, policy.evict_after_ms / 1000)
 
     async def run(self) -> None:
         """Run until cancelled; publishes ``offline`` on the way out."""
@@ -321,9 +367,12 @@ class Coordinator:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.session.run(), name="coordinator-session")
                 tg.create_task(self._ticker(), name="coordinator-tick")
+                tg.create_task(self.admissions.run(), name="coordinator-admissions")
         finally:
             self.store.close()
             self.ledger_store.close()
+            self.membership.close()
+            self.replay_guard.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -331,6 +380,7 @@ class Coordinator:
             if not self.session.connected.is_set():
                 continue
             now = now_ms()
+            self._evict(now)
             await self._apply(self.group.tick(now))
             if not self.options.verify:
                 continue

@@ -120,6 +120,8 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("publishClientSend", f"{base}/api/join/req/+"),
             _allow("subscribePattern", f"{base}/api/join/resp/+"),
             _allow("subscribePattern", f"{base}/coord/state"),
+            # the signed roster is public: a rival coordinator checks a group's claims with it
+            _allow("subscribePattern", f"{base}/coord/roster"),
         ],
         ROLE_VIEWER: [
             _allow("subscribePattern", f"{base}/#"),
