@@ -82,6 +82,7 @@ class AutoNode:
     identity: Identity | None = None
     on_event: Callable[[str], None] = lambda text: log.info("%s", text)
     excluded: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    noted: OrderedDict[str, None] = field(default_factory=OrderedDict)
     hosting: GroupHost | None = None
     agent: Agent | None = None
     joined: asyncio.Event = field(default_factory=asyncio.Event)
@@ -94,6 +95,15 @@ class AutoNode:
     def pins_path(self) -> Path:
         """Where this node keeps the coordinator keys it pinned (its home, shared by all its groups)."""
         return self.options.workdir / "pins.json"
+
+    def _note(self, key: str, text: str) -> None:
+        """Report ``text`` once per ``key`` (bounded), so a rival seen every cycle is not logged each time."""
+        if key in self.noted:
+            return
+        self.noted[key] = None
+        while len(self.noted) > MAX_EXCLUDED:
+            self.noted.popitem(last=False)
+        self.on_event(text)
 
     def exclude(self, name: str) -> None:
         """Skip a group or coordinator from now on (bounded: the oldest exclusion is forgotten first)."""
@@ -251,11 +261,15 @@ class AutoNode:
                     with contextlib.suppress(PrsmEdgeError):
                         await advertiser.update(mine)
                 # Only rivals the leader policy allows count, and only once their own broker confirms.
-                seen = [
-                    a
-                    for a in browser.snapshot()
-                    if a.coordinator != mine.coordinator and self.options.leader.allows(a)
-                ]
+                others = [a for a in browser.snapshot() if a.coordinator != mine.coordinator]
+                for a in others:
+                    if a.key == mine.key and not self.options.leader.allows(a):
+                        self._note(
+                            a.coordinator,
+                            f"ignoring rival coordinator {a.coordinator} of {a.site}/{a.group}: "
+                            f"the leader policy ({self.options.leader.mode}) does not allow it",
+                        )
+                seen = [a for a in others if self.options.leader.allows(a)]
                 rivals = [a for a in seen if a.key == mine.key]
                 target: formation.GroupAdvert | None = None
                 if rivals and formation.should_yield(mine, rivals):
@@ -266,8 +280,9 @@ class AutoNode:
                     continue
                 verified = await verify_rival(target)
                 if verified is None:
-                    self.on_event(
-                        f"not following {target.coordinator}: its broker does not confirm its advert"
+                    self._note(
+                        f"unverified:{target.coordinator}",
+                        f"not following {target.coordinator}: its broker does not confirm its advert",
                     )
                     continue
                 if verified.key == mine.key and formation.should_yield(mine, [verified]):

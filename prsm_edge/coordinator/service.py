@@ -151,6 +151,7 @@ class Coordinator:
                 summary_interval_ms=int(options.summary_interval_s * 1000),
                 acl=issuer is not None,
                 dead_after_ms=int(options.dead_after_s * 1000),
+                join_policy=options.join_policy.name,
             ),
             guard=self.replay_guard,
         )

@@ -253,6 +253,7 @@ class Agent:
             if not self._may_lead(opened.kid):
                 return
             if msg.seq < self._state_seq.get(opened.kid, -1):
+                log.debug("%s: ignoring an older coordinator state (seq %d)", self.node_id, msg.seq)
                 return  # an older state of the same coordinator (a replayed retained copy)
             self._state_seq[opened.kid] = msg.seq
             await self._coordinator_state(msg)
@@ -303,6 +304,7 @@ class Agent:
         return True
 
     async def _coordinator_state(self, msg: CoordState) -> None:
+        log.debug("%s: coordinator %s is %s (epoch %d)", self.node_id, msg.coordinator, msg.status, msg.epoch)
         if msg.status != "online":
             log.info("coordinator %s is offline; waiting", msg.coordinator)
             self.coordinator = None
@@ -313,7 +315,7 @@ class Agent:
         if previous is not None and previous.epoch == msg.epoch and previous.coordinator == msg.coordinator:
             return  # a periodic refresh of the same coordinator run
         username, _ = self._credentials()
-        if username is None:
+        if username is None and (msg.acl or msg.join_policy != "open"):
             await self._request_join()  # the join policy admits us (and an ACL'd broker issues a login)
         else:
             self._birth()
@@ -576,4 +578,6 @@ class Agent:
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:
+            for task in list(self._tasks):  # proofs in flight must not outlive the outbox they write to
+                task.cancel()
             self.outbox.close()

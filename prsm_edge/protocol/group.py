@@ -206,6 +206,7 @@ class GroupConfig:
     acl: bool = False
     tier: int = 1
     dead_after_ms: int = 600_000  # an offline member silent this long no longer holds a seat
+    join_policy: str = "open"  # announced in the state, so newcomers know to ask (and bring a token)
 
 
 @dataclass(slots=True)
@@ -257,6 +258,7 @@ class Group:
             members=len(self.members),
             capacity_left=max(0, c.max_members - len(self.members)),
             acl=c.acl,
+            join_policy=c.join_policy,
         )
         return topics.coord_state(c.site, c.group), msg
 
