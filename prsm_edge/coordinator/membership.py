@@ -64,7 +64,8 @@ class MembershipStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            # One user at a time (the admissions worker, through worker threads): no thread check.
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS tokens (token_id TEXT PRIMARY KEY, secret BLOB NOT NULL, "

@@ -213,6 +213,11 @@ class Coordinator:
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         await self._apply(self.group.receive(topic, payload, now_ms()))
+        parts = topic.split("/")
+        if payload and len(parts) == 8 and parts[4] == "api" and parts[6] == "req":
+            # Anyone may ask to join, retained or not: clear the topic, so a flood of retained requests
+            # is not kept by the broker (a no-op when the request was not retained).
+            await self.session.publish(topic, b"", qos=0, retain=True)
 
     async def _apply(self, effects: list[Effect]) -> None:
         for effect in effects:

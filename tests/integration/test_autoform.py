@@ -186,3 +186,27 @@ async def test_by_default_a_real_rival_does_not_take_a_group_over(tmp_path: Path
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+async def test_a_full_group_refuses_and_a_newcomer_founds_the_next_group(tmp_path: Path) -> None:
+    require_mosquitto()
+    first = node(tmp_path, "first", "full", max_members=1)
+    async with started(first):
+        await eventually(
+            lambda: first.hosting is not None and first.hosting.coordinator.group.online_count == 1
+        )
+        assert first.hosting is not None
+        coord = first.hosting.coordinator
+        # A node sent straight to the full group's broker is refused at join and told so.
+        stray = Agent(agent_options(first.hosting.broker.url, tmp_path / "stray"))
+        stray = Agent(dataclasses.replace(stray.options, site="full", group=coord.group.config.group))
+        with pytest.raises(Redirected, match="group_full"):
+            async with asyncio.timeout(15):
+                await stray.run()
+        assert coord.group.rejected[Reason.GROUP_FULL] == 1
+        # A newcomer that discovers the group sees from its advert that it is full, and founds g-2.
+        late = node(tmp_path, "late", "full")
+        async with started(late):
+            await eventually(lambda: late.hosting is not None, timeout=30, what="the newcomer founds a group")
+            assert late.hosting is not None
+            assert late.hosting.coordinator.group.config.group == "g-2"
