@@ -32,9 +32,10 @@ MIN = 60_000
 
 
 def _birth(signer: Signer, now: int) -> tuple[str, bytes]:
+    cpu = [m.ResourceSpec(type=m.ResourceType.COMPUTE_CPU, capacity=1, unit="cores")]
     msg = m.NodeBirth(
         node=signer.node_id, bdseq=1, public_key=signer.public_key, device_class="generic", software="t",
-        hw_fingerprint="", resources=[m.ResourceSpec(type=m.ResourceType.COMPUTE_CPU, capacity=1, unit="cores")],
+        hw_fingerprint="", resources=cpu,
     )  # fmt: skip
     return t.node(t.Kind.NODE_BIRTH, SITE, GROUP, signer.node_id), signer.seal(msg, now)
 
