@@ -104,7 +104,7 @@ class Settings(BaseModel):
         default="open", description="who may join a group this device hosts: open, token or approval"
     )
     join_rate_per_min: float = Field(
-        default=20.0, gt=0.0, le=10_000.0, description="new members a hosted open group admits a minute"
+        default=60.0, gt=0.0, le=10_000.0, description="new members a hosted open group admits a minute"
     )
     evict_after_days: float = Field(
         default=7.0, gt=0.0, le=3650.0, description="members absent this long are evicted (and their login)"

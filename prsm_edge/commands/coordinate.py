@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
         "create`) or approval (`prsm-edge group approve NODE`); default: the join_policy setting (open)",
     )
     parser.add_argument(
-        "--join-rate", type=float, default=None, help="open policy: new members a minute (default 20)"
+        "--join-rate", type=float, default=None, help="open policy: new members a minute (default 60)"
     )
     parser.add_argument(
         "--evict-after-days",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import secrets
 import time
 from collections import OrderedDict
@@ -36,6 +37,7 @@ from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
 from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
 from prsm_edge.protocol import proofs, topics
+from prsm_edge.protocol.backoff import Backoff
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.membership import parse_token, token_proof
 from prsm_edge.protocol.messages import (
@@ -147,6 +149,7 @@ class Agent:
         self._challenges: OrderedDict[str, None] = OrderedDict()
         self._proving = asyncio.Semaphore(_MAX_PROVING)
         self._state_seq: dict[bytes, int] = {}
+        self._join_backoff = Backoff(initial=1.0, cap=30.0)
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
@@ -339,6 +342,13 @@ class Agent:
             log.info("%s: waiting for the group's host to approve this node", self.node_id)
             return  # the approval answers this same transaction
         self._pending_join = None
+        if not msg.ok and msg.error.startswith(("rate_limited", "busy")):
+            delay = self._join_backoff.next_delay(random.random())
+            log.info("%s: the group is busy admitting others; asking again in %.1f s", self.node_id, delay)
+            task = asyncio.create_task(self._join_again(delay))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         if not msg.ok:
             self._leave(f"the group refused to admit this node: {msg.error or 'refused'}")
             return
@@ -360,6 +370,11 @@ class Agent:
         tmp.replace(self._creds_path)
         log.info("%s received broker credentials; reconnecting with them", self.node_id)
         self.session.request_reconnect()
+
+    async def _join_again(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.coordinator is not None and self._pending_join is None and self._credentials()[0] is None:
+            await self._request_join()
 
     async def _command(self, cmd: NodeCommand) -> None:
         match cmd.verb:

@@ -57,8 +57,8 @@ class JoinPolicy:
     """The host's rules for new members."""
 
     name: JoinPolicyName = "open"
-    rate_per_min: float = 20.0
-    burst: int = 10
+    rate_per_min: float = 60.0
+    burst: int = 30
     max_pending: int = 32
     evict_after_ms: int = DEFAULT_EVICT_AFTER_S * 1000
 

@@ -210,3 +210,14 @@ async def test_a_full_group_refuses_and_a_newcomer_founds_the_next_group(tmp_pat
             await eventually(lambda: late.hosting is not None, timeout=30, what="the newcomer founds a group")
             assert late.hosting is not None
             assert late.hosting.coordinator.group.config.group == "g-2"
+
+
+def test_the_exclusion_list_is_bounded(tmp_path: Path) -> None:
+    """Issue 9 item 9: ``AutoNode.excluded`` only grew; now the oldest exclusion is forgotten first."""
+    from prsm_edge.autoform import MAX_EXCLUDED
+
+    n = node(tmp_path, "x", "lab")
+    for i in range(MAX_EXCLUDED * 3):
+        n.exclude(f"c{i}")
+    assert len(n.excluded) == MAX_EXCLUDED
+    assert f"c{MAX_EXCLUDED * 3 - 1}" in n.excluded and "c0" not in n.excluded

@@ -41,7 +41,7 @@ AGENT_DEFAULTS = {
 }
 MEMBERSHIP_DEFAULTS = {
     "join_policy": "open",
-    "join_rate_per_min": 20.0,
+    "join_rate_per_min": 60.0,
     "evict_after_days": 7.0,
     "join_token": None,
     "coordinator_keys": None,
