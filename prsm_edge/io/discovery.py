@@ -172,17 +172,16 @@ class Advertiser:
         zc, info = self._zc, self._info
         self._zc = self._info = None
         refresher, self._refresher = self._refresher, None
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-        if zc is None:
-            return
         try:
-            if info is not None:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            if zc is not None and info is not None:
                 await (await zc.async_unregister_service(info))
         finally:
-            await zc.async_close()
+            if zc is not None:
+                await zc.async_close()
 
 
 class Browser:

@@ -78,7 +78,7 @@ async def test_two_coordinators_started_together_converge_to_one(tmp_path: Path)
             online = {n for n, m in hosts[0].hosting.coordinator.group.members.items() if m.online}
             return {a.node_id, b.node_id} <= online
 
-        await eventually(converged, timeout=40, what="one coordinator, both agents its members")
+        await eventually(converged, timeout=60, what="one coordinator, both agents its members")
         host = a if a.hosting is not None else b
         other = b if host is a else a
         assert host.hosting is not None
