@@ -19,6 +19,7 @@ from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
 from prsm_edge.io.dynsec import DynSec
 from prsm_edge.protocol.membership import JoinPolicy
+from prsm_edge.io.tpm_registration import default_ca_dir
 from prsm_edge.protocol.verifier import VerifierConfig
 
 __all__ = ["GroupHost", "host_group"]
@@ -54,10 +55,13 @@ async def host_group(
     verification: VerifierConfig | None = None,
     join_policy: JoinPolicy | None = None,
     listen: bool = False,
+    tpm_ca_dir: Path | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
     The coordinator is created but not run: the caller runs ``host.coordinator.run()`` in its task group.
+    ``tpm_ca_dir`` (default: ``tpm-ca`` in the config dir, absent unless the operator made it) holds the
+    TPM manufacturer CAs whose EK certificates let a node's quotes earn hardware_attested.
     """
     async with start_broker(
         workdir / "broker",
@@ -81,6 +85,7 @@ async def host_group(
             verify=verify,
             verification=verification,
             join_policy=join_policy or JoinPolicy(),
+            tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
         )
         if not broker.acl_enforced:
             log.warning(

@@ -17,8 +17,8 @@ from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
-from prsm_edge.protocol.group import Member
 from prsm_edge.protocol.membership import JoinPolicy
+from prsm_edge.protocol.group import Group
 from prsm_edge.protocol.messages import ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
 from prsm_edge.protocol.verifier import VerifierConfig
@@ -81,7 +81,48 @@ def _run(args: argparse.Namespace) -> int:
             return 0
 
 
-def _slices(nodes: int) -> tuple[list[ResourceSpec], str]:
+def demo_verification(site: str, group: str, nodes: int) -> VerifierConfig:
+    """Verification for a demo group: every agent proves on this one machine (one process), so
+    challenges are small, deadlines generous and rounds spaced by the group's size; real devices prove
+    on their own hardware."""
+    return VerifierConfig(
+        site=site,
+        group=group,
+        coordinator="",  # the coordinator fills in its own id
+        round_ms=max(10_000, nodes * 300),
+        vote_timeout_ms=20_000,
+        segments=256,
+        opens=8,
+        target_ms=50,
+        slack=max(10.0, 2.0 * nodes),  # all the agents' proofs of a round share one CPU here
+        network_ms=2_000,
+        min_rate_ratio=0.0,
+    )
+
+
+def demo_agent(
+    site: str,
+    group: str,
+    url: str,
+    folder: Path,
+    resources: list[ResourceSpec],
+    fingerprint: str,
+    heartbeat: float,
+) -> AgentOptions:
+    """The options of one demo agent (one equal slice of this machine), keeping its state in ``folder``."""
+    return AgentOptions(
+        site=site,
+        group=group,
+        broker_url=url,
+        workdir=folder,
+        resources=resources,
+        device_class="demo-slice",
+        hw_fingerprint=f"{fingerprint}/slice-{folder.name}",
+        heartbeat_interval_s=heartbeat,
+    )
+
+
+def slices(nodes: int) -> tuple[list[ResourceSpec], str]:
     """One agent's share of this machine: detected capacity / nodes, then the owner's allocation."""
     detected = detect()
     share = [
@@ -93,23 +134,9 @@ def _slices(nodes: int) -> tuple[list[ResourceSpec], str]:
 
 async def _demo(args: argparse.Namespace, workdir: Path) -> int:
     _say("detecting this machine's resources …")
-    resources, fingerprint = await asyncio.to_thread(_slices, args.nodes)
+    resources, fingerprint = await asyncio.to_thread(slices, args.nodes)
     _say(f"starting the broker ({args.broker}) …")
-    # Every demo agent proves on this one machine (one process), so challenges are small, deadlines
-    # generous and rounds spaced by the group's size; real devices prove on their own hardware.
-    verification = VerifierConfig(
-        site=args.site,
-        group=args.group,
-        coordinator="",  # the coordinator fills in its own id
-        round_ms=max(10_000, args.nodes * 300),
-        vote_timeout_ms=20_000,
-        segments=256,
-        opens=8,
-        target_ms=50,
-        slack=max(10.0, 2.0 * args.nodes),  # all the agents' proofs of a round share one CPU here
-        network_ms=2_000,
-        min_rate_ratio=0.0,
-    )
+    verification = demo_verification(args.site, args.group, args.nodes)
     async with host_group(
         workdir,
         site=args.site,
@@ -127,15 +154,14 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         coord = host.coordinator
         agents = [
             Agent(
-                AgentOptions(
-                    site=args.site,
-                    group=args.group,
-                    broker_url=b.url,
-                    workdir=workdir / "agents" / f"a{i:03d}",
-                    resources=resources,
-                    device_class="demo-slice",
-                    hw_fingerprint=f"{fingerprint}/slice-{i}",
-                    heartbeat_interval_s=args.heartbeat,
+                demo_agent(
+                    args.site,
+                    args.group,
+                    b.url,
+                    workdir / "agents" / f"a{i:03d}",
+                    resources,
+                    fingerprint,
+                    args.heartbeat,
                 )
             )
             for i in range(args.nodes)
@@ -169,7 +195,7 @@ async def _show(
                 + ", ".join(f"{level} {n}" for level, n in sorted(g.summary().trust.items()))
             )
             if table:
-                print("\x1b[2J\x1b[H" + status + "\n" + _table(list(g.members.values())), flush=True)
+                print("\x1b[2J\x1b[H" + status + "\n" + _table(g), flush=True)
             else:
                 print(status, flush=True)
     finally:
@@ -179,7 +205,8 @@ async def _show(
             task.cancel()
 
 
-def _table(members: list[Member]) -> str:
+def _table(group: Group) -> str:
+    members = list(group.members.values())
     now = time.time() * 1000
     header = f"{'node':<18} {'cpu':>6} {'mem GB':>7} {'disk GB':>8} {'trust level':<20} {'state':<8}"
     lines = [f"{header} {'last seen':>9}"]
@@ -188,11 +215,12 @@ def _table(members: list[Member]) -> str:
         state = "online" if m.online else "offline"
         if m.online and not m.offering:
             state = "held"
+        level = f"{group.level(m.node).value} ({group.trust(m.node):.2f})"
         lines.append(
             f"{m.node:<18} {cap.get(ResourceType.COMPUTE_CPU, 0):>6.2f} "
             f"{cap.get(ResourceType.STORAGE_MEMORY, 0):>7.2f} "
             f"{cap.get(ResourceType.STORAGE_PERSISTENT, 0):>8.1f} "
-            f"{m.level.value + f' ({m.trust:.2f})':<20} {state:<8} {(now - m.last_seen_ms) / 1000:>8.1f}s"
+            f"{level:<20} {state:<8} {(now - m.last_seen_ms) / 1000:>8.1f}s"
         )
     return "\n".join(lines)
 

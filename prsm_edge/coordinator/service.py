@@ -13,9 +13,10 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 import msgspec
@@ -25,11 +26,11 @@ from nacl.signing import VerifyKey
 from prsm_edge.coordinator.membership import Admissions, MembershipStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
-from prsm_edge.io import attest
+from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.replaystore import PersistentReplayGuard
 from prsm_edge.io.session import ConnectParams, Session
-from prsm_edge.io.store import LedgerStore, RosterStore
+from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
 from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
 from prsm_edge.protocol.group import (
@@ -47,6 +48,7 @@ from prsm_edge.protocol.group import (
 from prsm_edge.protocol.ledger import Ledger
 from prsm_edge.protocol.membership import JoinPolicy, evictable
 from prsm_edge.protocol.messages import (
+    TRUST_SCORE,
     ApiRequest,
     ApiResponse,
     BenchmarkProof,
@@ -56,7 +58,10 @@ from prsm_edge.protocol.messages import (
 )
 from prsm_edge.protocol.verifier import (
     LevelChange,
+    RecordEvidence,
     RecordLedger,
+    RecordSlashEvidence,
+    RunCheck,
     Verifier,
     VerifierConfig,
     VerifierEffect,
@@ -102,6 +107,7 @@ class CoordinatorOptions:
         default_factory=JoinPolicy
     )  # who may join, how fast, and when absent members are evicted
     dead_after_s: float = 600.0  # an offline member silent this long no longer holds one of the seats
+    tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -133,6 +139,7 @@ class Coordinator:
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.store = RosterStore(options.workdir / "roster.sqlite")
         self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite")
+        self.evidence_store = EvidenceStore(options.workdir / "evidence.sqlite")
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
         epoch = self.store.next_epoch()
@@ -153,6 +160,7 @@ class Coordinator:
                 dead_after_ms=int(options.dead_after_s * 1000),
                 join_policy=options.join_policy.name,
             ),
+            levels=lambda member: self.verifier.level(member),
             guard=self.replay_guard,
         )
         self.group.restore(self.store.load())
@@ -171,8 +179,19 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
-        self._next_round = time.monotonic() + 1.0
+        # What was proven before a restart still counts (while current); levels follow from it.
+        self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
+        # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
+        self._checks = asyncio.Semaphore(2)
+        # Only an AK bound to a certified EK by credential activation is asked for quotes.
+        self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
+        # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
+        self._warmup_s = min(5.0, vconfig.round_ms / 4000)
+        self._started = time.monotonic()
+        self._next_round = self._started
+        self._warm_count, self._warm_since = -1, self._started
         self._logged: set[tuple[Reason, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         self.session = Session(
             options.broker_url,
@@ -200,7 +219,10 @@ class Coordinator:
         topic, online = self.group.state_message("online")
         await self.session.publish(topic, self.signer.seal(online, now_ms()), qos=1, retain=True)
         if self.options.verify:
-            await self._apply([self.verifier.opening_beacon()])
+            # Checks open across a broker outage could not be answered: void them, fail nobody.
+            self.verifier.void(now_ms(), "the coordinator lost its broker connection")
+            if self.verifier.beacon is not None:
+                await self._apply([self.verifier.beacon])
         log.info(
             "coordinator %s online for %s/%s (epoch %d, %d known members)",
             self.identity.node_id,
@@ -212,7 +234,8 @@ class Coordinator:
         self.ready.set()
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
-        await self._apply(self.group.receive(topic, payload, now_ms()))
+        arrived = now_ms()  # stamped before any other work: a proof's lateness is judged on this
+        await self._apply(self.group.receive(topic, payload, arrived))
         parts = topic.split("/")
         if payload and len(parts) == 8 and parts[4] == "api" and parts[6] == "req":
             # Anyone may ask to join, retained or not: clear the topic, so a flood of retained requests
@@ -238,22 +261,23 @@ class Coordinator:
                     refused = self.admissions.submit(effect)  # never waits on the broker here
                     if refused is not None:
                         await refused
-                case Verification(node=node, message=message):
-                    await self._verification(node, message)
+                case Verification(node=node, message=message, at_ms=at_ms, raw=raw):
+                    await self._verification(node, message, at_ms or now_ms(), raw)
                 case ApiCall(node=node, request=request):
                     await self._api(node, request)
 
     async def _verification(
-        self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote
+        self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote, at_ms: int, raw: bytes
     ) -> None:
         member = self.group.members.get(node)
-        if member is None:
+        if member is None or not self.options.verify:
             return
         match message:
             case BenchmarkProof():
-                await self._apply_verifier(self.verifier.on_proof(member, message, now_ms()))
+                member = self.registrar.view(member)
+                await self._apply_verifier(self.verifier.on_proof(member, message, at_ms, raw))
             case ProofOpening():
-                await self._apply_verifier(self.verifier.on_opening(message, now_ms()))
+                await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
             case VerificationVote():
                 await self._apply_verifier(self.verifier.on_vote(message))
 
@@ -264,14 +288,31 @@ class Coordinator:
                     await self._apply([effect])
                 case LevelChange(node=node, level=level):
                     log.info("%s now holds %s", node, level.value)
-                    await self._apply(self.group.set_level(node, level))
+                    self.group.level_changed(node)
                 case RecordLedger(entries=entries):
                     self.ledger_store.append(entries)
+                case RecordEvidence(node=node, claim=claim, record=record):
+                    self.evidence_store.save(node, claim, record)
+                case RecordSlashEvidence(digest=digest, node=node, evidence=evidence):
+                    self.evidence_store.save_slash(digest, node, evidence)
+                case RunCheck():
+                    self._spawn(self._run_check(effect))
                 case VerifyQuote():
                     verified = await asyncio.to_thread(_check_quote, effect)
                     await self._apply_verifier(
-                        self.verifier.attestation_result(effect.node, verified, now_ms())
+                        self.verifier.attestation_result(effect.node, verified, now_ms(), effect.claim_hash)
                     )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_check(self, request: RunCheck) -> None:
+        """Re-execute the opened segments in a worker thread (bounded), then hand over the verdict."""
+        async with self._checks:
+            verdict = await asyncio.to_thread(request.run)
+        await self._apply_verifier(self.verifier.check_result(request.challenge_id, verdict))
 
     async def _api(self, node: str, request: ApiRequest) -> None:
         o = self.options
@@ -292,6 +333,10 @@ class Coordinator:
                     result = self._trust_status(member)
                 case "status":
                     result = self._trust_status(member)
+                case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
+                    result = await self.registrar.serve(member, request.method, request.params, now_ms())
+                    for lost in self.registrar.drain_revoked():
+                        await self._apply_verifier(self.verifier.attestation_result(lost, False, now_ms()))
                 case _:
                     raise LocalError(f"unknown method {request.method!r}")
         except LocalError as exc:
@@ -301,15 +346,19 @@ class Coordinator:
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
 
     def _trust_status(self, member: Member) -> dict[str, object]:
-        required = self.verifier.required_stake(member, now_ms())
+        now = now_ms()
+        required = self.verifier.required_stake(member, now)
+        level = self.verifier.level(member, now)
         return {
-            "level": member.level.value,
-            "trust": member.trust,
+            "level": level.value,
+            "trust": TRUST_SCORE[level],
+            "covers": list(self.verifier.covers(member, now)),
             "balance_micro": self.ledger.balance(member.node),
             "stake_micro": self.ledger.stake(member.node),
             "required_stake_micro": required.required_micro,
             "capacity_multiplier": required.capacity_multiplier,
             "risk_factor": required.risk_factor,
+            "attestation": self.registrar.status(member),
         }
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
@@ -375,10 +424,14 @@ class Coordinator:
                 tg.create_task(self._ticker(), name="coordinator-tick")
                 tg.create_task(self.admissions.run(), name="coordinator-admissions")
         finally:
+            for task in list(self._tasks):
+                task.cancel()
             self.store.close()
             self.ledger_store.close()
             self.membership.close()
             self.replay_guard.close()
+            self.evidence_store.close()
+            self.registrar.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -390,13 +443,32 @@ class Coordinator:
             await self._apply(self.group.tick(now))
             if not self.options.verify:
                 continue
-            members = self.group.members
-            await self._apply_verifier(self.verifier.tick(members, now))
-            if time.monotonic() >= self._next_round:
-                self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
-                current = list(members.values())
-                await self._apply_verifier(self.verifier.observe_claims(current, now))
-                await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
+            try:
+                await self._verification_tick(now)
+            except Exception:  # a supervisor boundary: log it and keep the coordinator serving
+                # One member's bad data must never stop verification of the others (nor the coordinator).
+                log.exception("a verification tick failed; verification goes on at the next tick")
+
+    async def _verification_tick(self, now: int) -> None:
+        members = self.group.members
+        viewed = {node: self.registrar.view(m) for node, m in members.items()}
+        await self._apply_verifier(self.verifier.tick(viewed, now, self.rng))
+        if self.verifier.beacon is None:
+            # Round 1's verifiers are those online at this first commitment: wait until arrivals settle
+            # (no change for the warm-up), at most one round.
+            mono, online = time.monotonic(), self.group.online_count
+            if online != self._warm_count:
+                self._warm_count, self._warm_since = online, mono
+            settled = online > 0 and mono - self._warm_since >= self._warmup_s
+            if settled or mono - self._started >= self.verifier.config.round_ms / 1000:
+                await self._apply([self.verifier.opening_beacon(members.values())])
+                self._next_round = mono + self._warmup_s
+            return
+        if time.monotonic() >= self._next_round:
+            self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
+            current = list(viewed.values())
+            await self._apply_verifier(self.verifier.observe_claims(current, now))
+            await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
 
     def _goodbye(self) -> list[tuple[str, bytes]]:
         topic, offline = self.group.state_message("offline")

@@ -16,7 +16,7 @@ from prsm_edge.protocol import cbor
 from prsm_edge.protocol.group import Member, member_from_record, member_to_dict
 from prsm_edge.protocol.messages import LedgerEntry
 
-__all__ = ["LedgerStore", "Outbox", "OutboxItem", "RosterStore"]
+__all__ = ["EvidenceStore", "LedgerStore", "Outbox", "OutboxItem", "RosterStore"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,74 @@ class LedgerStore:
                 "INSERT INTO ledger VALUES (?, ?)",
                 [(e.index, cbor.dumps(msgspec.to_builtins(e, builtin_types=(bytes,)))) for e in entries],
             )
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+class EvidenceStore:
+    """What each node has proven, per claim (the verifier's evidence, never a level), and the
+    evidence behind each slash, by its digest. A restart reloads it and levels follow from it."""
+
+    def __init__(self, path: Path, max_rows: int = 20_000) -> None:
+        self.path = path
+        self.max_rows = max_rows
+        self._db = _connect(path)
+        with _errors(path):
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS evidence (node TEXT NOT NULL, claim BLOB NOT NULL, "
+                "record BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (node, claim))"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS slash_evidence (digest BLOB PRIMARY KEY, node TEXT NOT NULL, "
+                "evidence BLOB NOT NULL)"
+            )
+            (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM evidence").fetchone()
+        self._seq = int(seq)
+
+    def save(self, node: str, claim: bytes, record: dict[str, object]) -> None:
+        """Insert or replace one node's evidence for one claim (the oldest rows go past ``max_rows``)."""
+        self._seq += 1
+        with _errors(self.path):
+            self._db.execute(
+                "INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?)",
+                (node, claim, cbor.dumps(record), self._seq),
+            )
+            if self._seq % 1000 == 0:
+                self._db.execute(
+                    "DELETE FROM evidence WHERE seq <= (SELECT MAX(seq) FROM evidence) - ?", (self.max_rows,)
+                )
+
+    def load(self) -> list[tuple[str, bytes, object]]:
+        """Every stored (node, claim, record), oldest first; damaged rows are skipped."""
+        with _errors(self.path):
+            rows = self._db.execute("SELECT node, claim, record FROM evidence ORDER BY seq").fetchall()
+        out: list[tuple[str, bytes, object]] = []
+        for node, claim, record in rows:
+            try:
+                out.append((node, bytes(claim), cbor.loads_checked(record)))
+            except RejectedMessage as exc:
+                log.warning("skipping damaged evidence row for %s: %s", node, exc)
+        return out
+
+    def save_slash(self, digest: bytes, node: str, evidence: dict[str, object]) -> None:
+        """Keep a slash's evidence (the node's own signed proof and opening) under its digest."""
+        with _errors(self.path):
+            self._db.execute(
+                "INSERT OR IGNORE INTO slash_evidence VALUES (?, ?, ?)", (digest, node, cbor.dumps(evidence))
+            )
+
+    def slash(self, digest: bytes) -> dict[str, object] | None:
+        """The evidence a slash entry cites, or ``None``."""
+        with _errors(self.path):
+            row = self._db.execute(
+                "SELECT evidence FROM slash_evidence WHERE digest = ?", (digest,)
+            ).fetchone()
+        if row is None:
+            return None
+        data = cbor.loads_checked(row[0])
+        return dict(data) if isinstance(data, dict) else None
 
     def close(self) -> None:
         """Close the database."""

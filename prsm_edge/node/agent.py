@@ -30,21 +30,22 @@ from nacl.public import SealedBox
 from prsm_edge import __version__
 from prsm_edge.errors import PrsmEdgeError, RejectedMessage
 from prsm_edge.identity import Identity, SeqStore, load_or_create
+from prsm_edge.io import tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.pins import PinStore
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
-from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
+from prsm_edge.node.prover import Attestor, ProofWork, Prover, calibrate_cpu_rate, calibrate_table_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.backoff import Backoff
 from prsm_edge.protocol.envelope import open_envelope
+from prsm_edge.protocol.guardrails import Governor
 from prsm_edge.protocol.membership import parse_token, token_proof
 from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
-    BenchmarkChallenge,
     CoordState,
     Heartbeat,
     Message,
@@ -55,9 +56,9 @@ from prsm_edge.protocol.messages import (
     ResourceSpec,
     ResourceType,
 )
-from prsm_edge.protocol.offer import Guardrails, Readings, guardrail
+from prsm_edge.protocol.offer import Guardrails, Readings
 from prsm_edge.protocol.replay import CommandGuard
-from prsm_edge.protocol.verifier import CPU_RATE_KEY, claim_hash
+from prsm_edge.protocol.verifier import claim_hash
 
 __all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
 
@@ -110,10 +111,12 @@ class AgentOptions:
     min_hourly_rate_micro: int = MICRO // 10
     uptime_commitment: float = 0.95
     sample: Callable[[], Sample] = sensor_sample
-    # Verification: the single-core SHA-256 rate claimed for the CPU offer (None: measure at start),
-    # how proofs are computed (tests substitute cheats), and a TPM attestation key when there is one.
+    # Verification: the per-core rate claimed for the CPU offer (proofs.RATE_KEYS; None: measure at start,
+    # with the memory and storage fill rates), the other workloads' rates when given instead of measured,
+    # how proofs are computed (None: the node's own; tests substitute cheats), and a TPM attestation key.
     cpu_rate: float | None = None
-    prover: Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]] = proofs.prove
+    rates: dict[str, float] = field(default_factory=dict)
+    prover: Prover | None = None
     attestor: Attestor | None = None
     # Who may lead us: the site's pinned coordinator keys (settings), else the key pinned at first join,
     # kept in pins_path (default: pins.json in workdir; auto-formation keeps it in the node's home).
@@ -136,6 +139,7 @@ class Agent:
         self.bdseq = self._read_bdseq()
         self.coordinator: CoordState | None = None
         self.resources = list(options.resources)
+        self.governor = Governor.for_limits(options.guardrails)  # hysteresis and hold over the limits
         self.offering = True
         self.throttle = ""
         self.born = asyncio.Event()
@@ -153,15 +157,17 @@ class Agent:
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
+        self.clock_problem = ""  # set when the coordinator says our clock is off: what to do about it
         self.work = ProofWork(
             self.node_id,
             prover=options.prover,
             attestor=options.attestor,
             claim_hash=lambda: claim_hash(self.node_id, self.resources),
+            workdir=options.workdir,
         )
         self._api_waiters: dict[str, asyncio.Future[ApiResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._cpu_rate = 0
+        self._rates: dict[str, int] = {}
         o = options
         self.session = Session(
             o.broker_url,
@@ -379,8 +385,13 @@ class Agent:
     async def _command(self, cmd: NodeCommand) -> None:
         match cmd.verb:
             case "rebirth":
+                if self.clock_problem and cmd.args.get("why") == "not a member":
+                    log.debug("%s: not re-announcing until the clock is fixed", self.node_id)
+                    return
                 log.info("%s: rebirth requested (%s)", self.node_id, cmd.args.get("why", ""))
                 self._birth()
+            case "clock":
+                self._clock_off(str(cmd.args.get("detail", "")), str(cmd.args.get("window_ms", "")))
             case "settings":
                 self._apply_limits(cmd.args.get("limit"))
             case "redirect":
@@ -400,6 +411,29 @@ class Agent:
                 self.work.sit(cmd.args)
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
+
+    def _clock_off(self, detail: str, window_ms: str) -> None:
+        """The coordinator refused our messages as stale: say so, with the fix, instead of looping."""
+        first = not self.clock_problem
+        self.clock_problem = (
+            f"this device's clock is outside the group's replay window ({window_ms} ms): {detail}; "
+            "turn on time synchronisation (e.g. `timedatectl set-ntp true`, or chrony/ntpd) and restart"
+        )
+        log.log(logging.ERROR if first else logging.DEBUG, "%s: %s", self.node_id, self.clock_problem)
+        if first:
+            self._retry_birth_later()
+
+    def _retry_birth_later(self) -> None:
+        """Re-announce once a minute while the clock is off, in case it has been fixed meanwhile."""
+
+        async def later() -> None:
+            await asyncio.sleep(60.0)
+            self.clock_problem = ""
+            self._birth()
+
+        task = asyncio.create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _apply_limits(self, limits: object) -> None:
         """A coordinator's push: offer at most these fractions (0–1) of what the owner offers, per type.
@@ -534,12 +568,17 @@ class Agent:
     def heartbeat(self) -> Heartbeat:
         """Sample telemetry and apply the owner's guardrails."""
         sample = self.options.sample()
-        reason = guardrail(sample.readings, self.options.guardrails)
-        if reason != self.throttle:
+        local = time.localtime()
+        decision = self.governor.update(
+            sample.readings, now_ms(), local.tm_wday, local.tm_hour * 60 + local.tm_min
+        )
+        if decision.changed:
             log.warning(
-                "%s: %s", self.node_id, f"holding capacity back: {reason}" if reason else "offering again"
+                "%s: %s",
+                self.node_id,
+                f"holding capacity back: {decision.reason}" if decision.reason else "offering again",
             )
-        self.offering, self.throttle = not reason, reason
+        self.offering, self.throttle = decision.offering, decision.reason
         r = sample.readings
         return Heartbeat(
             node=self.node_id,
@@ -565,22 +604,38 @@ class Agent:
             )
 
     async def _calibrate(self) -> None:
-        """Put the single-core SHA-256 rate (claimed or measured now) into the CPU offer."""
-        rate = self.options.cpu_rate
-        if rate is None:
-            rate = await asyncio.to_thread(calibrate_cpu_rate)
-        self._cpu_rate = round(rate)
+        """Put the rate of each workload (claimed, or measured now) into the offer it proves.
+
+        Measured only when no CPU rate was given: the per-core CPU rate with one lane a claimed core, and
+        the memory and storage fill rates where those are offered (a few MiB each).
+        """
+        rates = dict(self.options.rates)
+        measure = self.options.cpu_rate is None
+        offered = {r.type for r in self.resources}
+        if measure:
+            cores = max(
+                (int(r.capacity) for r in self.resources if r.type is ResourceType.COMPUTE_CPU), default=1
+            )
+            rates["cpu"] = await asyncio.to_thread(calibrate_cpu_rate, 0.3, max(1, min(cores, 256)))
+            if proofs.RESOURCE_OF["memory"] in offered and "memory" not in rates:
+                rates["memory"] = await asyncio.to_thread(calibrate_table_rate)
+            if proofs.RESOURCE_OF["storage"] in offered and "storage" not in rates:
+                folder = self.options.workdir / "proofs"
+                rates["storage"] = await asyncio.to_thread(calibrate_table_rate, 8 << 20, folder)
+        elif self.options.cpu_rate:
+            rates["cpu"] = self.options.cpu_rate
+        self._rates = {w: round(r) for w, r in rates.items() if w in proofs.RATE_KEYS and r > 0}
         self.resources = self._with_rate(self.resources)
 
     def _with_rate(self, resources: list[ResourceSpec]) -> list[ResourceSpec]:
-        if not self._cpu_rate:
-            return list(resources)
-        return [
-            msgspec.structs.replace(r, details={**r.details, CPU_RATE_KEY: self._cpu_rate})
-            if r.type is ResourceType.COMPUTE_CPU
-            else r
-            for r in resources
-        ]
+        out = list(resources)
+        for workload, rate in self._rates.items():
+            rtype, key = proofs.RESOURCE_OF[workload], proofs.RATE_KEYS[workload]
+            out = [
+                msgspec.structs.replace(r, details={**r.details, key: rate}) if r.type is rtype else r
+                for r in out
+            ]
+        return out
 
     async def run(self) -> None:
         """Run until cancelled (graceful leave: ``offline`` is published) or redirected."""
@@ -590,6 +645,10 @@ class Agent:
                 tg.create_task(self.session.run(), name=f"{self.node_id}-session")
                 tg.create_task(self._heartbeats(), name=f"{self.node_id}-heartbeat")
                 tg.create_task(self._watch_redirect(), name=f"{self.node_id}-redirect")
+                a = self.options.attestor
+                if a is not None and a.registration is not None and a.activate is not None:
+                    reg = tpm_registration.keep_registered(self, a.registration, a.activate)
+                    tg.create_task(reg, name=f"{self.node_id}-tpm-registration")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:

@@ -156,6 +156,8 @@ class BenchmarkChallenge(Message, frozen=True, tag="bchal"):
     opens: int = 4
     open_commit: bytes = b""
     attest: bool = False
+    lanes: int = 1  # parallel chains, one per claimed core (``cpu``); segment i is in lane i % lanes
+    open_ms: int = 0  # > 0: the opening must arrive within this long of the salt reveal (``storage``)
 
 
 class BenchmarkProof(Message, frozen=True, tag="bproof"):
@@ -184,6 +186,15 @@ class ProofOpening(Message, frozen=True, tag="bopen"):
     node: str
     openings: list[SegmentOpening]
     salt: bytes = b""
+
+
+class BandwidthChunk(Message, frozen=True, tag="bwchunk"):
+    """One chunk of a bandwidth challenge's nonce-derived payload, sent by the node being measured."""
+
+    challenge_id: str
+    node: str
+    index: int
+    data: bytes
 
 
 class VerificationVote(Message, frozen=True, tag="vote"):
@@ -224,13 +235,18 @@ class CoordState(Message, frozen=True, tag="cstate"):
 
 class Beacon(Message, frozen=True, tag="beacon"):
     """A verification round's public randomness: the revealed secret of ``round``, the mix it is
-    combined with (the round's subjects), and the commitment to the next round's secret."""
+    combined with (the digest of the inputs committed a round ahead), and the next round's commitment."""
 
     group: str
     round: int
     reveal: bytes
     mix: bytes
     commit_next: bytes
+    # Published inputs, so anyone can recompute the panels (peers.round_panels): committed one round
+    # ahead (eligible verifiers and each member's sampling chance), and this round's candidates.
+    eligible_next: list[str] = []
+    sampling_next: dict[str, float] = {}
+    candidates: list[str] = []
 
 
 class RosterEntry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
@@ -320,6 +336,7 @@ AnyMessage = (
     | BenchmarkChallenge
     | BenchmarkProof
     | ProofOpening
+    | BandwidthChunk
     | VerificationVote
     | NodeCommand
     | CoordState
@@ -340,6 +357,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     BenchmarkChallenge,
     BenchmarkProof,
     ProofOpening,
+    BandwidthChunk,
     VerificationVote,
     NodeCommand,
     CoordState,
