@@ -18,8 +18,8 @@ from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
 from prsm_edge.io.dynsec import DynSec
-from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.io.tpm_registration import default_ca_dir
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.verifier import VerifierConfig
 
 __all__ = ["GroupHost", "host_group"]

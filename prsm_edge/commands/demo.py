@@ -17,8 +17,8 @@ from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
-from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.group import Group
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.messages import ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
 from prsm_edge.protocol.verifier import VerifierConfig

@@ -46,6 +46,7 @@ from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
+    BenchmarkChallenge,
     CoordState,
     Heartbeat,
     Message,
@@ -154,6 +155,7 @@ class Agent:
         self._proving = asyncio.Semaphore(_MAX_PROVING)
         self._state_seq: dict[bytes, int] = {}
         self._join_backoff = Backoff(initial=1.0, cap=30.0)
+        self._coord_ts = 0  # the newest timestamp signed by our coordinator: its clock, for freshness
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
@@ -265,6 +267,7 @@ class Agent:
                 log.debug("%s: ignoring an older coordinator state (seq %d)", self.node_id, msg.seq)
                 return  # an older state of the same coordinator (a replayed retained copy)
             self._state_seq[opened.kid] = msg.seq
+            self._coord_ts = max(self._coord_ts, msg.ts)
             await self._coordinator_state(msg)
             return
         coord = self.coordinator
@@ -272,7 +275,10 @@ class Agent:
             log.debug("ignoring %s from %s: not our coordinator", type(msg).__name__, opened.signer)
             return
         try:
-            self.commands.check(opened.signer, msg.seq, msg.ts, now_ms())
+            # Freshness on the coordinator's own clock (its newest state or command), not ours: a node
+            # with a wrong clock must still hear the coordinator (a challenge, or cmd/clock saying so).
+            self.commands.check(opened.signer, msg.seq, msg.ts, max(self._coord_ts, msg.ts))
+            self._coord_ts = max(self._coord_ts, msg.ts)
         except RejectedMessage as exc:
             log.debug("ignoring %s from the coordinator: %s", type(msg).__name__, exc)
             return
@@ -471,7 +477,7 @@ class Agent:
         self._challenges[ch.challenge_id] = None
         while len(self._challenges) > _KEEP_CHALLENGE_IDS:
             self._challenges.popitem(last=False)
-        if now_ms() > ch.deadline_ms:
+        if self._coord_ts > ch.deadline_ms:  # on the coordinator's clock, which set the deadline
             log.info("%s: challenge %s arrived after its deadline", self.node_id, ch.challenge_id)
             return False
         return True

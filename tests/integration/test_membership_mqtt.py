@@ -177,14 +177,11 @@ async def test_a_site_pin_in_settings_decides_who_leads(mosquitto: Mosquitto, tm
         assert agent.births == 0
 
 
-def _challenge(agent: Agent, now: int, *, late: bool = False) -> NodeCommand:
+def _challenge(agent: Agent, now: int, seed: int = 1) -> NodeCommand:
     issued = proofs.make_challenge(
-        "nverifier0000000", agent.node_id, "cpu", 1e6, random.Random(1), now, segments=4, target_ms=10
+        "nverifier0000000", agent.node_id, "cpu", 1e6, random.Random(seed), now, segments=4, target_ms=10
     )
-    ch = issued.challenge
-    if late:
-        ch = msgspec.structs.replace(ch, deadline_ms=now - 1)
-    wire = msgspec.to_builtins(ch, builtin_types=(bytes,))
+    wire = msgspec.to_builtins(issued.challenge, builtin_types=(bytes,))
     return NodeCommand(verb="challenge", node=agent.node_id, args={"challenge": wire})
 
 
@@ -215,7 +212,8 @@ async def test_commands_are_deduplicated_and_deadlines_checked(tmp_path: Path) -
         for _ in range(50):
             await agent._on_message(topic, sealed)  # the same bytes again and again
         await agent._on_message(topic, signer.seal(cmd, now))  # re-signed: same challenge id
-        await agent._on_message(topic, signer.seal(_challenge(agent, now, late=True), now))
+        late = _challenge(agent, now - 60_000, seed=2)  # issued a minute ago: its deadline has passed
+        await agent._on_message(topic, signer.seal(late, now))
     assert len(started) == 1
     for task in list(agent._tasks):
         task.cancel()
