@@ -31,6 +31,7 @@ from typing import Any, Final, Self
 import aiomqtt
 
 from prsm_edge.errors import BrokerError
+from prsm_edge.io import tpm_registration
 from prsm_edge.io.broker import RunningBroker
 from prsm_edge.protocol import topics
 
@@ -64,7 +65,7 @@ _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the sha
 NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bench/echo")
 # ... and the coordinator API methods it calls. A new method must be added here, or members' requests
 # for it are dropped by the broker.
-NODE_API_METHODS: Final = ("join", "stake", "status")
+NODE_API_METHODS: Final = ("join", "stake", "status", tpm_registration.REGISTER, tpm_registration.ACTIVATE)
 
 Acl = dict[str, Any]
 

@@ -12,7 +12,14 @@ import pytest
 
 from prsm_edge.errors import BrokerError
 from prsm_edge.io.broker import RunningBroker, start_broker
-from prsm_edge.io.dynsec import ROLE_COORDINATOR, ROLE_VIEWER, DynSec, node_role, node_role_acls
+from prsm_edge.io.dynsec import (
+    NODE_API_METHODS,
+    ROLE_COORDINATOR,
+    ROLE_VIEWER,
+    DynSec,
+    node_role,
+    node_role_acls,
+)
 from tests.conftest import require_mosquitto
 
 pytestmark = pytest.mark.integration
@@ -318,6 +325,6 @@ async def test_a_member_still_reaches_every_topic_it_needs(broker: RunningBroker
         own = (
             [f"{BASE}/node/n1/{leaf}" for leaf in ("birth", "claim", "proof", "telemetry")]
             + [f"{BASE}/node/n1/bench/echo"]
-            + [f"{BASE}/api/{m}/req/n1" for m in ("join", "stake", "status")]
+            + [f"{BASE}/api/{m}/req/n1" for m in NODE_API_METHODS]
         )
         assert await passed(spy, n1, own, f"{BASE}/node/n1/state") == own
