@@ -65,7 +65,17 @@ _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the sha
 NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bench/echo")
 # ... and the coordinator API methods it calls. A new method must be added here, or members' requests
 # for it are dropped by the broker.
-NODE_API_METHODS: Final = ("join", "stake", "status", tpm_registration.REGISTER, tpm_registration.ACTIVATE)
+# (lease, earnings and ledger are the economy branch's member methods, listed ahead of its merge.)
+NODE_API_METHODS: Final = (
+    "join",
+    "stake",
+    "status",
+    "lease",
+    "earnings",
+    "ledger",
+    tpm_registration.REGISTER,
+    tpm_registration.ACTIVATE,
+)
 
 Acl = dict[str, Any]
 
