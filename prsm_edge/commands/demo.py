@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from prsm_edge import settings
+from prsm_edge.commands import _demo_market
+from prsm_edge.coordinator.economy import EconomyConfig
 from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
 from prsm_edge.protocol.group import Group
 from prsm_edge.protocol.membership import JoinPolicy
-from prsm_edge.protocol.messages import ResourceSpec, ResourceType
+from prsm_edge.protocol.messages import MICRO, ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
 from prsm_edge.protocol.verifier import VerifierConfig
 
@@ -65,12 +67,21 @@ def register(sub: Any) -> None:
         action="store_true",
         help="skip benchmark proofs and peer verification (levels stay 0.6)",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="settlement period in seconds (default 10; real groups: 1 h)",
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= _MAX_NODES:
         print(f"prsm-edge: error: --nodes must be between 1 and {_MAX_NODES}", file=sys.stderr)
+        return 2
+    if not 1.0 <= args.settle <= 86_400.0:
+        print("prsm-edge: error: --settle must be between 1 and 86400 seconds", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prsm-demo-")))
@@ -119,6 +130,7 @@ def demo_agent(
         device_class="demo-slice",
         hw_fingerprint=f"{fingerprint}/slice-{folder.name}",
         heartbeat_interval_s=heartbeat,
+        min_hourly_rate_micro=0,  # a slice of one machine is tiny: demo owners take any rate
     )
 
 
@@ -147,6 +159,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         verification=verification,
         # the demo's agents all start at once on this machine: admit them all without throttling
         join_policy=JoinPolicy(rate_per_min=60.0 * args.nodes, burst=args.nodes, max_pending=args.nodes),
+        economy=EconomyConfig(period_ms=int(args.settle * 1000)),
     ) as host:
         b = host.broker
         acl = "per-node ACLs enforced" if b.acl_enforced else "NO ACL enforcement (embedded fallback)"
@@ -170,6 +183,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(coord.run())]
             tasks += [tg.create_task(a.run()) for a in agents]
+            tasks.append(tg.create_task(_demo_market.drive(coord)))
             tg.create_task(_show(args, coord, len(agents), start, tasks))
     return 0
 
@@ -194,8 +208,9 @@ async def _show(
                 + "; levels: "
                 + ", ".join(f"{level} {n}" for level, n in sorted(g.summary().trust.items()))
             )
+            status += _earnings(coord)
             if table:
-                print("\x1b[2J\x1b[H" + status + "\n" + _table(g), flush=True)
+                print("\x1b[2J\x1b[H" + status + "\n" + _table(g, coord), flush=True)
             else:
                 print(status, flush=True)
     finally:
@@ -205,11 +220,21 @@ async def _show(
             task.cancel()
 
 
-def _table(group: Group) -> str:
+def _earnings(coord: Coordinator) -> str:
+    """Earnings so far by level (credits are settled each period; bonuses only for verified levels)."""
+    by_level: dict[str, int] = {}
+    for node in coord.group.members:
+        level = coord.group.level(node).value
+        by_level[level] = by_level.get(level, 0) + coord.ledger.balance(node)
+    paid = ", ".join(f"{level} {micro / MICRO:.6f}" for level, micro in sorted(by_level.items()))
+    return f"; earned FTNS: {paid or 'none yet'} (demo work is simulated)"
+
+
+def _table(group: Group, coord: Coordinator | None = None) -> str:
     members = list(group.members.values())
     now = time.time() * 1000
     header = f"{'node':<18} {'cpu':>6} {'mem GB':>7} {'disk GB':>8} {'trust level':<20} {'state':<8}"
-    lines = [f"{header} {'last seen':>9}"]
+    lines = [f"{header} {'last seen':>9} {'earned µFTNS':>13} {'µFTNS/h':>9}"]
     for m in sorted(members, key=lambda m: m.node):
         cap = {r.type: r.capacity for r in m.resources}
         state = "online" if m.online else "offline"
@@ -221,6 +246,11 @@ def _table(group: Group) -> str:
             f"{cap.get(ResourceType.STORAGE_MEMORY, 0):>7.2f} "
             f"{cap.get(ResourceType.STORAGE_PERSISTENT, 0):>8.1f} "
             f"{level:<20} {state:<8} {(now - m.last_seen_ms) / 1000:>8.1f}s"
+            + (
+                f" {coord.ledger.balance(m.node):>13} {coord.economy.hourly.get(m.node, 0.0):>9.0f}"
+                if coord is not None
+                else ""
+            )
         )
     return "\n".join(lines)
 

@@ -107,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         uptime_commitment=s.uptime_commitment,
         join_token=args.token or s.join_token,
         trusted_coordinators=s.trusted_coordinators,
+        priority_level=s.priority_level,
     )
     if agent.join_token:
         parse_token(agent.join_token)  # a mistyped token fails here, with what to do, not at the host

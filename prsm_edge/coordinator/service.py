@@ -23,6 +23,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.coordinator.membership import Admissions, MembershipStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
@@ -32,7 +33,8 @@ from prsm_edge.io.replaystore import PersistentReplayGuard
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
-from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
+from prsm_edge.protocol.allocation import Allocation, Task
+from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
     Effect,
@@ -52,6 +54,7 @@ from prsm_edge.protocol.messages import (
     ApiRequest,
     ApiResponse,
     BenchmarkProof,
+    GroupSummary,
     NodeCommand,
     ProofOpening,
     VerificationVote,
@@ -107,6 +110,7 @@ class CoordinatorOptions:
         default_factory=JoinPolicy
     )  # who may join, how fast, and when absent members are evicted
     dead_after_s: float = 600.0  # an offline member silent this long no longer holds one of the seats
+    economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
 
 
@@ -138,7 +142,7 @@ class Coordinator:
         self.rng = rng or random.SystemRandom()
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.store = RosterStore(options.workdir / "roster.sqlite")
-        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite")
+        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite", Signer(identity.signing_key))
         self.evidence_store = EvidenceStore(options.workdir / "evidence.sqlite")
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
@@ -179,6 +183,15 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
+        self.economy = Economy(
+            options.site,
+            options.group,
+            self.ledger,
+            self.ledger_store,
+            level_of=self.group.level,  # read from the verifier, never copied
+            performance_of=verifier_performance(self.verifier),
+            config=options.economy,
+        )
         # What was proven before a restart still counts (while current); levels follow from it.
         self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
@@ -246,6 +259,10 @@ class Coordinator:
         for effect in effects:
             match effect:
                 case Publish(topic=topic, message=message, retain=retain, qos=qos):
+                    if isinstance(message, GroupSummary):
+                        message = msgspec.structs.replace(
+                            message, market=self.economy.market(self.group.members)
+                        )
                     await self.session.publish(
                         topic, self.signer.seal(message, now_ms()), qos=qos, retain=retain
                     )
@@ -332,7 +349,19 @@ class Coordinator:
                     )
                     result = self._trust_status(member)
                 case "status":
-                    result = self._trust_status(member)
+                    result = self._trust_status(member) | {"leases": self.economy.status(node)["leases"]}
+                case "lease":  # the agent's answer to a lease offer
+                    result = self.economy.lease_answer(node, request.params, now_ms())
+                case "earnings":
+                    result = self.economy.status(node)
+                case "ledger":  # the member's own signed entries, the newest that fit, and the head
+                    signed: list[bytes] = []
+                    for data in reversed(self.ledger_store.signed(node)):
+                        if sum(map(len, signed)) + len(data) > 48_000 or len(signed) >= 100:
+                            break
+                        signed.insert(0, data)
+                    head = self.economy.head_message()
+                    result = {"entries": signed, "count": head.count, "head": head.head}
                 case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
                     result = await self.registrar.serve(member, request.method, request.params, now_ms())
                     for lost in self.registrar.drain_revoked():
@@ -360,6 +389,12 @@ class Coordinator:
             "risk_factor": required.risk_factor,
             "attestation": self.registrar.status(member),
         }
+
+    async def submit(self, task: Task, strategy: str = "hybrid_optimal") -> Allocation:
+        """Allocate ``task`` in this group and offer its leases (``AllocationRefused`` names why not)."""
+        alloc, effects = self.economy.submit(self.group.members, task, now_ms(), strategy)
+        await self._apply(list(effects))
+        return alloc
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
         """Ask ``node`` to offer at most these fractions of its owner's offer (it never offers more)."""
@@ -441,6 +476,7 @@ class Coordinator:
             now = now_ms()
             self._evict(now)
             await self._apply(self.group.tick(now))
+            await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:
                 continue
             try:

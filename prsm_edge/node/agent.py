@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import msgspec
@@ -36,6 +37,7 @@ from prsm_edge.io.pins import PinStore
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
+from prsm_edge.node.leases import LeaseDesk
 from prsm_edge.node.prover import Attestor, ProofWork, Prover, calibrate_cpu_rate, calibrate_table_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.backoff import Backoff
@@ -111,6 +113,7 @@ class AgentOptions:
     security_level: str = "standard"
     min_hourly_rate_micro: int = MICRO // 10
     uptime_commitment: float = 0.95
+    priority_level: int = 5
     sample: Callable[[], Sample] = sensor_sample
     # Verification: the per-core rate claimed for the CPU offer (proofs.RATE_KEYS; None: measure at start,
     # with the memory and storage fill rates), the other workloads' rates when given instead of measured,
@@ -170,6 +173,7 @@ class Agent:
         self._api_waiters: dict[str, asyncio.Future[ApiResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rates: dict[str, int] = {}
+        self.leases = LeaseDesk(self.node_id)
         o = options
         self.session = Session(
             o.broker_url,
@@ -415,6 +419,10 @@ class Agent:
                     self._send(topics.Kind.NODE_PROOF, opening)
             case "verify":
                 self.work.sit(cmd.args)
+            case "lease":
+                self._answer_lease(cmd.args)
+            case "lease_end":
+                self.leases.end(cmd.args.get("lease_id"))
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
 
@@ -481,6 +489,30 @@ class Agent:
             log.info("%s: challenge %s arrived after its deadline", self.node_id, ch.challenge_id)
             return False
         return True
+
+    def _answer_lease(self, args: dict[str, Any]) -> None:
+        """Re-check a lease offer against the owner's limits; answer with a signed ``lease`` request."""
+        o = self.options
+        decision = self.leases.decide(
+            args,
+            self.resources,
+            offering=self.offering,
+            min_hourly_rate_micro=o.min_hourly_rate_micro,
+            now_ms=now_ms(),
+        )
+        log.info(
+            "%s: lease %s %s %s",
+            self.node_id,
+            decision.lease_id,
+            "accepted" if decision.accept else "declined",
+            decision.reason,
+        )
+        params = {"lease_id": decision.lease_id, "accept": decision.accept, "reason": decision.reason}
+        req = ApiRequest(txid=secrets.token_hex(8), method="lease", requester=self.node_id, params=params)
+        self.session.enqueue(
+            topics.api(topics.Kind.API_REQ, o.site, o.group, "lease", self.node_id),
+            self.signer.seal(req, now_ms()),
+        )
 
     async def _prove(self, args: dict[str, object]) -> None:
         async with self._proving:
@@ -551,6 +583,9 @@ class Agent:
             min_hourly_rate_micro=o.min_hourly_rate_micro,
             uptime_commitment=o.uptime_commitment,
             can_coordinate=o.can_coordinate,
+            priority_level=o.priority_level,
+            max_temperature_c=o.guardrails.max_cpu_temperature,
+            max_power_w=o.guardrails.max_power_consumption,
             attestation_key=o.attestor.public_key if o.attestor is not None else b"",
         )
         self._send(topics.Kind.NODE_BIRTH, birth, retain=True)

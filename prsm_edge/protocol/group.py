@@ -36,6 +36,7 @@ import msgspec
 
 from prsm_edge.errors import Reason, RejectedMessage, TopicError
 from prsm_edge.protocol import topics
+from prsm_edge.protocol.allocation import check_owner_terms
 from prsm_edge.protocol.envelope import Opened, open_envelope
 from prsm_edge.protocol.messages import (
     TRUST_SCORE,
@@ -127,6 +128,12 @@ class Member:
     can_coordinate: bool = False
     attestation_key: bytes = b""
     uptime_commitment: float = 0.95
+    # The owner's terms from the birth, kept for allocation (hard filters) and the market listing.
+    security_level: str = "standard"
+    min_hourly_rate_micro: int = 0
+    priority_level: int = 5
+    max_temperature_c: float = 80.0
+    max_power_w: float = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +336,8 @@ class Group:
             topics.Kind.COORD_STATE,
             topics.Kind.COORD_ROSTER,
             topics.Kind.COORD_BEACON,
+            topics.Kind.COORD_LEDGER,
+            topics.Kind.MARKET_LISTING,
             topics.Kind.SUMMARY,
         ):
             return []  # our own retained output, or a rival coordinator's (election is elsewhere)
@@ -450,6 +459,13 @@ class Group:
             raise RejectedMessage(
                 Reason.IMPLAUSIBLE, f"uptime commitment {msg.uptime_commitment} is not a fraction 0–1"
             )
+        check_owner_terms(
+            msg.security_level,
+            msg.min_hourly_rate_micro,
+            msg.priority_level,
+            msg.max_temperature_c,
+            msg.max_power_w,
+        )
         self._fresh(msg.node, msg, now_ms, birth=True)
         old = self.members.get(msg.node)
         member = Member(
@@ -464,6 +480,11 @@ class Group:
             can_coordinate=msg.can_coordinate,
             attestation_key=msg.attestation_key,
             uptime_commitment=msg.uptime_commitment,
+            security_level=msg.security_level,
+            min_hourly_rate_micro=msg.min_hourly_rate_micro,
+            priority_level=msg.priority_level,
+            max_temperature_c=msg.max_temperature_c,
+            max_power_w=msg.max_power_w,
         )
         self.members[msg.node] = member
         self.accepted["birth"] += 1
@@ -600,6 +621,11 @@ class _MemberRecord(msgspec.Struct, kw_only=True):
     can_coordinate: bool = False
     attestation_key: bytes = b""
     uptime_commitment: float = 0.95
+    security_level: str = "standard"
+    min_hourly_rate_micro: int = 0
+    priority_level: int = 5
+    max_temperature_c: float = 80.0
+    max_power_w: float = 100.0
 
 
 def member_struct(member: Member) -> _MemberRecord:
@@ -616,6 +642,11 @@ def member_struct(member: Member) -> _MemberRecord:
         can_coordinate=member.can_coordinate,
         attestation_key=member.attestation_key,
         uptime_commitment=member.uptime_commitment,
+        security_level=member.security_level,
+        min_hourly_rate_micro=member.min_hourly_rate_micro,
+        priority_level=member.priority_level,
+        max_temperature_c=member.max_temperature_c,
+        max_power_w=member.max_power_w,
     )
 
 
@@ -635,4 +666,9 @@ def member_from_record(data: object) -> Member:
         can_coordinate=rec.can_coordinate,
         attestation_key=rec.attestation_key,
         uptime_commitment=rec.uptime_commitment,
+        security_level=rec.security_level,
+        min_hourly_rate_micro=rec.min_hourly_rate_micro,
+        priority_level=rec.priority_level,
+        max_temperature_c=rec.max_temperature_c,
+        max_power_w=rec.max_power_w,
     )

@@ -101,6 +101,9 @@ class NodeBirth(Message, frozen=True, tag="nbirth"):
     uptime_commitment: float = 0.95
     can_coordinate: bool = False
     attestation_key: bytes = b""
+    priority_level: int = 5
+    max_temperature_c: float = 80.0
+    max_power_w: float = 100.0
 
 
 class NodeState(Message, frozen=True, tag="nstate"):
@@ -278,6 +281,7 @@ class GroupSummary(Message, frozen=True, tag="summary"):
     capacity: dict[str, float]
     trust: dict[str, int]
     utilization: float
+    market: dict[str, Any] = {}  # supply, demand, utilization, hourly earnings p25/p50/p75 per class
 
 
 class Lease(Message, frozen=True, tag="lease"):
@@ -307,6 +311,27 @@ class LedgerEntry(Message, frozen=True, tag="ledger"):
     at_ms: int = 0
     memo: str = ""
     evidence: bytes = b""
+    inputs: dict[str, int | float | str] = {}  # every input of the formula that produced the amount
+
+
+class LedgerHead(Message, frozen=True, tag="lhead"):
+    """The coordinator's retained ledger chain head: how many entries, and the last one's hash."""
+
+    group: str
+    count: int
+    head: bytes
+
+
+class MarketListing(Message, frozen=True, tag="listing"):
+    """One member's offer on the group's market, as the coordinator sees it (retained)."""
+
+    node: str
+    device_class: str
+    level: VerificationLevel
+    resources: list[ResourceSpec]
+    free: dict[str, float]
+    min_hourly_rate_micro: int
+    online: bool
 
 
 class ApiRequest(Message, frozen=True, tag="apireq"):
@@ -345,6 +370,8 @@ AnyMessage = (
     | GroupSummary
     | Lease
     | LedgerEntry
+    | LedgerHead
+    | MarketListing
     | ApiRequest
     | ApiResponse
 )
@@ -366,6 +393,8 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     GroupSummary,
     Lease,
     LedgerEntry,
+    LedgerHead,
+    MarketListing,
     ApiRequest,
     ApiResponse,
 )

@@ -6,7 +6,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from nacl.signing import SigningKey
+
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
+from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.group import Group, GroupConfig
 from prsm_edge.protocol.ledger import Ledger
 from prsm_edge.protocol.messages import ResourceSpec, ResourceType, VerificationLevel
@@ -29,7 +32,9 @@ class Shell:
 
     def __init__(self, folder: Path) -> None:
         self.evidence = EvidenceStore(folder / "evidence.sqlite")
-        self.ledger = LedgerStore(folder / "ledger.sqlite")
+        self.ledger = LedgerStore(
+            folder / "ledger.sqlite", Signer(SigningKey(bytes(32)))
+        )  # entries are signed
         self.roster = RosterStore(folder / "roster.sqlite")
 
     def apply(self, effects: list[VerifierEffect]) -> None:
