@@ -22,6 +22,7 @@ from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
 from prsm_edge.io.brokerinfo import dashboard_dir
 from prsm_edge.io.dynsec import DynSec
 from prsm_edge.io.tpm_registration import default_ca_dir
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.verifier import VerifierConfig
 
 __all__ = ["GroupHost", "host_group"]
@@ -56,6 +57,8 @@ async def host_group(
     verify: bool = True,
     verification: VerifierConfig | None = None,
     homeassistant: HomeAssistantOptions | None = None,
+    join_policy: JoinPolicy | None = None,
+    listen: bool = False,
     economy: EconomyConfig | None = None,
     tpm_ca_dir: Path | None = None,
 ) -> AsyncIterator[GroupHost]:
@@ -69,7 +72,14 @@ async def host_group(
     if http_dir is None:
         http_dir = dashboard_dir()
     async with start_broker(
-        workdir / "broker", host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
+        workdir / "broker",
+        host=host,
+        port=port,
+        ws_port=ws_port,
+        prefer=prefer,
+        acl=acl,
+        http_dir=http_dir,
+        expose_embedded=listen,
     ) as broker:
         identity = load_or_create(workdir / "coordinator")
         options = CoordinatorOptions(
@@ -83,6 +93,7 @@ async def host_group(
             verify=verify,
             verification=verification,
             homeassistant=homeassistant,
+            join_policy=join_policy or JoinPolicy(),
             economy=economy,
             tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
         )

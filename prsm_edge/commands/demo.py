@@ -23,6 +23,7 @@ from prsm_edge.localgroup import GroupHost, host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
 from prsm_edge.protocol.group import Group
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.messages import MICRO, ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
 from prsm_edge.protocol.verifier import VerifierConfig
@@ -159,6 +160,8 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         heartbeat_timeout_s=args.heartbeat * 3.5,
         verify=not args.no_verify,
         verification=verification,
+        # the demo's agents all start at once on this machine: admit them all without throttling
+        join_policy=JoinPolicy(rate_per_min=60.0 * args.nodes, burst=args.nodes, max_pending=args.nodes),
         economy=EconomyConfig(period_ms=int(args.settle * 1000)),
     ) as host:
         b = host.broker

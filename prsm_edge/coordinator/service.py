@@ -26,10 +26,12 @@ from nacl.signing import VerifyKey
 from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
 from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
+from prsm_edge.coordinator.membership import Admissions, MembershipStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
+from prsm_edge.io.replaystore import PersistentReplayGuard
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
@@ -50,6 +52,7 @@ from prsm_edge.protocol.group import (
     Verification,
 )
 from prsm_edge.protocol.ledger import Ledger
+from prsm_edge.protocol.membership import JoinPolicy, evictable
 from prsm_edge.protocol.messages import (
     TRUST_SCORE,
     ApiRequest,
@@ -82,6 +85,8 @@ class CredentialIssuer(Protocol):
 
     async def add_node(self, node_id: str, password: str) -> None: ...
 
+    async def remove_node(self, node_id: str) -> None: ...
+
 
 def seal_secret(node_public_key: bytes, secret: bytes) -> bytes:
     """Encrypt ``secret`` so only the holder of the node's Ed25519 key can read it."""
@@ -106,6 +111,10 @@ class CoordinatorOptions:
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
     homeassistant: HomeAssistantOptions | None = None  # None: no Home Assistant discovery (the default)
+    join_policy: JoinPolicy = dataclasses.field(
+        default_factory=JoinPolicy
+    )  # who may join, how fast, and when absent members are evicted
+    dead_after_s: float = 600.0  # an offline member silent this long no longer holds one of the seats
     economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
@@ -144,6 +153,9 @@ class Coordinator:
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
         epoch = self.store.next_epoch()
+        self.replay_guard = PersistentReplayGuard(
+            options.workdir / "replay.sqlite", now_ms(), max_signers=options.max_members * 4
+        )
         self.group = Group(
             GroupConfig(
                 site=options.site,
@@ -155,10 +167,23 @@ class Coordinator:
                 heartbeat_timeout_ms=int(options.heartbeat_timeout_s * 1000),
                 summary_interval_ms=int(options.summary_interval_s * 1000),
                 acl=issuer is not None,
+                dead_after_ms=int(options.dead_after_s * 1000),
+                join_policy=options.join_policy.name,
             ),
             levels=lambda member: self.verifier.level(member),
+            guard=self.replay_guard,
         )
         self.group.restore(self.store.load())
+        self.membership = MembershipStore(options.workdir / "membership.sqlite")
+        self.admissions = Admissions(
+            options.join_policy,
+            self.membership,
+            issuer,
+            self._answer_join,
+            known=lambda node: node in self.group.members,
+        )
+        if options.join_policy.name != "open":
+            self.group.admit = self.admissions.admitted
         vconfig = dataclasses.replace(
             options.verification or VerifierConfig(site=options.site, group=options.group, coordinator=""),
             coordinator=identity.node_id,
@@ -243,6 +268,11 @@ class Coordinator:
             self.homeassistant.on_status(payload)
             return
         await self._apply(self.group.receive(topic, payload, arrived))
+        parts = topic.split("/")
+        if payload and len(parts) == 8 and parts[4] == "api" and parts[6] == "req":
+            # Anyone may ask to join, retained or not: clear the topic, so a flood of retained requests
+            # is not kept by the broker (a no-op when the request was not retained).
+            await self.session.publish(topic, b"", qos=0, retain=True)
 
     async def _apply(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -264,7 +294,9 @@ class Coordinator:
                         self._logged.add(key)
                     log.log(level, "rejected a message from %s: %s (%s)", node or "?", reason.value, detail)
                 case GrantJoin():
-                    await self._grant(effect)
+                    refused = self.admissions.submit(effect)  # never waits on the broker here
+                    if refused is not None:
+                        await refused
                 case Verification(node=node, message=message, at_ms=at_ms, raw=raw):
                     await self._verification(node, message, at_ms or now_ms(), raw)
                 case ApiCall(node=node, request=request, envelope=envelope):
@@ -412,11 +444,17 @@ class Coordinator:
             topics.node_cmd(o.site, o.group, node, "settings"), self.signer.seal(cmd, now_ms()), qos=1
         )
 
-    async def redirect_all(self, reason: str) -> None:
-        """Tell every member to leave and look for another group (this coordinator is stopping)."""
+    async def redirect_all(self, reason: str, *, to_key: bytes = b"", to_group: str = "") -> None:
+        """Tell every member to leave and look for another group (this coordinator is stopping).
+
+        With ``to_key``, members pinned to this coordinator hand their pin on to that coordinator.
+        """
         o = self.options
+        args: dict[str, object] = {"reason": reason}
+        if to_key:
+            args |= {"to_key": to_key, "to_group": to_group}
         for node in list(self.group.members):
-            cmd = NodeCommand(verb="redirect", node=node, args={"reason": reason})
+            cmd = NodeCommand(verb="redirect", node=node, args=args)
             await self.session.publish(
                 topics.node_cmd(o.site, o.group, node, "redirect"), self.signer.seal(cmd, now_ms()), qos=1
             )
@@ -427,17 +465,31 @@ class Coordinator:
             if isinstance(effect, RecordLedger):
                 self.ledger_store.append(effect.entries)
 
-    async def _grant(self, grant: GrantJoin) -> None:
+    async def _answer_join(self, grant: GrantJoin, ok: bool, error: str) -> None:
+        """Answer a join (run by the admissions worker): credentials sealed to the node's key, or why not."""
         o = self.options
-        result: dict[str, object] = {"username": grant.node, "acl": self.issuer is not None}
-        if self.issuer is not None:
-            password = secrets.token_urlsafe(24)
-            await self.issuer.add_node(grant.node, password)
-            result["sealed_password"] = seal_secret(grant.public_key, password.encode())
-        resp = ApiResponse(txid=grant.txid, method="join", ok=True, result=result)
+        result: dict[str, object] = {}
+        if ok:
+            result = {"username": grant.node, "acl": self.issuer is not None}
+            if self.issuer is not None:
+                password = secrets.token_urlsafe(24)
+                await self.issuer.add_node(grant.node, password)
+                result["sealed_password"] = seal_secret(grant.public_key, password.encode())
+        resp = ApiResponse(txid=grant.txid, method="join", ok=ok, result=result, error=error)
         topic = topics.api(topics.Kind.API_RESP, o.site, o.group, "join", grant.node)
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
-        log.info("issued broker credentials to %s", grant.node)
+        if ok:
+            log.info("admitted %s%s", grant.node, " and issued broker credentials" if self.issuer else "")
+
+    def _evict(self, now: int) -> None:
+        """Evict members absent for longer than the policy allows: roster, record and broker login."""
+        policy = self.options.join_policy
+        seen = [(m.node, m.online, m.last_seen_ms) for m in self.group.members.values()]
+        for node in evictable(seen, now, policy.evict_after_ms):
+            if self.group.remove(node):
+                self.store.delete(node)
+                self.admissions.revoke(node)
+                log.info("evicted %s: absent for more than %.0f s", node, policy.evict_after_ms / 1000)
 
     async def run(self) -> None:
         """Run until cancelled; publishes ``offline`` on the way out."""
@@ -449,11 +501,14 @@ class Coordinator:
                 server = None if http is None else readonly_server(self.api, "127.0.0.1", http, now_ms)
                 if server is not None:
                     tg.create_task(server, name="coordinator-http")
+                tg.create_task(self.admissions.run(), name="coordinator-admissions")
         finally:
             for task in list(self._tasks):
                 task.cancel()
             self.store.close()
             self.ledger_store.close()
+            self.membership.close()
+            self.replay_guard.close()
             self.evidence_store.close()
             self.registrar.close()
 
@@ -463,6 +518,7 @@ class Coordinator:
             if not self.session.connected.is_set():
                 continue
             now = now_ms()
+            self._evict(now)
             await self._apply(self.group.tick(now))
             if self.homeassistant is not None:
                 members = self.group.members.values()

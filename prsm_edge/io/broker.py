@@ -69,6 +69,17 @@ _EMBEDDED_LIMITS: Final = (
     "WebSocket listener, and is not meant for a group spread over several machines; "
     "install mosquitto for production"
 )
+_EMBEDDED_LOOPBACK: Final = (
+    "the embedded broker has no access control, so it listens on 127.0.0.1 only (asked for %s): only "
+    "agents on this machine can join, and nobody on the LAN can publish a fake coordinator state or "
+    "command into it. To let other machines join anyway, start it with --listen (listen = true), "
+    "knowing that then anyone on the LAN may publish on any topic; install mosquitto instead"
+)
+_EMBEDDED_EXPOSED: Final = (
+    "the embedded broker listens on %s with NO access control (--listen): anyone who can reach this "
+    "address may publish on any topic, including retained coordinator states and commands; the "
+    "coordinator and agents still refuse what is not signed by the right key"
+)
 
 
 def find_mosquitto() -> Path | None:
@@ -604,11 +615,27 @@ def start_broker(
     prefer: Prefer = "auto",
     acl: bool = True,
     http_dir: Path | None = None,
+    expose_embedded: bool = False,
 ) -> AbstractAsyncContextManager[RunningBroker]:
-    """Run a broker for a coordinator while the context is open (port 0: pick a free one)."""
+    """Run a broker for a coordinator while the context is open (port 0: pick a free one).
+
+    The embedded fallback (no ACLs) binds to 127.0.0.1 whatever ``host`` says, unless
+    ``expose_embedded`` (the user's ``--listen``) asks for ``host``.
+    """
     return _broker_context(
-        workdir, host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
+        workdir,
+        host=host,
+        port=port,
+        ws_port=ws_port,
+        prefer=prefer,
+        acl=acl,
+        http_dir=http_dir,
+        expose_embedded=expose_embedded,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
 
 @contextlib.asynccontextmanager
@@ -621,6 +648,7 @@ async def _broker_context(
     prefer: Prefer,
     acl: bool,
     http_dir: Path | None,
+    expose_embedded: bool,
 ) -> AsyncIterator[RunningBroker]:
     workdir = await asyncio.to_thread(_ready_dir, workdir)
     binary = find_mosquitto() if prefer in ("auto", "mosquitto") else None
@@ -631,6 +659,13 @@ async def _broker_context(
     elif prefer == "mosquitto":
         raise BrokerError("mosquitto is not installed: apt-get install mosquitto")
     elif _amqtt_available():
+        if _is_loopback(host):
+            pass
+        elif expose_embedded:
+            log.warning(_EMBEDDED_EXPOSED, host)
+        else:
+            log.warning(_EMBEDDED_LOOPBACK, host)
+            host = "127.0.0.1"
         broker = await _start_embedded(workdir, host=host, port=port, ws_port=ws_port)
     else:
         raise BrokerError(_INSTALL_HINT)

@@ -233,6 +233,7 @@ class CoordState(Message, frozen=True, tag="cstate"):
     members: int = 0
     capacity_left: int = 0
     acl: bool = False
+    join_policy: str = "open"  # open, token or approval: not open means every newcomer asks to join
 
 
 class Beacon(Message, frozen=True, tag="beacon"):
