@@ -47,6 +47,7 @@ from prsm_edge.protocol.messages import (
     VerificationLevel,
     VerificationVote,
 )
+from prsm_edge.protocol.stake import StakePolicy
 from tests.conftest import require_mosquitto
 from tests.integration.groupkit import GROUP, SITE, agent_options, eventually, fast_rounds, running
 
@@ -355,6 +356,8 @@ def test_a_withheld_opening_is_slashed_as_fraud(attack: dict[str, Any]) -> None:
 def test_a_copied_fingerprint_does_not_raise_the_victims_risk(attack: dict[str, Any]) -> None:
     risk, victim = attack["risk"], attack["victim"]
     others = [r for node, r in risk.items() if node != victim]
-    assert risk[victim] <= max(others), risk
+    # Risk also follows each node's reputation, which differs by a few hundredths between honest nodes;
+    # a fraud flag would add a whole flag_risk (0.5) on top.
+    assert risk[victim] < min(others) + StakePolicy().flag_risk / 2, risk
     assert attack["flags"][victim] == 0
     assert max(attack["flags"].values()) >= 1  # the copy is flagged
