@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from prsm_edge.commands.demo import demo_agent, demo_verification, slices
+from prsm_edge.commands.demo import demo_agent, demo_join_policy, demo_verification, slices
 from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent
@@ -118,7 +118,12 @@ async def in_process(args: argparse.Namespace, work: Path) -> None:
     verification = demo_verification(SITE, GROUP, args.nodes)
     tally = Tally()
     async with host_group(
-        work, site=SITE, group=GROUP, heartbeat_timeout_s=args.heartbeat * 3.5, verification=verification
+        work,
+        site=SITE,
+        group=GROUP,
+        heartbeat_timeout_s=args.heartbeat * 3.5,
+        verification=verification,
+        join_policy=demo_join_policy(args.nodes),
     ) as host:
         _broker_line(host.broker.kind, host.broker.acl_enforced, verification)
         coord, url = host.coordinator, host.broker.url
@@ -155,7 +160,13 @@ async def processes(args: argparse.Namespace, work: Path) -> None:
     round_ms = int(args.round_seconds * 1000)
     verification = VerifierConfig(site=SITE, group=GROUP, coordinator="", round_ms=round_ms)
     tally = Tally()
-    async with host_group(work / "host", site=SITE, group=GROUP, verification=verification) as host:
+    async with host_group(
+        work / "host",
+        site=SITE,
+        group=GROUP,
+        verification=verification,
+        join_policy=demo_join_policy(args.nodes),
+    ) as host:
         _broker_line(host.broker.kind, host.broker.acl_enforced, verification)
         coord = host.coordinator
         env = {**os.environ, "PRSM_EDGE_HOME": str(work / "home")}

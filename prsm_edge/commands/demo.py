@@ -95,6 +95,11 @@ def _run(args: argparse.Namespace) -> int:
             return 0
 
 
+def demo_join_policy(nodes: int) -> JoinPolicy:
+    """Every demo agent starts at once on this machine: let them all join without queueing."""
+    return JoinPolicy(rate_per_min=60.0 * nodes, burst=nodes, max_pending=nodes)
+
+
 def demo_verification(site: str, group: str, nodes: int) -> VerifierConfig:
     """Verification for a demo group: every agent proves on this one machine (one process), so
     challenges are small, deadlines generous and rounds spaced by the group's size; real devices prove
@@ -161,7 +166,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         verify=not args.no_verify,
         verification=verification,
         # the demo's agents all start at once on this machine: admit them all without throttling
-        join_policy=JoinPolicy(rate_per_min=60.0 * args.nodes, burst=args.nodes, max_pending=args.nodes),
+        join_policy=demo_join_policy(args.nodes),
         economy=EconomyConfig(period_ms=int(args.settle * 1000)),
     ) as host:
         b = host.broker

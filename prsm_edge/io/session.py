@@ -137,6 +137,30 @@ class Session:
         self._wake = asyncio.Event()
         self._reconnect = asyncio.Event()
 
+    # ---- subscriptions made while running --------------------------------------------------------
+    async def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Add a subscription: now if connected, and on every reconnect until :meth:`unsubscribe`."""
+        if (topic, qos) not in self.subscriptions:
+            self.subscriptions.append((topic, qos))
+        client = self._client
+        if client is not None:
+            try:
+                await client.subscribe(topic, qos)
+            except aiomqtt.MqttError as exc:
+                log.debug(
+                    "%s: subscribing to %s failed (retried on reconnect): %s", self.client_id, topic, exc
+                )
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription (also one a persistent session kept from an earlier run)."""
+        self.subscriptions = [(t, q) for t, q in self.subscriptions if t != topic]
+        client = self._client
+        if client is not None:
+            try:
+                await client.unsubscribe(topic)
+            except aiomqtt.MqttError as exc:
+                log.debug("%s: unsubscribing from %s failed: %s", self.client_id, topic, exc)
+
     # ---- publishing --------------------------------------------------------------------------
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bool:
         """Publish now if connected (False if not: the message is dropped). For live-only data."""

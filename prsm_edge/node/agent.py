@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiomqtt
 import msgspec
@@ -67,6 +67,9 @@ from prsm_edge.protocol.verifier import claim_hash
 __all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
 
 log = logging.getLogger(__name__)
+
+_SEAT_WATCH_S: Final = 120.0  # how long a panel seat keeps its subject's proof topic (covers a check)
+_MAX_WATCHED: Final = 64  # subjects watched at once (a node sits on a few panels a round)
 
 _MAX_PROVING = 2  # challenges proved at once; more wait their turn or miss their deadline
 _KEEP_CHALLENGE_IDS = 1024
@@ -177,6 +180,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rates: dict[str, int] = {}
         self.leases = LeaseDesk(self.node_id)
+        self._watching: dict[str, int] = {}  # subjects of our panel seats -> seats (bounded)
         self.owner_api = NodeApi(self, options.owner)
         self.paused = PAUSED_REASON if self.owner_api.paused else ""
         o = options
@@ -191,7 +195,7 @@ class Agent:
                 # response matching both is handled once: its transaction is closed by the first).
                 (topics.api(topics.Kind.API_RESP, o.site, o.group, "join", self.node_id), 1),
                 (topics.api_responses_filter(o.site, o.group, self.node_id), 1),
-                (topics.node_filter(o.site, o.group, "proof"), 1),  # panel seats watch peers' proofs
+                # Peers' proofs: only the subjects of our panel seats, while seated (_watch_subject).
             ],
             prepare=self._prepare,
             on_connect=self._on_connect,
@@ -235,6 +239,8 @@ class Agent:
         return ConnectParams(username, password, will)
 
     async def _on_connect(self) -> None:
+        # Agents before 2026-12 watched every peer's proofs; a persistent session may still hold that.
+        await self.session.unsubscribe(topics.node_filter(self.options.site, self.options.group, "proof"))
         log.debug("%s connected (bdseq %d); waiting for the coordinator", self.node_id, self.bdseq)
 
     def _goodbye(self) -> list[tuple[str, bytes]]:
@@ -246,6 +252,37 @@ class Agent:
                 self.signer.seal(msg, now_ms()),
             )
         ]
+
+    # ---- panel seats -------------------------------------------------------------------------
+    async def _watch_subject(self, subject: str) -> None:
+        """Receive ``subject``'s proofs while we sit on its panel, not every peer's all the time.
+
+        Every agent watching every proof topic made each one receive the whole group's proofs, openings
+        and votes (about 30 times the traffic of the panels it sits on).
+        """
+        o = self.options
+        if not topics.valid_segment(subject):
+            return
+        count = self._watching.get(subject, 0)
+        if count == 0 and len(self._watching) >= _MAX_WATCHED:
+            log.warning("%s: on too many panels at once; not watching %s", self.node_id, subject)
+            return
+        self._watching[subject] = count + 1
+        if count == 0:
+            await self.session.subscribe(topics.node(topics.Kind.NODE_PROOF, o.site, o.group, subject))
+        task = asyncio.create_task(self._unwatch_later(subject))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unwatch_later(self, subject: str) -> None:
+        await asyncio.sleep(_SEAT_WATCH_S)
+        count = self._watching.get(subject, 0) - 1
+        if count > 0:
+            self._watching[subject] = count
+            return
+        self._watching.pop(subject, None)
+        o = self.options
+        await self.session.unsubscribe(topics.node(topics.Kind.NODE_PROOF, o.site, o.group, subject))
 
     # ---- incoming ----------------------------------------------------------------------------
     async def _on_message(self, topic: str, payload: bytes) -> None:
@@ -423,7 +460,9 @@ class Agent:
                 if opening is not None:
                     self._send(topics.Kind.NODE_PROOF, opening)
             case "verify":
-                self.work.sit(cmd.args)
+                subject = self.work.sit(cmd.args)
+                if subject is not None:
+                    await self._watch_subject(subject)
             case "lease":
                 self._answer_lease(cmd.args)
             case "lease_end":

@@ -380,23 +380,24 @@ class ProofWork:
             self._drop(ch.challenge_id)  # opened once: a table is too large to keep for a second ask
         return opening
 
-    def sit(self, args: dict[str, object]) -> None:
-        """Take a seat on the panel that checks someone else's challenge."""
+    def sit(self, args: dict[str, object]) -> str | None:
+        """Take a seat on the panel that checks someone else's challenge; returns the subject's node id."""
         try:
             ch = msgspec.convert(args.get("challenge"), BenchmarkChallenge)
         except msgspec.ValidationError as exc:
             log.warning("ignoring a malformed panel seat: %s", exc)
-            return
+            return None
         round_ = args.get("round")
         ratio = args.get("min_rate_ratio", 0.0)
         if ch.node == self.node_id or not isinstance(round_, int) or not isinstance(ratio, (int, float)):
-            return
+            return None
         panel = self._panels[ch.challenge_id] = _Panel(ch, round_, float(ratio))
         early = self._early.pop(ch.challenge_id, None)
         if early is not None and early[0] == ch.node:
             panel.proof, panel.proof_at = early[1], early[2]
         while len(self._panels) > _KEEP:
             self._panels.popitem(last=False)
+        return ch.node
 
     async def observe(self, signer: str, msg: Message, now_ms: int) -> Message | None:
         """A message on a peer's proof topic (signed by ``signer``): record it, vote when complete."""
