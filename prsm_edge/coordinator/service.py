@@ -22,6 +22,7 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.federation import REGION_METHODS, RegionRequests
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest
@@ -93,6 +94,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    region: str | None = None  # the region coordinator's node id; None: the first one that asks
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -160,6 +162,7 @@ class Coordinator:
             clean_session=False,
             max_queued=20_000,
         )
+        self.federation = RegionRequests(self.group, self.signer, self.session, options.region)
 
     @property
     def epoch(self) -> int:
@@ -242,6 +245,9 @@ class Coordinator:
                     )
 
     async def _api(self, node: str, request: ApiRequest) -> None:
+        if request.method in REGION_METHODS:  # the region, through the gateway's bridge
+            await self.federation.serve(node, request)
+            return
         o = self.options
         result: dict[str, object] = {}
         error = ""

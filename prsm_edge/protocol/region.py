@@ -311,6 +311,12 @@ class Region:
         return None
 
     def _summary(self, key: UnitKey, payload: bytes, now_ms: int) -> list[RegionEffect]:
+        unit = self.units.get(key)
+        if unit is not None and payload == unit.envelope:
+            # The state we hold, sent again (a birth after our restart, a retained copy): not news, and
+            # not a sign of life either, so a replay of the last summary cannot keep a dead group alive.
+            self.accepted["summary_again"] += 1
+            return []
         opened = open_envelope(payload)
         msg = opened.message
         if not isinstance(msg, GroupSummary) or (msg.site, msg.group) != key:
@@ -322,7 +328,6 @@ class Region:
             raise RejectedMessage(Reason.UNKNOWN_KEY, f"{key[0]}/{key[1]} is not signed by its pinned key")
         if abs(now_ms - msg.ts) > self.config.replay_window_ms:
             raise RejectedMessage(Reason.STALE, f"summary timestamp is {now_ms - msg.ts} ms from now")
-        unit = self.units.get(key)
         if unit is not None and (msg.epoch, msg.seq) <= (unit.summary.epoch, unit.summary.seq):
             raise RejectedMessage(
                 Reason.REPLAY, f"summary {msg.epoch}/{msg.seq} is not newer than {unit.summary.seq}"

@@ -1,0 +1,122 @@
+"""A group coordinator's side of federation: serve the requests its region sends down the bridge.
+
+``region-task``: a task the region routed here is placed on one member (the group's allocation engine;
+until the economy's engine lands, :func:`~prsm_edge.protocol.placement.minimal_placement`), leased to it
+(``cmd/lease``), answered with the signed lease, and reported up the gateway's ordered stream
+(``fed/report``), so the region learns of it even if the bridged answer is lost.
+``region-drill``: open the asked leaves of the claims root in the group's last summary.
+
+The region is pinned: configured, or the first requester seen; requests from another key are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from typing import Final
+
+from prsm_edge.errors import LocalError, RejectedMessage
+from prsm_edge.io.clock import now_ms
+from prsm_edge.io.session import Session
+from prsm_edge.protocol import topics
+from prsm_edge.protocol.claims import openings_to_wire
+from prsm_edge.protocol.envelope import Signer
+from prsm_edge.protocol.group import Group
+from prsm_edge.protocol.messages import (
+    RESOURCE_UNITS,
+    ApiRequest,
+    ApiResponse,
+    Lease,
+    NodeCommand,
+    ResourceSpec,
+)
+from prsm_edge.protocol.placement import minimal_placement, parse_task
+
+__all__ = ["REGION_METHODS", "RegionRequests"]
+
+log = logging.getLogger(__name__)
+
+REGION_METHODS: Final = frozenset({"region-task", "region-drill"})
+_MAX_LEASES: Final = 10_000
+
+
+class RegionRequests:
+    """Answers ``region-*`` API calls for one group coordinator."""
+
+    def __init__(self, group: Group, signer: Signer, session: Session, region: str | None = None) -> None:
+        self.group = group
+        self.signer = signer
+        self.session = session
+        self.region = region
+        self.leases: OrderedDict[str, tuple[Lease, bytes]] = OrderedDict()
+
+    async def serve(self, requester: str, request: ApiRequest) -> None:
+        """Answer one request from the region (refusals are answered too, with the reason)."""
+        result: dict[str, object] = {}
+        error = ""
+        try:
+            if self.region is None:
+                self.region = requester
+                log.info("pinned %s as this group's region coordinator", requester)
+            if requester != self.region:
+                raise LocalError(f"{requester} is not this group's region coordinator")
+            if request.method == "region-task":
+                result = await self._task(request)
+            else:
+                result = self._drill(request)
+        except (LocalError, RejectedMessage) as exc:
+            error = str(exc)
+            log.info("region request %s refused: %s", request.txid, error)
+        c = self.group.config
+        resp = ApiResponse(txid=request.txid, method=request.method, ok=not error, result=result, error=error)
+        topic = topics.api(topics.Kind.API_RESP, c.site, c.group, request.method, requester)
+        await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
+
+    def _busy(self, now: int) -> frozenset[str]:
+        return frozenset(lease.node for lease, _ in self.leases.values() if lease.end_ms > now)
+
+    async def _task(self, request: ApiRequest) -> dict[str, object]:
+        task = parse_task(request.params)
+        known = self.leases.get(task.task_id)
+        if known is not None:
+            return {"lease": known[1]}  # asked again (a retry): the same lease
+        now = now_ms()
+        member = minimal_placement(self.group.members.values(), task, self._busy(now))
+        if member is None:
+            raise LocalError("no member here can take the task now")
+        lease = Lease(
+            lease_id=hashlib.sha256(f"{task.task_id}/{member.node}/{now}".encode()).hexdigest()[:32],
+            task_id=task.task_id,
+            node=member.node,
+            resources=[
+                ResourceSpec(type=kind, capacity=amount, unit=RESOURCE_UNITS[kind])
+                for kind, amount in sorted(task.resources.items())
+            ],
+            start_ms=now,
+            end_ms=now + task.duration_ms,
+            rate_micro_per_hour=task.max_rate_micro,
+        )
+        envelope = self.signer.seal(lease, now)
+        self.leases[task.task_id] = (lease, envelope)
+        while len(self.leases) > _MAX_LEASES:
+            self.leases.popitem(last=False)
+        c = self.group.config
+        cmd = NodeCommand(verb="lease", node=member.node, args={"lease": envelope})
+        await self.session.publish(
+            topics.node_cmd(c.site, c.group, member.node, "lease"), self.signer.seal(cmd, now), qos=1
+        )
+        # The ordered stream is the lease report the region can count on; the answer may be lost.
+        await self.session.publish(topics.fed_report(c.site, c.group), envelope, qos=1)
+        log.info("task %s leased to %s (minimal placement)", task.task_id, member.node)
+        return {"lease": envelope, "placement": "minimal"}
+
+    def _drill(self, request: ApiRequest) -> dict[str, object]:
+        claims = self.group.claims
+        root = request.params.get("root")
+        if root != claims.root:
+            raise LocalError("that claims root is not the current summary's; drill into the newer one")
+        indexes = request.params.get("indexes")
+        if not isinstance(indexes, list) or not all(isinstance(i, int) for i in indexes):
+            raise LocalError("indexes must be a list of integers")
+        return openings_to_wire(claims.root, len(claims), claims.open(indexes))
