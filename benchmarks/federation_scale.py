@@ -65,6 +65,7 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
     deaths: list[tuple[str, float]] = []
     births: list[float] = []
     route_ms: list[float] = []
+    route_cpu_ms: list[float] = []
     original = coord.region.receive
 
     def receive(topic: str, payload: bytes, now: int) -> Any:
@@ -72,7 +73,7 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
         if topic.endswith("/summary"):
             parts = topic.split("/")
             unit = coord.region.units.get((parts[-3], parts[-2]))
-            if unit is not None and unit.envelope is payload:
+            if unit is not None and unit.envelope == payload:  # accepted, or the held one again
                 accepted.append((parts[-2], unit.summary.seq, time.time()))
         return effects
 
@@ -80,9 +81,10 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
     original_submit = coord.region.submit
 
     def submit(task: Any, now: int, rng: random.Random) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         effects = original_submit(task, now, rng)
         route_ms.append((time.perf_counter() - t0) * 1000)
+        route_cpu_ms.append((time.thread_time() - c0) * 1000)
         return effects
 
     coord.region.submit = submit  # type: ignore[method-assign]
@@ -130,6 +132,8 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
                 "births": births,
                 "alloc_ms": alloc_ms,
                 "route_ms": route_ms,
+                "route_cpu_ms": route_cpu_ms,
+                "cpu_s": sum(os.times()[:2]),
                 "refused": refused,
                 "rejected": {k.value: v for k, v in coord.region.rejected.items()},
                 "units": len(coord.region.units),
@@ -153,6 +157,7 @@ class Groups:
         self.due = [time.time() + rng.uniform(0, interval) for _ in range(n)]
         self.silent: set[int] = set()
         self.sent: list[tuple[str, int, float, str]] = []  # group, seq, when, why
+        self.last: dict[int, tuple[str, bytes, int]] = {}  # what each gateway holds: its latest summary
         self.published = 0
         self.rng = rng
 
@@ -226,7 +231,10 @@ async def simulate(
         region_epoch = -1
 
         def send(i: int, why: str) -> None:
-            topic, payload, seq = groups.seal(i)
+            if why == "birth" and i in groups.last:  # a gateway's birth is the summary it holds
+                topic, payload, seq = groups.last[i]
+            else:
+                topic, payload, seq = groups.last[i] = groups.seal(i)
             groups.sent.append((groups.names[i], seq, time.time(), why))
             queues[i % connections].put_nowait((topic, payload))
 
@@ -421,9 +429,11 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "rebirth_all_units_known_s": round(absorb, 2),
         "rebirth_storm_absorb_s": round(storm_done, 2),
         "rebirth_births_accepted": f"{sum(a is not None for a in storm_sent)}/{len(storm_sent)}",
+        "restarted_region_cpu_s_total": round(reborn["cpu_s"], 2),
         "alloc_e2e_p50_ms": round(pct(steady["alloc_ms"], 0.5), 1),
         "alloc_e2e_p99_ms": round(pct(steady["alloc_ms"], 0.99), 1),
         "alloc_route_decision_p99_ms": round(pct(steady["route_ms"], 0.99), 2),
+        "alloc_route_decision_cpu_p99_ms": round(pct(steady["route_cpu_ms"], 0.99), 3),
         "tasks_leased": f"{len(steady['alloc_ms'])}/{args.tasks}",
         "rejected_at_region": steady["rejected"],
         "median_of": len(transit),

@@ -93,6 +93,9 @@ class RegionCoordinator:
         self._tasks: dict[str, asyncio.Future[LeaseGranted | TaskRefused]] = {}
         self._drills: dict[tuple[str, str], asyncio.Future[DrillVerdict]] = {}
         self._logged: set[tuple[Reason, str]] = set()
+        # Publications wait here for the sender task, so the reader never stalls on a PUBACK.
+        self._outgoing: asyncio.Queue[tuple[str, bytes, int, bool]] = asyncio.Queue(maxsize=10_000)
+        self.dropped_outgoing = 0
         o = options
         tree = f"{topics.ROOT}/{o.site}/{o.region}"
         self.session = Session(
@@ -198,6 +201,13 @@ class RegionCoordinator:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.session.run(), name="region-session")
             tg.create_task(self._ticker(), name="region-tick")
+            tg.create_task(self._sender(), name="region-send")
+
+    async def _sender(self) -> None:
+        while True:
+            topic, payload, qos, retain = await self._outgoing.get()
+            await self.session.connected.wait()
+            await self.session.publish(topic, payload, qos=qos, retain=retain)
 
     async def _ticker(self) -> None:
         while True:

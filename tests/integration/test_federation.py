@@ -26,7 +26,7 @@ from prsm_edge.protocol import topics as t
 from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.region import LeaseGranted, RegionEffect, StreamItem
-from tests.conftest import Mosquitto, start_mosquitto
+from tests.conftest import Mosquitto, free_port, start_mosquitto
 from tests.integration.groupkit import agent_options, coordinator, cpu, eventually
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ class RegionRig:
     effects: list[RegionEffect]
 
 
-def _group(tmp: Path, name: str, site: str, region_url: str) -> GroupRig:
+def _group(tmp: Path, name: str, site: str, region_url: str, uplinks: tuple[str, ...] = ()) -> GroupRig:
     gw_ident = load_or_create(tmp / name / "gateway")
     bridge = render_bridge(
         site=site,
@@ -83,7 +83,7 @@ def _group(tmp: Path, name: str, site: str, region_url: str) -> GroupRig:
             site=site,
             group=name,
             local_url=broker.url,
-            uplink_urls=(region_url,),
+            uplink_urls=uplinks or (region_url,),
             region_site=RSITE,
             region=REGION,
             workdir=tmp / name / "gateway",
@@ -257,3 +257,29 @@ async def test_uplink_cut_and_restored_loses_nothing_duplicates_nothing(tmp_path
         assert stats.skipped == 2 and stats.accepted == 23
         assert g1.gateway.buffer.expired == 2 and len(g1.gateway.buffer) == 0
         await eventually(lambda: r.alive_count == 3, timeout=15, what="all groups alive again")
+
+
+async def test_gateway_fails_over_to_its_second_uplink_address(tmp_path: Path) -> None:
+    rbroker = start_mosquitto(tmp_path / "region-broker")
+    dead = f"mqtt://127.0.0.1:{free_port()}"  # the primary is down
+    region = RegionCoordinator(
+        load_or_create(tmp_path / "region"),
+        RegionOptions(
+            site=RSITE, region=REGION, broker_url=rbroker.url, workdir=tmp_path / "region", tick_s=0.2
+        ),
+    )
+    g = _group(tmp_path, "g1", "lab", rbroker.url, uplinks=(dead, rbroker.url))
+    tasks = [asyncio.create_task(x.run()) for x in (region, g.coordinator, g.gateway)]
+    try:
+        await eventually(
+            lambda: region.region.alive_count == 1, timeout=20, what="the group reached the region"
+        )
+        assert g.gateway.uplink.address.port == rbroker.port
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        g.broker.stop()
+        rbroker.stop()
