@@ -283,3 +283,43 @@ async def test_gateway_fails_over_to_its_second_uplink_address(tmp_path: Path) -
                 await task
         g.broker.stop()
         rbroker.stop()
+
+
+async def test_gateway_holds_its_birth_until_the_region_is_online(tmp_path: Path) -> None:
+    rbroker = start_mosquitto(tmp_path / "region-broker")
+    g = _group(tmp_path, "g1", "lab", rbroker.url)
+    seen: list[str] = []
+    tasks = [asyncio.create_task(x.run()) for x in (g.coordinator, g.gateway)]
+    region_task: asyncio.Task[None] | None = None
+    try:
+        async with aiomqtt.Client("127.0.0.1", rbroker.port, identifier="watcher") as watcher:
+            await watcher.subscribe(f"{t.ROOT}/{RSITE}/{REGION}/unit/#", qos=1)
+            await watcher.subscribe(t.gateway_state("lab", g.gateway.gateway_id), qos=1)
+
+            async def watch() -> None:
+                async for message in watcher.messages:
+                    seen.append(message.topic.value)
+
+            watching = asyncio.create_task(watch())
+            await eventually(lambda: g.gateway.uplink.connected.is_set(), what="gateway connected upward")
+            await eventually(lambda: g.gateway.link.summary is not None, what="gateway holds a summary")
+            await asyncio.sleep(1.5)
+            assert seen == []  # no region coordinator yet: nothing goes up
+            region = RegionCoordinator(
+                load_or_create(tmp_path / "region"),
+                RegionOptions(
+                    site=RSITE, region=REGION, broker_url=rbroker.url, workdir=tmp_path / "region", tick_s=0.2
+                ),
+            )
+            region_task = asyncio.create_task(region.run())
+            summary_topic = t.unit(t.Kind.UNIT_SUMMARY, RSITE, REGION, "lab", "g1")
+            await eventually(lambda: summary_topic in seen, what="birth after the region came online")
+            await eventually(lambda: region.region.alive_count == 1, what="the region knows the group")
+            watching.cancel()
+    finally:
+        for task in [*tasks, *([region_task] if region_task else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        g.broker.stop()
+        rbroker.stop()
