@@ -18,6 +18,7 @@ from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
 from prsm_edge.io.dynsec import DynSec
+from prsm_edge.io.tpm_registration import default_ca_dir
 from prsm_edge.protocol.verifier import VerifierConfig
 
 __all__ = ["GroupHost", "host_group"]
@@ -51,10 +52,13 @@ async def host_group(
     http_dir: Path | None = None,
     verify: bool = True,
     verification: VerifierConfig | None = None,
+    tpm_ca_dir: Path | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
     The coordinator is created but not run: the caller runs ``host.coordinator.run()`` in its task group.
+    ``tpm_ca_dir`` (default: ``tpm-ca`` in the config dir, absent unless the operator made it) holds the
+    TPM manufacturer CAs whose EK certificates let a node's quotes earn hardware_attested.
     """
     async with start_broker(
         workdir / "broker", host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
@@ -70,6 +74,7 @@ async def host_group(
             summary_interval_s=summary_interval_s,
             verify=verify,
             verification=verification,
+            tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
         )
         if not broker.acl_enforced:
             log.warning(

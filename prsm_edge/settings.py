@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prsm_edge import paths
 from prsm_edge.errors import ConfigError
+from prsm_edge.protocol.guardrails import parse_schedule
 from prsm_edge.protocol.messages import MICRO
 from prsm_edge.protocol.offer import Allocations, Guardrails
 from prsm_edge.protocol.topics import valid_segment
@@ -92,6 +93,21 @@ class Settings(BaseModel):
     min_battery_percent: float = Field(
         default=20.0, ge=0.0, le=100.0, description="stop offering on battery below it"
     )
+    offer_on_battery: bool = Field(default=True, description="contribute while on battery at all")
+    schedule: str = Field(
+        default="",
+        max_length=400,
+        description="weekly windows to contribute in, e.g. 'Mon-Fri 18:00-08:00; Sat,Sun'",
+    )
+    guardrail_hold_s: float = Field(
+        default=120.0,
+        ge=0.0,
+        le=86_400.0,
+        description="seconds readings must stay clear before offering again",
+    )
+    max_gpu_temperature: float = Field(
+        default=87.0, ge=30.0, le=110.0, description="°C; stop offering while a GPU is hotter"
+    )
     broker_url: str | None = Field(default=None, description="MQTT broker (None: discover with zeroconf)")
     heartbeat_interval_s: float = Field(
         default=10.0, ge=1.0, le=3600.0, description="seconds between heartbeats"
@@ -103,6 +119,15 @@ class Settings(BaseModel):
     def _segment(cls, value: str | None) -> str | None:
         if value is not None and not valid_segment(value):
             raise ValueError("must be 1–64 characters of a-z, 0-9, '_' or '-'")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            parse_schedule(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("device_class")
@@ -128,7 +153,9 @@ class Settings(BaseModel):
             raise ValueError("port must be 1–65535")
         return value
 
-    @field_validator("max_cpu_temperature", "max_power_consumption", "heartbeat_interval_s")
+    @field_validator(
+        "max_cpu_temperature", "max_gpu_temperature", "max_power_consumption", "heartbeat_interval_s"
+    )
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -154,8 +181,12 @@ class Settings(BaseModel):
         """The operating limits, as :mod:`prsm_edge.protocol.offer` takes them."""
         return Guardrails(
             max_cpu_temperature=self.max_cpu_temperature,
+            max_gpu_temperature=self.max_gpu_temperature,
             max_power_consumption=self.max_power_consumption,
             min_battery_percent=self.min_battery_percent,
+            offer_on_battery=self.offer_on_battery,
+            schedule=self.schedule,
+            hold_s=self.guardrail_hold_s,
         )
 
 
@@ -355,9 +386,8 @@ def _toml_value(value: Any) -> str:
     raise ConfigError(f"cannot write {value!r} to a settings file")
 
 
-def save(settings: Settings, path: Path | None = None) -> Path:
-    """Write the explicitly set values as flat TOML, atomically, readable by the owner only."""
-    path = settings_path() if path is None else path
+def render(settings: Settings) -> str:
+    """The explicitly set values as the flat TOML of a settings file."""
     lines = [
         "# prsm-edge settings; see `prsm-edge settings show` and docs/settings.md.",
         "# Unlisted settings take their defaults. Environment variables PRSM_EDGE_<KEY> override this file.",
@@ -366,7 +396,13 @@ def save(settings: Settings, path: Path | None = None) -> Path:
         value = getattr(settings, name)
         if name in settings.model_fields_set and value is not None:
             lines.append(f"{name} = {_toml_value(value)}")
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def save(settings: Settings, path: Path | None = None) -> Path:
+    """Write the explicitly set values as flat TOML, atomically, readable by the owner only."""
+    path = settings_path() if path is None else path
+    text = render(settings)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

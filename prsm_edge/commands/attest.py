@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 import msgspec
 
 from prsm_edge import paths
-from prsm_edge.errors import ConfigError
+from prsm_edge.errors import ConfigError, PrsmEdgeError
 from prsm_edge.io import attest
+from prsm_edge.io.tpm_registration import default_ca_dir
 
 
 def register(sub: Any) -> None:
@@ -24,9 +26,19 @@ def register(sub: Any) -> None:
         p.add_argument("--tcti", default=None, help="TPM to use, e.g. device:/dev/tpmrm0 or swtpm:port=2321")
         p.add_argument("--dir", type=Path, default=None, help="key folder (default: DATA_DIR/attest)")
 
-    status = actions.add_parser("status", help="which attestation this device supports, and why not")
+    status = actions.add_parser(
+        "status",
+        help="which attestation this device supports, and why not; whether its EK chains to a configured CA",
+    )
     common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--ca-dir",
+        type=Path,
+        default=None,
+        help="TPM manufacturer CA certificates to check the EK certificate against "
+        "(default: tpm-ca in the config dir, as a coordinator here would use)",
+    )
     status.set_defaults(handler=_status)
 
     enroll = actions.add_parser("enroll", help="create the TPM attestation key once and show its public key")
@@ -75,15 +87,55 @@ def _claim_hash(value: str | None) -> bytes:
     return bytes(32) if value is None else _hex(value, "--claim-hash")
 
 
+def _ek_status(tpm: attest.Availability, key: attest.AttestationKey | None, ca_dir: Path) -> dict[str, Any]:
+    """Whether this device's EK certificate chains to a CA in ``ca_dir`` (what a coordinator checks)."""
+    if not tpm.supported:
+        return {"chained": False, "reason": "no TPM"}
+    try:
+        from prsm_edge.io import ek_certificate
+    except ImportError:
+        return {
+            "chained": False,
+            "reason": "cannot check: python-cryptography is not installed (prsm-edge[attest])",
+        }
+    try:
+        if key is not None:
+            algorithm, ek_public = attest.ek_algorithm(key.ek_public_tpm2b), key.ek_public_tpm2b
+        else:
+            rsa = attest.read_ek_certificate("rsa", tpm.tcti) is not None
+            algorithm = "rsa" if rsa else "ecc"
+            ek_public = attest.read_ek_public(algorithm, tpm.tcti)
+        cert = attest.read_ek_certificate(algorithm, tpm.tcti) or b""
+        cas = ek_certificate.load_ca_set(ca_dir)
+    except PrsmEdgeError as exc:
+        return {"chained": False, "reason": f"cannot check: {exc}"}
+    verdict = ek_certificate.check_ek_certificate(cert, ek_public, cas, datetime.datetime.now(datetime.UTC))
+    return {
+        "algorithm": algorithm,
+        "certificate": bool(cert),
+        "chained": verdict.chained,
+        "reason": verdict.reason,
+        "issuer": verdict.issuer,
+        "ca_dir": str(ca_dir),
+        "cas": cas.subjects,
+    }
+
+
 def _status(args: argparse.Namespace) -> int:
     found = [attest.tpm_available(args.tcti), attest.sgx_available(), attest.gpu_attestation_available()]
     key = attest.load_key(_dir(args))
+    ek = _ek_status(found[0], key, args.ca_dir or default_ca_dir())
     if args.json:
-        data = {"attestation": msgspec.to_builtins(found), "tpm_key_enrolled": key is not None}
+        data = {"attestation": msgspec.to_builtins(found), "tpm_key_enrolled": key is not None, "ek": ek}
         print(json.dumps(data, indent=2))
         return 0
     for item in found:
         print(f"{item.kind:<5} {'supported' if item.supported else 'unsupported':<12} {item.reason}")
+    if found[0].supported:
+        verdict = "certified" if ek["chained"] else "uncertified"
+        print(f"ek    {verdict:<12} {ek['reason']}")
+        if not ek["chained"]:
+            print("      (a coordinator with these CAs would not count this TPM toward hardware_attested)")
     if key is not None:
         fingerprint = hashlib.sha256(key.public_pem).hexdigest()[:16]
         print(f"tpm key enrolled in {_dir(args)} (AK PEM sha256 {fingerprint})")

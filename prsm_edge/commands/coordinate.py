@@ -14,6 +14,7 @@ from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.discovery import Advertiser
 from prsm_edge.io.session import parse_url
+from prsm_edge.io.tpm_registration import default_ca_dir
 from prsm_edge.localgroup import host_group
 from prsm_edge.protocol.formation import GroupAdvert
 from prsm_edge.protocol.messages import PROTOCOL_VERSION
@@ -63,6 +64,14 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
+    parser.add_argument(
+        "--tpm-ca-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="TPM manufacturer CA certificates (PEM) whose EKs may earn hardware_attested "
+        "(default: tpm-ca in the config dir; prsm-edge ships none)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -90,6 +99,7 @@ async def _coordinate(args: argparse.Namespace) -> None:
         ws_port=args.ws_port,
         prefer=args.broker,
         max_members=args.max_members,
+        tpm_ca_dir=args.tpm_ca_dir,
     ) as hosted:
         coord = hosted.coordinator
         b = hosted.broker
@@ -108,6 +118,7 @@ async def _external(args: argparse.Namespace, site: str, workdir: Path) -> None:
         max_members=args.max_members,
         username=args.username,
         password=args.password,
+        tpm_ca_dir=args.tpm_ca_dir or default_ca_dir(),
     )
     coord = Coordinator(load_or_create(workdir), options)
     print(

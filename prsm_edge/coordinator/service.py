@@ -25,7 +25,7 @@ from nacl.signing import VerifyKey
 from prsm_edge.coordinator.federation import REGION_METHODS, RegionRequests
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
-from prsm_edge.io import attest
+from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import LedgerStore, RosterStore
@@ -94,6 +94,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     region: str | None = None  # the region coordinator's node id; None: the first one that asks
 
 
@@ -148,6 +149,8 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
+        # Only an AK bound to a certified EK by credential activation is asked for quotes.
+        self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
         self._next_round = time.monotonic() + 1.0
         self._logged: set[tuple[Reason, str]] = set()
         self.ready = asyncio.Event()
@@ -222,6 +225,7 @@ class Coordinator:
             return
         match message:
             case BenchmarkProof():
+                member = self.registrar.view(member)
                 await self._apply_verifier(self.verifier.on_proof(member, message, now_ms()))
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, now_ms()))
@@ -266,6 +270,10 @@ class Coordinator:
                     result = self._trust_status(member)
                 case "status":
                     result = self._trust_status(member)
+                case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
+                    result = await self.registrar.serve(member, request.method, request.params, now_ms())
+                    for lost in self.registrar.drain_revoked():
+                        await self._apply_verifier(self.verifier.attestation_result(lost, False, now_ms()))
                 case _:
                     raise LocalError(f"unknown method {request.method!r}")
         except LocalError as exc:
@@ -284,6 +292,7 @@ class Coordinator:
             "required_stake_micro": required.required_micro,
             "capacity_multiplier": required.capacity_multiplier,
             "risk_factor": required.risk_factor,
+            "attestation": self.registrar.status(member),
         }
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
@@ -330,6 +339,7 @@ class Coordinator:
         finally:
             self.store.close()
             self.ledger_store.close()
+            self.registrar.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -344,7 +354,7 @@ class Coordinator:
             await self._apply_verifier(self.verifier.tick(members, now))
             if time.monotonic() >= self._next_round:
                 self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
-                current = list(members.values())
+                current = [self.registrar.view(m) for m in members.values()]
                 await self._apply_verifier(self.verifier.observe_claims(current, now))
                 await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
 

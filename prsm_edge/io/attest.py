@@ -1,11 +1,13 @@
 """Hardware attestation: TPM 2.0 quotes over a challenge, in the manner of Keylime's push model.
 
-The node creates an attestation key (AK) under its endorsement key (EK) once (:func:`enroll`) and
-registers the AK's public key with the verifier. For each challenge it asks the TPM for a quote over the
-qualifying data ``SHA-256(nonce ‖ claim_hash)`` and the selected PCRs (:func:`quote`). The verifier
-(:func:`verify_quote`) checks, without a TPM, that the quote is a TPM-generated quote, that its
-qualifying data is exactly that hash, that it covers the PCRs asked for, that the PCR values sent match
-the signed digest, and that the registered AK signed it.
+The node creates an attestation key (AK) once (:func:`enroll`), under the endorsement key (EK) whose
+certificate the manufacturer stored (:func:`read_ek_certificate`), and registers it with the verifier
+through the EK certificate chain and credential activation (:func:`make_credential`,
+:func:`activate_credential`; the exchange is :mod:`prsm_edge.io.tpm_registration`). For each challenge
+it asks the TPM for a quote over the qualifying data ``SHA-256(nonce ‖ claim_hash)`` and the selected
+PCRs (:func:`quote`). The verifier (:func:`verify_quote`) checks, without a TPM, that the quote is a
+TPM-generated quote, that its qualifying data is exactly that hash, that it covers the PCRs asked for,
+that the PCR values sent match the signed digest, and that the registered AK signed it.
 
 Everything goes through tpm2-tools (``tpm2_createek``, ``tpm2_createak``, ``tpm2_load``,
 ``tpm2_quote``, ``tpm2_checkquote``) with ``TPM2TOOLS_TCTI`` naming the TPM: ``device:/dev/tpmrm0``
@@ -37,19 +39,25 @@ from prsm_edge.errors import LocalError, RemoteError
 
 __all__ = [
     "DEFAULT_PCRS",
+    "EK_CERT_NV_INDEX",
     "AttestationError",
     "AttestationKey",
     "Availability",
+    "PublicKeyNumbers",
     "Quote",
     "QuoteRejected",
     "activate_credential",
     "ak_name",
+    "ek_algorithm",
     "enroll",
     "gpu_attestation_available",
     "load_key",
     "make_credential",
+    "public_numbers",
     "qualifying_data",
     "quote",
+    "read_ek_certificate",
+    "read_ek_public",
     "resolve_tcti",
     "sgx_available",
     "tpm_available",
@@ -72,12 +80,21 @@ TOOLS: Final = (
     "tpm2_quote",
     "tpm2_flushcontext",
     "tpm2_activatecredential",
+    "tpm2_nvread",
 )
 _TIMEOUT_S: Final = 30.0
 _TPM_GENERATED: Final = 0xFF544347
 _ST_ATTEST_QUOTE: Final = 0x8018
 _TPM_ALG_SHA256: Final = 0x000B
 _MAX_NONCE: Final = 32
+_TPM_ALG_RSA: Final = 0x0001
+_TPM_ALG_ECC: Final = 0x0023
+_TPM_ALG_NULL: Final = 0x0010
+_ECC_CURVES: Final = {0x0003: "secp256r1", 0x0004: "secp384r1", 0x0005: "secp521r1"}
+# Where a TPM keeps the certificate of the EK made from each standard template (TCG EK Credential
+# Profile 2.0, section 2.2.1.4): RSA 2048 (template L-1) and ECC NIST P-256 (template L-2).
+EK_CERT_NV_INDEX: Final = {"rsa": 0x01C00002, "ecc": 0x01C0000A}
+_MAX_EK_CERT: Final = 4096
 
 
 class AttestationError(LocalError):
@@ -87,7 +104,8 @@ class AttestationError(LocalError):
 class QuoteRejected(RemoteError):
     """A quote or key failed verification; ``reason`` names the check that failed.
 
-    Reasons: ``malformed``, ``nonce``, ``pcrs``, ``signature``, ``ak`` (not a genuine AK public key).
+    Reasons: ``malformed``, ``nonce``, ``pcrs``, ``signature``, ``ak`` (not a genuine AK public key),
+    ``ek`` (not an RSA or ECC public key).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -302,8 +320,11 @@ def enroll(workdir: Path, tcti: str | None = None) -> AttestationKey:
     chosen = resolve_tcti(tcti)
     if chosen is None:
         raise AttestationError(tpm_available(tcti).reason)
+    # Make the AK under the EK the manufacturer certified (RSA where there is an RSA EK certificate,
+    # as on nearly every TPM), so the verifier can tie it to that certificate; else the ECC EK.
+    algorithm = "rsa" if EK_CERT_NV_INDEX["rsa"] in _nv_indexes(chosen) else "ecc"
     with _scratch(chosen) as tmp:
-        _run(["tpm2_createek", "-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub"], chosen, tmp)
+        _run(["tpm2_createek", "-c", "ek.ctx", "-G", algorithm, "-u", "ek.pub"], chosen, tmp)
         _flush(chosen, tmp)
         _run(
             [
@@ -356,7 +377,7 @@ def _load_ak(ak: AttestationKey, tcti: str, tmp: Path) -> None:
     """Recreate the EK (ek.ctx) and load the AK under it (ak.ctx); transient objects flushed after."""
     (tmp / "ak.pub").write_bytes(ak.public_tpm2b)
     (tmp / "ak.priv").write_bytes(ak.private_blob)
-    _run(["tpm2_createek", "-c", "ek.ctx", "-G", "ecc"], tcti, tmp)
+    _run(["tpm2_createek", "-c", "ek.ctx", "-G", ek_algorithm(ak.ek_public_tpm2b)], tcti, tmp)
     _flush(tcti, tmp)
     _ek_session(tcti, tmp)
     load = ["tpm2_load", "-C", "ek.ctx", "-u", "ak.pub", "-r", "ak.priv", "-c", "ak.ctx"]
@@ -429,6 +450,113 @@ def validate_ak(public_tpm2b: bytes) -> None:
             "ak",
             f"attributes {attributes:#010x} lack fixedTPM/fixedParent/sensitiveDataOrigin/restricted/sign",
         )
+
+
+class PublicKeyNumbers(msgspec.Struct, frozen=True):
+    """The key inside a TPM2B_PUBLIC: RSA modulus and exponent, or an ECC curve and point."""
+
+    algorithm: str  # "rsa" or "ecc"
+    modulus: int = 0
+    exponent: int = 0
+    curve: str = ""
+    x: int = 0
+    y: int = 0
+
+
+def public_numbers(public_tpm2b: bytes) -> PublicKeyNumbers:
+    """The RSA or ECC key in a TPM2B_PUBLIC (TPM 2.0 Part 2, TPMT_PUBLIC); QuoteRejected("ek") if not one."""
+    try:
+        (size,) = struct.unpack_from(">H", public_tpm2b, 0)
+        if size != len(public_tpm2b) - 2:
+            raise QuoteRejected("ek", "TPM2B_PUBLIC size does not match its length")
+        kind, _name_alg, _attributes, policy_len = struct.unpack_from(">HHIH", public_tpm2b, 2)
+        off = 12 + policy_len
+        (sym,) = struct.unpack_from(">H", public_tpm2b, off)
+        off += 2 if sym == _TPM_ALG_NULL else 6
+        (scheme,) = struct.unpack_from(">H", public_tpm2b, off)
+        off += 2 if scheme == _TPM_ALG_NULL else 4 + (2 if scheme == 0x001A else 0)  # ECDAA has a count
+        if kind == _TPM_ALG_RSA:
+            _bits, exponent, mod_len = struct.unpack_from(">HIH", public_tpm2b, off)
+            modulus = public_tpm2b[off + 8 : off + 8 + mod_len]
+            if len(modulus) != mod_len or not modulus:
+                raise QuoteRejected("ek", "truncated RSA modulus")
+            return PublicKeyNumbers("rsa", int.from_bytes(modulus), exponent or 65537)
+        if kind == _TPM_ALG_ECC:
+            curve_id, kdf = struct.unpack_from(">HH", public_tpm2b, off)
+            off += 4 if kdf == _TPM_ALG_NULL else 6
+            (x_len,) = struct.unpack_from(">H", public_tpm2b, off)
+            x = public_tpm2b[off + 2 : off + 2 + x_len]
+            off += 2 + x_len
+            (y_len,) = struct.unpack_from(">H", public_tpm2b, off)
+            y = public_tpm2b[off + 2 : off + 2 + y_len]
+            if len(x) != x_len or len(y) != y_len or not x or not y:
+                raise QuoteRejected("ek", "truncated ECC point")
+            if curve_id not in _ECC_CURVES:
+                raise QuoteRejected("ek", f"unsupported ECC curve {curve_id:#06x}")
+            return PublicKeyNumbers(
+                "ecc", curve=_ECC_CURVES[curve_id], x=int.from_bytes(x), y=int.from_bytes(y)
+            )
+    except struct.error as exc:
+        raise QuoteRejected("ek", f"not a TPM2B_PUBLIC: {exc}") from exc
+    raise QuoteRejected("ek", f"key type {kind:#06x} is neither RSA nor ECC")
+
+
+def ek_algorithm(ek_public_tpm2b: bytes) -> str:
+    """``"rsa"`` or ``"ecc"``: which standard EK template the key was made from (by its type)."""
+    return public_numbers(ek_public_tpm2b).algorithm
+
+
+def _nv_indexes(tcti: str) -> set[int]:
+    """The NV indexes defined in the TPM."""
+    out = _run(["tpm2_getcap", "handles-nv-index"], tcti)
+    found: set[int] = set()
+    for line in out.splitlines():
+        value = line.strip().removeprefix("-").strip()
+        with contextlib.suppress(ValueError):
+            found.add(int(value, 16))
+    return found
+
+
+def _der_length(data: bytes) -> int:
+    """The length of the DER SEQUENCE at the start of ``data`` (NV areas may be padded after it)."""
+    if len(data) < 2 or data[0] != 0x30:
+        raise AttestationError("the EK certificate in the TPM is not DER (no SEQUENCE)")
+    first = data[1]
+    if first < 0x80:
+        return 2 + first
+    count = first & 0x7F
+    if not 1 <= count <= 3 or len(data) < 2 + count:
+        raise AttestationError("the EK certificate in the TPM has a malformed DER length")
+    return 2 + count + int.from_bytes(data[2 : 2 + count])
+
+
+def read_ek_public(algorithm: str, tcti: str | None = None) -> bytes:
+    """The TPM2B_PUBLIC of the TPM's EK made from the standard ``rsa`` or ``ecc`` template."""
+    chosen = resolve_tcti(tcti)
+    if chosen is None:
+        raise AttestationError(tpm_available(tcti).reason)
+    with _scratch(chosen) as tmp:
+        _run(["tpm2_createek", "-c", "ek.ctx", "-G", algorithm, "-u", "ek.pub"], chosen, tmp)
+        return (tmp / "ek.pub").read_bytes()
+
+
+def read_ek_certificate(algorithm: str, tcti: str | None = None) -> bytes | None:
+    """The DER EK certificate the manufacturer stored in the TPM for that EK type; None if it has none."""
+    if algorithm not in EK_CERT_NV_INDEX:
+        raise AttestationError(f"EK algorithm must be one of {sorted(EK_CERT_NV_INDEX)}, got {algorithm!r}")
+    chosen = resolve_tcti(tcti)
+    if chosen is None:
+        raise AttestationError(tpm_available(tcti).reason)
+    index = EK_CERT_NV_INDEX[algorithm]
+    if index not in _nv_indexes(chosen):
+        return None
+    with _scratch(chosen) as tmp:
+        _run(["tpm2_nvread", f"{index:#x}", "-o", "ek.crt"], chosen, tmp)
+        data = (tmp / "ek.crt").read_bytes()
+    length = _der_length(data)
+    if length > min(len(data), _MAX_EK_CERT):
+        raise AttestationError(f"the EK certificate in NV index {index:#x} is truncated or too large")
+    return data[:length]
 
 
 def make_credential(ek_public_tpm2b: bytes, ak_public_tpm2b: bytes, secret: bytes) -> bytes:

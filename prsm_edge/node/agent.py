@@ -28,6 +28,7 @@ from nacl.public import SealedBox
 from prsm_edge import __version__
 from prsm_edge.errors import PrsmEdgeError, RejectedMessage
 from prsm_edge.identity import Identity, SeqStore, load_or_create
+from prsm_edge.io import tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
@@ -35,6 +36,7 @@ from prsm_edge.node.detect import read_sensors
 from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
+from prsm_edge.protocol.guardrails import Governor
 from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
@@ -50,7 +52,7 @@ from prsm_edge.protocol.messages import (
     ResourceSpec,
     ResourceType,
 )
-from prsm_edge.protocol.offer import Guardrails, Readings, guardrail
+from prsm_edge.protocol.offer import Guardrails, Readings
 from prsm_edge.protocol.verifier import CPU_RATE_KEY, claim_hash
 
 __all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
@@ -117,6 +119,7 @@ class Agent:
         self.bdseq = self._read_bdseq()
         self.coordinator: CoordState | None = None
         self.resources = list(options.resources)
+        self.governor = Governor.for_limits(options.guardrails)  # hysteresis and hold over the limits
         self.offering = True
         self.throttle = ""
         self.born = asyncio.Event()
@@ -417,12 +420,17 @@ class Agent:
     def heartbeat(self) -> Heartbeat:
         """Sample telemetry and apply the owner's guardrails."""
         sample = self.options.sample()
-        reason = guardrail(sample.readings, self.options.guardrails)
-        if reason != self.throttle:
+        local = time.localtime()
+        decision = self.governor.update(
+            sample.readings, now_ms(), local.tm_wday, local.tm_hour * 60 + local.tm_min
+        )
+        if decision.changed:
             log.warning(
-                "%s: %s", self.node_id, f"holding capacity back: {reason}" if reason else "offering again"
+                "%s: %s",
+                self.node_id,
+                f"holding capacity back: {decision.reason}" if decision.reason else "offering again",
             )
-        self.offering, self.throttle = not reason, reason
+        self.offering, self.throttle = decision.offering, decision.reason
         r = sample.readings
         return Heartbeat(
             node=self.node_id,
@@ -473,6 +481,10 @@ class Agent:
                 tg.create_task(self.session.run(), name=f"{self.node_id}-session")
                 tg.create_task(self._heartbeats(), name=f"{self.node_id}-heartbeat")
                 tg.create_task(self._watch_redirect(), name=f"{self.node_id}-redirect")
+                a = self.options.attestor
+                if a is not None and a.registration is not None and a.activate is not None:
+                    reg = tpm_registration.keep_registered(self, a.registration, a.activate)
+                    tg.create_task(reg, name=f"{self.node_id}-tpm-registration")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:

@@ -1008,51 +1008,64 @@ class Sensors(msgspec.Struct, frozen=True):
     on_battery: bool | None
     battery_pct: float | None
     power_w: float | None
+    gpu_temperature_c: float | None = None
 
     def readings(self) -> Readings:
         """The readings the owner's guardrails are checked against."""
         return Readings(
             temperature_c=self.temperature_c,
+            gpu_temperature_c=self.gpu_temperature_c,
             power_w=self.power_w,
             on_battery=self.on_battery,
             battery_pct=self.battery_pct,
         )
 
 
-class _NvmlPower:
-    """GPU power draw through NVML, initialised once; a failed init is not retried every heartbeat."""
+class _NvmlSensors:
+    """GPU power draw and temperature through NVML, initialised once; a failed init is not retried."""
 
     def __init__(self) -> None:
         self._handles: list[Any] | None = None
         self._nv: Any = None
 
-    def watts(self) -> float | None:
+    def read(self) -> tuple[float | None, float | None]:
+        """Total power draw of all GPUs in W, and the hottest GPU's temperature in °C (None: no reading)."""
         if self._handles is None:
             self._handles = []
             nv = _import_pynvml()
             if nv is None:
-                return None
+                return None, None
             try:
                 nv.nvmlInit()
                 self._handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
                 self._nv = nv
             except nv.NVMLError as exc:
-                log.debug("no GPU power readings: %s", exc)
-                return None
+                log.debug("no GPU sensor readings: %s", exc)
+                return None, None
         if not self._handles:
-            return None
+            return None, None
+        nv = self._nv
+        watts: float | None
         try:
-            return sum(int(self._nv.nvmlDeviceGetPowerUsage(h)) for h in self._handles) / 1000.0
-        except self._nv.NVMLError as exc:
+            watts = sum(int(nv.nvmlDeviceGetPowerUsage(h)) for h in self._handles) / 1000.0
+        except nv.NVMLError as exc:
             log.debug("GPU power reading failed: %s", exc)
-            return None
+            watts = None
+        try:
+            hottest = float(
+                max(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU) for h in self._handles)
+            )
+        except nv.NVMLError as exc:
+            log.debug("GPU temperature reading failed: %s", exc)
+            hottest = None
+        return watts, hottest
 
 
-_gpu_power = _NvmlPower()
+_gpu_sensors = _NvmlSensors()
 
 
 def read_sensors() -> Sensors:
-    """A fast reading for heartbeats (well under 5 ms): load, memory, hottest CPU, battery, GPU power."""
+    """A fast reading for heartbeats (under 5 ms): load, memory, CPU heat, battery, GPU power, GPU heat."""
     temps, _ = _read_temperatures()
     sensors = [
         TempSensor(chip=chip, label=t.label, current_c=t.current, high_c=None, critical_c=None)
@@ -1060,11 +1073,13 @@ def read_sensors() -> Sensors:
         for t in readings
     ]
     battery, _ = _read_battery()
+    gpu_watts, gpu_hottest = _gpu_sensors.read()
     return Sensors(
         cpu_util=psutil.cpu_percent(interval=None) / 100.0,
         mem_util=psutil.virtual_memory().percent / 100.0,
         temperature_c=hottest_cpu(sensors),
         on_battery=None if battery is None or battery.power_plugged is None else not battery.power_plugged,
         battery_pct=None if battery is None else battery.percent,
-        power_w=_gpu_power.watts(),
+        power_w=gpu_watts,
+        gpu_temperature_c=gpu_hottest,
     )

@@ -34,6 +34,7 @@ __all__ = [
     "Limits",
     "Profile",
     "Resolved",
+    "Service",
     "load_profiles",
     "match_profile",
     "profile_named",
@@ -72,19 +73,22 @@ class Hints(BaseModel):
     )
     cloud_tpu: bool | None = Field(default=None, description="Cloud TPU chips (/dev/accel0..N)")
 
-    def score(self, detected: Detected, env: Mapping[str, str]) -> int | None:
-        """How many hints hold, or ``None`` if one fails."""
+    def checks(self, detected: Detected, env: Mapping[str, str]) -> list[tuple[str, bool]]:
+        """Each hint of this profile, described, and whether it holds on this device."""
         model = (detected.device_model or "").lower()
         compatible = (detected.device_tree_compatible or "").lower()
-        checks: list[bool] = []
+        out: list[tuple[str, bool]] = []
         if self.device_tree_model:
-            checks.append(any(s.lower() in model for s in self.device_tree_model))
+            held = any(s.lower() in model for s in self.device_tree_model)
+            out.append((f"device-tree model contains one of {self.device_tree_model}", held))
         if self.device_tree_compatible:
-            checks.append(any(s.lower() in compatible for s in self.device_tree_compatible))
+            held = any(s.lower() in compatible for s in self.device_tree_compatible)
+            out.append((f"device-tree compatible contains one of {self.device_tree_compatible}", held))
         if self.arch:
-            checks.append(detected.cpu.architecture.lower() in {a.lower() for a in self.arch})
+            held = detected.cpu.architecture.lower() in {a.lower() for a in self.arch}
+            out.append((f"architecture is one of {self.arch}", held))
         if self.env:
-            checks.append(any(var in env for var in self.env))
+            out.append((f"one of the variables {self.env} is set", any(var in env for var in self.env)))
         flags = {
             "nvidia_gpu": bool(detected.nvidia_gpus),
             "tegra": any(g.integrated and g.vendor == "nvidia" for g in detected.gpus),
@@ -94,8 +98,13 @@ class Hints(BaseModel):
         for name, present in flags.items():
             wanted = getattr(self, name)
             if wanted is not None:
-                checks.append(wanted == present)
-        return len(checks) if all(checks) else None
+                out.append((f"{name} is {'present' if wanted else 'absent'}", wanted == present))
+        return out
+
+    def score(self, detected: Detected, env: Mapping[str, str]) -> int | None:
+        """How many hints hold, or ``None`` if one fails."""
+        checks = self.checks(detected, env)
+        return len(checks) if all(held for _, held in checks) else None
 
 
 class Limits(BaseModel):
@@ -105,6 +114,22 @@ class Limits(BaseModel):
 
     max_cpu_temperature: float
     max_power_consumption: float
+
+
+class Service(BaseModel):
+    """How the agent runs as a service on this device class (``prsm-edge provision`` / ``service``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    install: Literal["pip", "flash", "termux"] = Field(
+        description="pip: pip-installed on a running OS; flash: provisioned into an image; termux: Android"
+    )
+    cpu_quota_percent: int = Field(ge=1, le=102_400, description="systemd CPUQuota (100 = one core)")
+    memory_max_mb: int = Field(ge=64, le=4_194_304, description="systemd MemoryMax in MiB")
+    devices: list[str] = Field(
+        default_factory=list, description="device nodes the agent may open (GPU, TPU, TPM), as DeviceAllow"
+    )
+    extras: list[str] = Field(default_factory=list, description="pip extras to install, e.g. gpu, tflite")
 
 
 class Profile(BaseModel):
@@ -122,6 +147,7 @@ class Profile(BaseModel):
     can_coordinate: bool
     min_battery_percent: float
     provision: str = Field(min_length=1)
+    service: Service
 
     @model_validator(mode="after")
     def _check(self) -> Profile:

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from prsm_edge.errors import LocalError
-from prsm_edge.io import attest
+from prsm_edge.io import attest, tpm_registration
 from prsm_edge.protocol import cbor, proofs
 from prsm_edge.protocol.messages import (
     BenchmarkChallenge,
@@ -39,10 +39,17 @@ Prover = Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]]
 
 @dataclass(frozen=True, slots=True)
 class Attestor:
-    """A registered attestation key and how to quote with it (``quote(nonce, claim_hash)``)."""
+    """An attestation key and how to quote with it (``quote(nonce, claim_hash)``).
+
+    ``registration`` (EK certificate, EK and AK) and ``activate`` (TPM2_ActivateCredential) let the agent
+    register the key with its coordinator (:mod:`prsm_edge.io.tpm_registration`); without them the key is
+    never registered, so its quotes are never asked for.
+    """
 
     public_key: bytes
     quote: Callable[[bytes, bytes], bytes]
+    registration: tpm_registration.RegisterParams | None = None
+    activate: Callable[[bytes], bytes] | None = None
 
 
 class TpmUnavailable(attest.AttestationError):
@@ -74,7 +81,22 @@ def tpm_attestor(workdir: Path, tcti: str | None = None) -> Attestor:
             q = attest.quote(key, nonce, claim_hash, chosen)
         return cbor.dumps(msgspec.to_builtins(q, builtin_types=(bytes,)))
 
-    return Attestor(public_key=key.public_tpm2b, quote=quote)
+    def activate(credential: bytes) -> bytes:
+        with lock:
+            return attest.activate_credential(key, credential, chosen)
+
+    algorithm = attest.ek_algorithm(key.ek_public_tpm2b)
+    ek_cert = attest.read_ek_certificate(algorithm, chosen)
+    if ek_cert is None:
+        other = "ecc" if algorithm == "rsa" else "rsa"
+        hint = (
+            f"; it has one for its {other.upper()} EK: remove {workdir} to enroll under that EK"
+            if attest.read_ek_certificate(other, chosen) is not None
+            else ""
+        )
+        log.warning("the TPM at %s has no certificate for its %s EK%s", chosen, algorithm.upper(), hint)
+    registration = tpm_registration.RegisterParams(ek_cert or b"", key.ek_public_tpm2b, key.public_tpm2b)
+    return Attestor(key.public_tpm2b, quote, registration, activate)
 
 
 def calibrate_cpu_rate(seconds: float = 0.2) -> float:

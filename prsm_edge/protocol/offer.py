@@ -1,7 +1,8 @@
 """What a node offers, under its owner's limits (sans-IO).
 
 Offered capacity = detected capacity × the owner's allocation percentage for that resource. A node stops
-offering anything while an owner guardrail holds (CPU hotter than ``max_cpu_temperature``, running on
+offering anything while an owner guardrail holds (CPU hotter than ``max_cpu_temperature``, a GPU hotter
+than ``max_gpu_temperature``, running on
 battery below ``min_battery_percent``, drawing more than ``max_power_consumption``) and says why.
 """
 
@@ -56,8 +57,12 @@ class Guardrails:
     """The owner's operating limits."""
 
     max_cpu_temperature: float = 80.0
+    max_gpu_temperature: float = 87.0  # NVIDIA data-centre and desktop GPUs slow down from ~90 °C
     max_power_consumption: float = 100.0
     min_battery_percent: float = 20.0
+    offer_on_battery: bool = True  # False: contribute only on mains power (phones)
+    schedule: str = ""  # weekly windows the owner allows, e.g. "Mon-Fri 18:00-08:00; Sat,Sun"; "" = always
+    hold_s: float = 120.0  # a withdrawn offer returns only after readings stay clear this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class Readings:
     """Sensor readings at one moment; ``None`` where the device has no such sensor."""
 
     temperature_c: float | None = None
+    gpu_temperature_c: float | None = None  # the hottest GPU
     power_w: float | None = None
     on_battery: bool | None = None
     battery_pct: float | None = None
@@ -75,6 +81,11 @@ def guardrail(readings: Readings, limits: Guardrails) -> str:
     if readings.temperature_c is not None and readings.temperature_c > limits.max_cpu_temperature:
         return (
             f"temperature {readings.temperature_c:.1f} °C above the limit {limits.max_cpu_temperature:.0f} °C"
+        )
+    if readings.gpu_temperature_c is not None and readings.gpu_temperature_c > limits.max_gpu_temperature:
+        return (
+            f"GPU temperature {readings.gpu_temperature_c:.1f} °C above the limit "
+            f"{limits.max_gpu_temperature:.0f} °C"
         )
     if (
         readings.on_battery

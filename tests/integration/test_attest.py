@@ -44,11 +44,61 @@ def _port_pair() -> int:
     raise RuntimeError("no two adjacent free ports")
 
 
-class SoftTpm:
-    """A running swtpm with its own state folder."""
+class LocalCa:
+    """A swtpm-localca certificate authority of its own: the 'manufacturer' of the software TPMs it makes.
 
-    def __init__(self, state: Path) -> None:
+    Every LocalCa names its CAs alike (``CN=swtpm-localca``, ``CN=swtpm-localca-rootca``) with keys of its
+    own, so a certificate from one is a forgery to a verifier that trusts another.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        _require("swtpm_setup")
+        folder.mkdir(parents=True)
+        self.folder = folder
+        (folder / "localca.conf").write_text(
+            f"statedir = {folder}/state\nsigningkey = {folder}/state/signkey.pem\n"
+            f"issuercert = {folder}/state/issuercert.pem\ncertserial = {folder}/state/certserial\n"
+        )
+        (folder / "localca.options").write_text("--platform-manufacturer prsm-test\n--platform-model swtpm\n")
+        self.setup_conf = folder / "swtpm_setup.conf"
+        self.setup_conf.write_text(
+            "create_certs_tool = swtpm_localca\n"
+            f"create_certs_tool_config = {folder}/localca.conf\n"
+            f"create_certs_tool_options = {folder}/localca.options\n"
+            "active_pcr_banks = sha256\n"
+        )
+
+    def manufacture(self, state: Path) -> None:
+        """Make a TPM state with EKs and their certificates in NV, signed by this CA (swtpm_setup)."""
         state.mkdir(parents=True)
+        subprocess.run(
+            [
+                *("swtpm_setup", "--tpm2", "--tpmstate", str(state), "--create-ek-cert", "--overwrite"),
+                *("--config", str(self.setup_conf), "--logfile", str(self.folder / "setup.log")),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def trusted(self) -> Path:
+        """A CA folder as an operator would configure it: this CA's root and issuing certificates only."""
+        assert (self.folder / "state").exists(), "the CA is created with the first TPM it makes"
+        folder = self.folder / "trusted"
+        folder.mkdir(exist_ok=True)
+        for name in ("issuercert.pem", "swtpm-localca-rootca-cert.pem"):
+            shutil.copy(self.folder / "state" / name, folder / name)
+        return folder
+
+
+class SoftTpm:
+    """A running swtpm with its own state folder; made by ``ca`` (with EK certificates) when given."""
+
+    def __init__(self, state: Path, ca: LocalCa | None = None) -> None:
+        if ca is None:
+            state.mkdir(parents=True)
+        else:
+            ca.manufacture(state)
         self.port = _port_pair()
         self.process = subprocess.Popen(
             [

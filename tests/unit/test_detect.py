@@ -19,6 +19,7 @@ from prsm_edge import cli
 from prsm_edge.node import detect
 from prsm_edge.node.detect import Detected, Raw
 from prsm_edge.protocol.messages import ResourceSpec, ResourceType
+from prsm_edge.protocol.offer import Guardrails, guardrail
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "detect"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
@@ -466,3 +467,26 @@ def test_trim_cpuinfo_keeps_the_first_core_and_the_board() -> None:
     assert "Serial" not in trimmed  # a board serial is not needed and not recorded
     assert detect.parse_cpu_model(trimmed) == "ARM Cortex-A72"
     assert detect.trim_cpuinfo(None) is None
+
+
+def test_heartbeat_sensors_read_gpu_power_and_heat_for_the_guardrails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stand-in for NVML on an H100 at 91 °C drawing 350 W (this machine has no NVIDIA GPU).
+    fake = _fake_pynvml(fail_init=False)
+    fake.NVML_TEMPERATURE_GPU = 0
+    fake.nvmlDeviceGetPowerUsage = lambda h: 350_000
+    fake.nvmlDeviceGetTemperature = lambda h, sensor: 91
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(detect, "_gpu_sensors", detect._NvmlSensors())
+    s = detect.read_sensors()
+    assert (s.power_w, s.gpu_temperature_c) == (350.0, 91.0)
+    reason = guardrail(s.readings(), Guardrails(max_power_consumption=1000.0))
+    assert reason.startswith("GPU temperature 91.0 °C above the limit 87")
+
+
+def test_gpu_sensors_absent_without_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(fail_init=True))
+    monkeypatch.setattr(detect, "_gpu_sensors", detect._NvmlSensors())
+    s = detect.read_sensors()
+    assert (s.power_w, s.gpu_temperature_c) == (None, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import msgspec
@@ -118,6 +120,10 @@ provision = "pip install prsm-edge"
 [limits]
 max_cpu_temperature = 80.0
 max_power_consumption = 10.0
+[service]
+install = "pip"
+cpu_quota_percent = 100
+memory_max_mb = 512
 """
 
 
@@ -163,3 +169,26 @@ def test_custom_profile_matches_by_env(tmp_path: Path) -> None:
     assert found["thing"].score(d, {"MY_BOARD": "1"}) == 2
     assert profiles.match_profile(d, {"MY_BOARD": "1"}, found).name == "thing"
     assert profiles.match_profile(d, {}, found).name == "generic"
+
+
+def test_profile_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from prsm_edge.cli import main
+
+    here = detect.detect()
+    assert main(["profile", "detect", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["matched"] == profiles.match_profile(here).name
+    bare = not (
+        here.gpus or here.device_model or here.accelerators.edge_tpus or here.accelerators.cloud_tpu_devices
+    )
+    if bare and "TERMUX_VERSION" not in os.environ:  # a plain machine such as CI's
+        assert out["matched"] == "generic"
+    by_name = {c["name"]: c for c in out["candidates"]}
+    assert set(by_name) == SHIPPED and by_name["generic"]["matches"] and by_name["generic"]["hints"] == []
+    assert main(["profile", "list"]) == 0
+    assert f"* {out['matched']}" in capsys.readouterr().out
+    assert main(["profile", "show", "android_termux"]) == 0
+    shown = capsys.readouterr().out
+    assert "offer_on_battery" in shown and "termux" in shown
+    assert main(["profile", "show", "rasberry_pi"]) == 2
+    assert "did you mean raspberry_pi" in capsys.readouterr().err

@@ -35,6 +35,10 @@ AGENT_DEFAULTS = {
     "group": None,
     "allow_coordinate": True,
     "min_battery_percent": 20.0,
+    "offer_on_battery": True,
+    "schedule": "",
+    "guardrail_hold_s": 120.0,
+    "max_gpu_temperature": 87.0,
     "broker_url": None,
     "heartbeat_interval_s": 10.0,
     "device_class": None,
@@ -284,3 +288,9 @@ def test_cli_help(action: str, capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["settings", action, "--help"])
     assert exited.value.code == 0
     assert len(capsys.readouterr().out.splitlines()) > 3
+
+
+def test_schedule_setting_is_checked_when_set() -> None:
+    assert Settings(schedule="Mon-Fri 18:00-08:00; Sat,Sun").guardrails().schedule.startswith("Mon-Fri")
+    with pytest.raises(pydantic.ValidationError, match="'fun' is not a day"):
+        Settings(schedule="Mon,Fun")
