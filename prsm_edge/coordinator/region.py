@@ -21,12 +21,14 @@ from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import RosterStore
+from prsm_edge.io.unit_pins import PinStore
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.group import Publish, Rejection
 from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.region import (
     DrillVerdict,
     LeaseGranted,
+    PinUnit,
     Region,
     RegionConfig,
     RegionEffect,
@@ -69,6 +71,7 @@ class RegionCoordinator:
         self.options = options
         self.rng = rng or random.Random()
         options.workdir.mkdir(parents=True, exist_ok=True)
+        self.pins = PinStore(options.workdir / "pins.sqlite")
         store = RosterStore(options.workdir / "region.sqlite")
         epoch = store.next_epoch()
         store.close()
@@ -88,6 +91,7 @@ class RegionCoordinator:
                 pinned=options.pinned,
             )
         )
+        self.region.restore_pins(self.pins.load())
         self.ready = asyncio.Event()
         self.listeners: list[Callable[[RegionEffect], None]] = []
         self._tasks: dict[str, asyncio.Future[LeaseGranted | TaskRefused]] = {}
@@ -161,6 +165,8 @@ class RegionCoordinator:
                     if len(self._logged) < 10_000:
                         self._logged.add(key)
                     log.log(level, "refused a message from %s: %s (%s)", unit or "?", reason.value, detail)
+                case PinUnit(site=site, group=group, key=key):
+                    self.pins.save(site, group, key)
                 case UnitChange(site=site, group=group, alive=alive, why=why):
                     log.info("unit %s/%s is %s (%s)", site, group, "alive" if alive else "DEAD", why)
                 case LeaseGranted(task_id=task_id) | TaskRefused(task_id=task_id):
@@ -198,6 +204,12 @@ class RegionCoordinator:
 
     async def run(self) -> None:
         """Run until cancelled; publishes ``offline`` on the way out."""
+        try:
+            await self._run()
+        finally:
+            self.pins.close()
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.session.run(), name="region-session")
             tg.create_task(self._ticker(), name="region-tick")

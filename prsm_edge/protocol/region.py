@@ -65,6 +65,7 @@ from prsm_edge.protocol.uplink import StreamReceiver
 __all__ = [
     "DrillVerdict",
     "LeaseGranted",
+    "PinUnit",
     "Region",
     "RegionConfig",
     "RegionEffect",
@@ -142,6 +143,15 @@ class UnitChange:
 
 
 @dataclass(frozen=True, slots=True)
+class PinUnit:
+    """A unit's coordinator key was pinned at first sight: persist it, so a restart keeps the pin."""
+
+    site: str
+    group: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseGranted:
     """A routed task got a lease in a group (reported by the group, signed by its coordinator)."""
 
@@ -182,7 +192,9 @@ class DrillVerdict:
     claims: tuple[Opened, ...] = ()
 
 
-RegionEffect = Publish | Rejection | UnitChange | LeaseGranted | TaskRefused | StreamItem | DrillVerdict
+RegionEffect = (
+    Publish | Rejection | UnitChange | PinUnit | LeaseGranted | TaskRefused | StreamItem | DrillVerdict
+)
 
 
 @dataclass(slots=True)
@@ -231,6 +243,7 @@ class Region:
         self.accepted: Counter[str] = Counter()
         self.stream = StreamReceiver(max_streams=config.max_units)
         self.claims = ClaimSet([])
+        self.known_keys: dict[UnitKey, bytes] = {}  # pins of earlier runs (see restore_pins)
         self._gateways = ReplayGuard(window_ms=config.replay_window_ms, max_signers=config.max_units * 2)
         self._clients = ReplayGuard(window_ms=config.replay_window_ms, max_signers=10_000)
         self._order: list[UnitKey] = []
@@ -302,10 +315,18 @@ class Region:
                 return self._submit_request(parsed.client, open_envelope(payload), now_ms)
         return []
 
+    def restore_pins(self, pins: dict[UnitKey, bytes]) -> None:
+        """Keys pinned at first sight by an earlier run (persisted by the shell): they hold again."""
+        for key, value in list(pins.items())[: self.config.max_units]:
+            self.known_keys[key] = value
+
     def _pinned_key(self, key: UnitKey) -> bytes | None:
         unit = self.units.get(key)
         if unit is not None:
             return unit.key
+        known = self.known_keys.get(key)
+        if known is not None:
+            return known
         if self.config.pinned is not None:
             return self.config.pinned.get(key, b"\x00")
         return None
@@ -344,6 +365,9 @@ class Region:
             self._order.append(key)
             self._by_site.setdefault(key[0], []).append(key)
             effects.append(UnitChange(key[0], key[1], True, "birth"))
+            if self.known_keys.get(key) != opened.kid:
+                self.known_keys[key] = opened.kid
+                effects.append(PinUnit(key[0], key[1], opened.kid))
             return effects
         if msg.epoch != unit.summary.epoch:
             unit.reserved.clear()  # a new coordinator epoch: its summary is the truth again

@@ -26,6 +26,7 @@ from prsm_edge.protocol.messages import (
 from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.region import (
     LeaseGranted,
+    PinUnit,
     Region,
     RegionConfig,
     StreamItem,
@@ -128,10 +129,21 @@ def reasons(effects: list[object]) -> list[Reason]:
 def test_first_summary_pins_the_key_and_a_forgery_is_refused() -> None:
     r, g = region(), FakeGroup("lab", "g1")
     effects = r.receive(*g.summary(NOW), NOW)
-    assert effects == [UnitChange("lab", "g1", True, "birth")]
+    assert effects == [UnitChange("lab", "g1", True, "birth"), PinUnit("lab", "g1", g.coord.public_key)]
     forger = FakeGroup("lab", "g1", cpu=4096)
     assert reasons(r.receive(*forger.summary(NOW + 10), NOW + 10)) == [Reason.UNKNOWN_KEY]
     assert r.units[("lab", "g1")].summary.capacity == {"compute_cpu": 8.0}
+
+
+def test_pins_of_an_earlier_run_hold_after_a_restart() -> None:
+    g, forger = FakeGroup("lab", "g1"), FakeGroup("lab", "g1", cpu=4096)
+    first = region()
+    pins = {(e.site, e.group): e.key for e in first.receive(*g.summary(NOW), NOW) if isinstance(e, PinUnit)}
+    restarted = region(epoch=2)
+    restarted.restore_pins(pins)
+    # The forger's summary arrives first after the restart: the old pin still refuses it.
+    assert reasons(restarted.receive(*forger.summary(NOW + 10), NOW + 10)) == [Reason.UNKNOWN_KEY]
+    assert reasons(restarted.receive(*g.summary(NOW + 20), NOW + 20)) == []
 
 
 def test_operator_pins_refuse_unlisted_groups_and_other_keys() -> None:
@@ -327,5 +339,6 @@ def test_region_summary_nests_one_tier_up() -> None:
     top = region(site="world", region="w", tier=3)
     signer = Signer(SigningKey.generate())
     topic = t.unit(t.Kind.UNIT_SUMMARY, "world", "w", RS, R)
-    assert top.receive(topic, signer.seal(s, NOW + 1000), NOW + 1000) == [UnitChange(RS, R, True, "birth")]
+    births = top.receive(topic, signer.seal(s, NOW + 1000), NOW + 1000)
+    assert births[0] == UnitChange(RS, R, True, "birth")
     assert top.summary().online == 27
