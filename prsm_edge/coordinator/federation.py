@@ -5,6 +5,8 @@ until the economy's engine lands, :func:`~prsm_edge.protocol.placement.minimal_p
 (``cmd/lease``), answered with the signed lease, and reported up the gateway's ordered stream
 (``fed/report``), so the region learns of it even if the bridged answer is lost.
 ``region-drill``: open the asked leaves of the claims root in the group's last summary.
+Evidence: every slash the group's ledger records (with the node's own signed artifacts) goes up the
+gateway's stream too.
 
 The region is pinned: configured, or the first requester seen; requests from another key are refused.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Final
 
 from prsm_edge.errors import LocalError, RejectedMessage
@@ -23,11 +26,13 @@ from prsm_edge.protocol import topics
 from prsm_edge.protocol.claims import openings_to_wire
 from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.group import Group
+from prsm_edge.protocol.ledger import LedgerKind
 from prsm_edge.protocol.messages import (
     RESOURCE_UNITS,
     ApiRequest,
     ApiResponse,
     Lease,
+    LedgerEntry,
     NodeCommand,
     ResourceSpec,
 )
@@ -72,6 +77,15 @@ class RegionRequests:
         resp = ApiResponse(txid=request.txid, method=request.method, ok=not error, result=result, error=error)
         topic = topics.api(topics.Kind.API_RESP, c.site, c.group, request.method, requester)
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
+
+    async def report_evidence(self, entries: Iterable[LedgerEntry]) -> None:
+        """Hand slashes (signed ledger entries carrying the node's own artifacts) to the gateway's stream."""
+        c = self.group.config
+        for entry in entries:
+            if entry.kind == LedgerKind.SLASH.value:
+                await self.session.publish(
+                    topics.fed_report(c.site, c.group), self.signer.seal(entry, now_ms()), qos=1
+                )
 
     def _busy(self, now: int) -> frozenset[str]:
         return frozenset(lease.node for lease, _ in self.leases.values() if lease.end_ms > now)

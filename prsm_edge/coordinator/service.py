@@ -242,6 +242,7 @@ class Coordinator:
                     await self._apply(self.group.set_level(node, level))
                 case RecordLedger(entries=entries):
                     self.ledger_store.append(entries)
+                    await self.federation.report_evidence(entries)
                 case VerifyQuote():
                     verified = await asyncio.to_thread(_check_quote, effect)
                     await self._apply_verifier(

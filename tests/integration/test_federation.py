@@ -166,6 +166,20 @@ async def test_region_sees_three_groups_routes_a_task_and_drills_down(tmp_path: 
         assert claim.signer == rig.groups["g1"].agent.node_id
         assert isinstance(claim.message, m.NodeBirth)
         assert claim.message.resources[0].capacity == 4.0
+        # Evidence: a slash recorded in a group's ledger goes up the ordered stream.
+        slash = m.LedgerEntry(
+            index=0,
+            prev_hash=b"\0" * 32,
+            account=claim.signer,
+            amount_micro=5,
+            kind="slash",
+            key="slash:test",
+        )
+        await rig.groups["g1"].coordinator.federation.report_evidence([slash])
+        await eventually(
+            lambda: any(isinstance(e, StreamItem) and e.kind == "evidence" for e in rig.effects),
+            what="slash in the stream",
+        )
         # The region's own summary is published upward in the same shape (tiers nest).
         await eventually(lambda: r.summary().online == 3, what="region summary")
         assert sum(r.rejected.values()) == 0
