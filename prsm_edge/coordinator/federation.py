@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from prsm_edge.errors import LocalError, RejectedMessage
@@ -35,12 +35,16 @@ from prsm_edge.protocol.messages import (
     LedgerEntry,
     NodeCommand,
     ResourceSpec,
+    ResourceType,
 )
-from prsm_edge.protocol.placement import minimal_placement, parse_task
+from prsm_edge.protocol.placement import TaskSpec, minimal_placement, parse_task
 
-__all__ = ["REGION_METHODS", "RegionRequests"]
+__all__ = ["REGION_METHODS", "Engine", "RegionRequests"]
 
 log = logging.getLogger(__name__)
+
+# The group's allocation engine, when it has one: the placements (node, amounts, rate per hour) it made.
+Engine = Callable[[TaskSpec], Awaitable[list[tuple[str, dict[ResourceType, float], int]]]]
 
 REGION_METHODS: Final = frozenset({"region-task", "region-drill"})
 _MAX_LEASES: Final = 10_000
@@ -49,8 +53,16 @@ _MAX_LEASES: Final = 10_000
 class RegionRequests:
     """Answers ``region-*`` API calls for one group coordinator."""
 
-    def __init__(self, group: Group, signer: Signer, session: Session, region: str | None = None) -> None:
+    def __init__(
+        self,
+        group: Group,
+        signer: Signer,
+        session: Session,
+        region: str | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         self.group = group
+        self.engine = engine
         self.signer = signer
         self.session = session
         self.region = region
@@ -96,34 +108,46 @@ class RegionRequests:
         if known is not None:
             return {"lease": known[1]}  # asked again (a retry): the same lease
         now = now_ms()
-        member = minimal_placement(self.group.members.values(), task, self._busy(now))
-        if member is None:
+        if self.engine is not None:
+            placements = await self.engine(task)  # the group's allocation engine offers its own leases
+            how = "engine"
+        else:
+            member = minimal_placement(self.group.members.values(), task, self._busy(now))
+            if member is None:
+                raise LocalError("no member here can take the task now")
+            placements = [(member.node, dict(task.resources), task.max_rate_micro)]
+            how = "minimal"
+        if not placements:
             raise LocalError("no member here can take the task now")
-        lease = Lease(
-            lease_id=hashlib.sha256(f"{task.task_id}/{member.node}/{now}".encode()).hexdigest()[:32],
-            task_id=task.task_id,
-            node=member.node,
-            resources=[
-                ResourceSpec(type=kind, capacity=amount, unit=RESOURCE_UNITS[kind])
-                for kind, amount in sorted(task.resources.items())
-            ],
-            start_ms=now,
-            end_ms=now + task.duration_ms,
-            rate_micro_per_hour=task.max_rate_micro,
-        )
-        envelope = self.signer.seal(lease, now)
-        self.leases[task.task_id] = (lease, envelope)
+        c = self.group.config
+        envelopes = []
+        for node, amounts, rate in placements:
+            lease = Lease(
+                lease_id=hashlib.sha256(f"{task.task_id}/{node}/{now}".encode()).hexdigest()[:32],
+                task_id=task.task_id,
+                node=node,
+                resources=[
+                    ResourceSpec(type=kind, capacity=amount, unit=RESOURCE_UNITS[kind])
+                    for kind, amount in sorted(amounts.items())
+                ],
+                start_ms=now,
+                end_ms=now + task.duration_ms,
+                rate_micro_per_hour=rate,
+            )
+            envelope = self.signer.seal(lease, now)
+            envelopes.append(envelope)
+            self.leases[task.task_id] = (lease, envelope)
+            if self.engine is None:
+                cmd = NodeCommand(verb="lease", node=node, args={"lease": envelope})
+                await self.session.publish(
+                    topics.node_cmd(c.site, c.group, node, "lease"), self.signer.seal(cmd, now), qos=1
+                )
+            # The ordered stream is the lease report the region can count on; the answer may be lost.
+            await self.session.publish(topics.fed_report(c.site, c.group), envelope, qos=1)
         while len(self.leases) > _MAX_LEASES:
             self.leases.popitem(last=False)
-        c = self.group.config
-        cmd = NodeCommand(verb="lease", node=member.node, args={"lease": envelope})
-        await self.session.publish(
-            topics.node_cmd(c.site, c.group, member.node, "lease"), self.signer.seal(cmd, now), qos=1
-        )
-        # The ordered stream is the lease report the region can count on; the answer may be lost.
-        await self.session.publish(topics.fed_report(c.site, c.group), envelope, qos=1)
-        log.info("task %s leased to %s (minimal placement)", task.task_id, member.node)
-        return {"lease": envelope, "placement": "minimal"}
+        log.info("task %s placed on %d member(s) (%s placement)", task.task_id, len(placements), how)
+        return {"lease": envelopes[0], "leases": envelopes, "placement": how}
 
     def _drill(self, request: ApiRequest) -> dict[str, object]:
         claims = self.group.claims
