@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prsm_edge.coordinator.economy import EconomyConfig
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
@@ -52,6 +53,7 @@ async def host_group(
     http_dir: Path | None = None,
     verify: bool = True,
     verification: VerifierConfig | None = None,
+    economy: EconomyConfig | None = None,
     tpm_ca_dir: Path | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
@@ -74,6 +76,7 @@ async def host_group(
             summary_interval_s=summary_interval_s,
             verify=verify,
             verification=verification,
+            economy=economy,
             tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
         )
         if not broker.acl_enforced:

@@ -113,6 +113,13 @@ class Settings(BaseModel):
         default=10.0, ge=1.0, le=3600.0, description="seconds between heartbeats"
     )
     device_class: str | None = Field(default=None, description="firmware profile name (None: detect)")
+    electricity_price_per_kwh: Decimal = Field(
+        default=Decimal("0"),
+        ge=0,
+        le=1_000_000,
+        decimal_places=6,
+        description="what a kWh costs you, in FTNS (earnings reports subtract it: watts × hours × price)",
+    )
 
     @field_validator("site", "group")
     @classmethod
@@ -161,6 +168,11 @@ class Settings(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    @property
+    def electricity_price_micro_per_kwh(self) -> int:
+        """``electricity_price_per_kwh`` in µFTNS."""
+        return int(self.electricity_price_per_kwh * MICRO)
 
     @property
     def min_hourly_rate_micro(self) -> int:

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from prsm_edge import settings
+from prsm_edge.commands import _demo_market
+from prsm_edge.coordinator.economy import EconomyConfig
 from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.localgroup import host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
-from prsm_edge.protocol.group import Member
-from prsm_edge.protocol.messages import ResourceSpec, ResourceType
+from prsm_edge.protocol.group import Group
+from prsm_edge.protocol.messages import MICRO, ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
 from prsm_edge.protocol.verifier import VerifierConfig
 
@@ -64,12 +66,21 @@ def register(sub: Any) -> None:
         action="store_true",
         help="skip benchmark proofs and peer verification (levels stay 0.6)",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="settlement period in seconds (default 10; real groups: 1 h)",
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= _MAX_NODES:
         print(f"prsm-edge: error: --nodes must be between 1 and {_MAX_NODES}", file=sys.stderr)
+        return 2
+    if not 1.0 <= args.settle <= 86_400.0:
+        print("prsm-edge: error: --settle must be between 1 and 86400 seconds", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prsm-demo-")))
@@ -80,7 +91,49 @@ def _run(args: argparse.Namespace) -> int:
             return 0
 
 
-def _slices(nodes: int) -> tuple[list[ResourceSpec], str]:
+def demo_verification(site: str, group: str, nodes: int) -> VerifierConfig:
+    """Verification for a demo group: every agent proves on this one machine (one process), so
+    challenges are small, deadlines generous and rounds spaced by the group's size; real devices prove
+    on their own hardware."""
+    return VerifierConfig(
+        site=site,
+        group=group,
+        coordinator="",  # the coordinator fills in its own id
+        round_ms=max(10_000, nodes * 300),
+        vote_timeout_ms=20_000,
+        segments=256,
+        opens=8,
+        target_ms=50,
+        slack=max(10.0, 2.0 * nodes),  # all the agents' proofs of a round share one CPU here
+        network_ms=2_000,
+        min_rate_ratio=0.0,
+    )
+
+
+def demo_agent(
+    site: str,
+    group: str,
+    url: str,
+    folder: Path,
+    resources: list[ResourceSpec],
+    fingerprint: str,
+    heartbeat: float,
+) -> AgentOptions:
+    """The options of one demo agent (one equal slice of this machine), keeping its state in ``folder``."""
+    return AgentOptions(
+        site=site,
+        group=group,
+        broker_url=url,
+        workdir=folder,
+        resources=resources,
+        device_class="demo-slice",
+        hw_fingerprint=f"{fingerprint}/slice-{folder.name}",
+        heartbeat_interval_s=heartbeat,
+        min_hourly_rate_micro=0,  # a slice of one machine is tiny: demo owners take any rate
+    )
+
+
+def slices(nodes: int) -> tuple[list[ResourceSpec], str]:
     """One agent's share of this machine: detected capacity / nodes, then the owner's allocation."""
     detected = detect()
     share = [
@@ -92,23 +145,9 @@ def _slices(nodes: int) -> tuple[list[ResourceSpec], str]:
 
 async def _demo(args: argparse.Namespace, workdir: Path) -> int:
     _say("detecting this machine's resources …")
-    resources, fingerprint = await asyncio.to_thread(_slices, args.nodes)
+    resources, fingerprint = await asyncio.to_thread(slices, args.nodes)
     _say(f"starting the broker ({args.broker}) …")
-    # Every demo agent proves on this one machine (one process), so challenges are small, deadlines
-    # generous and rounds spaced by the group's size; real devices prove on their own hardware.
-    verification = VerifierConfig(
-        site=args.site,
-        group=args.group,
-        coordinator="",  # the coordinator fills in its own id
-        round_ms=max(10_000, args.nodes * 300),
-        vote_timeout_ms=20_000,
-        segments=256,
-        opens=8,
-        target_ms=50,
-        slack=max(10.0, 2.0 * args.nodes),  # all the agents' proofs of a round share one CPU here
-        network_ms=2_000,
-        min_rate_ratio=0.0,
-    )
+    verification = demo_verification(args.site, args.group, args.nodes)
     async with host_group(
         workdir,
         site=args.site,
@@ -117,6 +156,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         heartbeat_timeout_s=args.heartbeat * 3.5,
         verify=not args.no_verify,
         verification=verification,
+        economy=EconomyConfig(period_ms=int(args.settle * 1000)),
     ) as host:
         b = host.broker
         acl = "per-node ACLs enforced" if b.acl_enforced else "NO ACL enforcement (embedded fallback)"
@@ -124,15 +164,14 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         coord = host.coordinator
         agents = [
             Agent(
-                AgentOptions(
-                    site=args.site,
-                    group=args.group,
-                    broker_url=b.url,
-                    workdir=workdir / "agents" / f"a{i:03d}",
-                    resources=resources,
-                    device_class="demo-slice",
-                    hw_fingerprint=f"{fingerprint}/slice-{i}",
-                    heartbeat_interval_s=args.heartbeat,
+                demo_agent(
+                    args.site,
+                    args.group,
+                    b.url,
+                    workdir / "agents" / f"a{i:03d}",
+                    resources,
+                    fingerprint,
+                    args.heartbeat,
                 )
             )
             for i in range(args.nodes)
@@ -141,6 +180,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(coord.run())]
             tasks += [tg.create_task(a.run()) for a in agents]
+            tasks.append(tg.create_task(_demo_market.drive(coord)))
             tg.create_task(_show(args, coord, len(agents), start, tasks))
     return 0
 
@@ -165,8 +205,9 @@ async def _show(
                 + "; levels: "
                 + ", ".join(f"{level} {n}" for level, n in sorted(g.summary().trust.items()))
             )
+            status += _earnings(coord)
             if table:
-                print("\x1b[2J\x1b[H" + status + "\n" + _table(list(g.members.values())), flush=True)
+                print("\x1b[2J\x1b[H" + status + "\n" + _table(g, coord), flush=True)
             else:
                 print(status, flush=True)
     finally:
@@ -176,20 +217,37 @@ async def _show(
             task.cancel()
 
 
-def _table(members: list[Member]) -> str:
+def _earnings(coord: Coordinator) -> str:
+    """Earnings so far by level (credits are settled each period; bonuses only for verified levels)."""
+    by_level: dict[str, int] = {}
+    for node in coord.group.members:
+        level = coord.group.level(node).value
+        by_level[level] = by_level.get(level, 0) + coord.ledger.balance(node)
+    paid = ", ".join(f"{level} {micro / MICRO:.6f}" for level, micro in sorted(by_level.items()))
+    return f"; earned FTNS: {paid or 'none yet'} (demo work is simulated)"
+
+
+def _table(group: Group, coord: Coordinator | None = None) -> str:
+    members = list(group.members.values())
     now = time.time() * 1000
     header = f"{'node':<18} {'cpu':>6} {'mem GB':>7} {'disk GB':>8} {'trust level':<20} {'state':<8}"
-    lines = [f"{header} {'last seen':>9}"]
+    lines = [f"{header} {'last seen':>9} {'earned µFTNS':>13} {'µFTNS/h':>9}"]
     for m in sorted(members, key=lambda m: m.node):
         cap = {r.type: r.capacity for r in m.resources}
         state = "online" if m.online else "offline"
         if m.online and not m.offering:
             state = "held"
+        level = f"{group.level(m.node).value} ({group.trust(m.node):.2f})"
         lines.append(
             f"{m.node:<18} {cap.get(ResourceType.COMPUTE_CPU, 0):>6.2f} "
             f"{cap.get(ResourceType.STORAGE_MEMORY, 0):>7.2f} "
             f"{cap.get(ResourceType.STORAGE_PERSISTENT, 0):>8.1f} "
-            f"{m.level.value + f' ({m.trust:.2f})':<20} {state:<8} {(now - m.last_seen_ms) / 1000:>8.1f}s"
+            f"{level:<20} {state:<8} {(now - m.last_seen_ms) / 1000:>8.1f}s"
+            + (
+                f" {coord.ledger.balance(m.node):>13} {coord.economy.hourly.get(m.node, 0.0):>9.0f}"
+                if coord is not None
+                else ""
+            )
         )
     return "\n".join(lines)
 

@@ -88,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         security_level=s.security_level,
         min_hourly_rate_micro=s.min_hourly_rate_micro,
         uptime_commitment=s.uptime_commitment,
+        priority_level=s.priority_level,
     )
     if not args.no_attest:
         agent = replace(agent, attestor=_attestor(workdir))

@@ -112,7 +112,7 @@ class RegionRequests:
             placements = await self.engine(task)  # the group's allocation engine offers its own leases
             how = "engine"
         else:
-            member = minimal_placement(self.group.members.values(), task, self._busy(now))
+            member = minimal_placement(self.group.members.values(), task, self.group.level, self._busy(now))
             if member is None:
                 raise LocalError("no member here can take the task now")
             placements = [(member.node, dict(task.resources), task.max_rate_micro)]

@@ -13,24 +13,27 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.coordinator.federation import REGION_METHODS, RegionRequests
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
-from prsm_edge.io.store import LedgerStore, RosterStore
+from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
-from prsm_edge.protocol.envelope import PAYLOAD_LIMITS
+from prsm_edge.protocol.allocation import Allocation, Task
+from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
     Effect,
@@ -45,16 +48,23 @@ from prsm_edge.protocol.group import (
 )
 from prsm_edge.protocol.ledger import Ledger
 from prsm_edge.protocol.messages import (
+    TRUST_SCORE,
     ApiRequest,
     ApiResponse,
     BenchmarkProof,
+    GroupSummary,
     NodeCommand,
     ProofOpening,
+    ResourceType,
     VerificationVote,
 )
+from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.verifier import (
     LevelChange,
+    RecordEvidence,
     RecordLedger,
+    RecordSlashEvidence,
+    RunCheck,
     Verifier,
     VerifierConfig,
     VerifierEffect,
@@ -64,6 +74,8 @@ from prsm_edge.protocol.verifier import (
 __all__ = ["Coordinator", "CoordinatorOptions", "CredentialIssuer", "seal_secret"]
 
 log = logging.getLogger(__name__)
+
+_NO_PRICE_LIMIT = 10**12  # µFTNS/h: a routed task that names no maximum price
 
 
 class CredentialIssuer(Protocol):
@@ -94,6 +106,7 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     region: str | None = None  # the region coordinator's node id; None: the first one that asks
 
@@ -126,7 +139,8 @@ class Coordinator:
         self.rng = rng or random.SystemRandom()
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.store = RosterStore(options.workdir / "roster.sqlite")
-        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite")
+        self.ledger_store = LedgerStore(options.workdir / "ledger.sqlite", Signer(identity.signing_key))
+        self.evidence_store = EvidenceStore(options.workdir / "evidence.sqlite")
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
         epoch = self.store.next_epoch()
@@ -141,7 +155,8 @@ class Coordinator:
                 heartbeat_timeout_ms=int(options.heartbeat_timeout_s * 1000),
                 summary_interval_ms=int(options.summary_interval_s * 1000),
                 acl=issuer is not None,
-            )
+            ),
+            levels=lambda member: self.verifier.level(member),
         )
         self.group.restore(self.store.load())
         vconfig = dataclasses.replace(
@@ -149,10 +164,28 @@ class Coordinator:
             coordinator=identity.node_id,
         )
         self.verifier = Verifier(vconfig, self.ledger, secret=self.rng.randbytes(32))
+        self.economy = Economy(
+            options.site,
+            options.group,
+            self.ledger,
+            self.ledger_store,
+            level_of=self.group.level,  # read from the verifier, never copied
+            performance_of=verifier_performance(self.verifier),
+            config=options.economy,
+        )
+        # What was proven before a restart still counts (while current); levels follow from it.
+        self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
+        # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
+        self._checks = asyncio.Semaphore(2)
         # Only an AK bound to a certified EK by credential activation is asked for quotes.
         self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
-        self._next_round = time.monotonic() + 1.0
+        # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
+        self._warmup_s = min(5.0, vconfig.round_ms / 4000)
+        self._started = time.monotonic()
+        self._next_round = self._started
+        self._warm_count, self._warm_since = -1, self._started
         self._logged: set[tuple[Reason, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         self.session = Session(
             options.broker_url,
@@ -165,7 +198,9 @@ class Coordinator:
             clean_session=False,
             max_queued=20_000,
         )
-        self.federation = RegionRequests(self.group, self.signer, self.session, options.region)
+        self.federation = RegionRequests(
+            self.group, self.signer, self.session, options.region, engine=self._place_for_region
+        )
 
     @property
     def epoch(self) -> int:
@@ -181,7 +216,10 @@ class Coordinator:
         topic, online = self.group.state_message("online")
         await self.session.publish(topic, self.signer.seal(online, now_ms()), qos=1, retain=True)
         if self.options.verify:
-            await self._apply([self.verifier.opening_beacon()])
+            # Checks open across a broker outage could not be answered: void them, fail nobody.
+            self.verifier.void(now_ms(), "the coordinator lost its broker connection")
+            if self.verifier.beacon is not None:
+                await self._apply([self.verifier.beacon])
         log.info(
             "coordinator %s online for %s/%s (epoch %d, %d known members)",
             self.identity.node_id,
@@ -193,12 +231,17 @@ class Coordinator:
         self.ready.set()
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
-        await self._apply(self.group.receive(topic, payload, now_ms()))
+        arrived = now_ms()  # stamped before any other work: a proof's lateness is judged on this
+        await self._apply(self.group.receive(topic, payload, arrived))
 
     async def _apply(self, effects: list[Effect]) -> None:
         for effect in effects:
             match effect:
                 case Publish(topic=topic, message=message, retain=retain, qos=qos):
+                    if isinstance(message, GroupSummary):
+                        message = msgspec.structs.replace(
+                            message, market=self.economy.market(self.group.members)
+                        )
                     await self.session.publish(
                         topic, self.signer.seal(message, now_ms()), qos=qos, retain=retain
                     )
@@ -212,23 +255,23 @@ class Coordinator:
                     log.log(level, "rejected a message from %s: %s (%s)", node or "?", reason.value, detail)
                 case GrantJoin():
                     await self._grant(effect)
-                case Verification(node=node, message=message):
-                    await self._verification(node, message)
+                case Verification(node=node, message=message, at_ms=at_ms, raw=raw):
+                    await self._verification(node, message, at_ms or now_ms(), raw)
                 case ApiCall(node=node, request=request):
                     await self._api(node, request)
 
     async def _verification(
-        self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote
+        self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote, at_ms: int, raw: bytes
     ) -> None:
         member = self.group.members.get(node)
-        if member is None:
+        if member is None or not self.options.verify:
             return
         match message:
             case BenchmarkProof():
                 member = self.registrar.view(member)
-                await self._apply_verifier(self.verifier.on_proof(member, message, now_ms()))
+                await self._apply_verifier(self.verifier.on_proof(member, message, at_ms, raw))
             case ProofOpening():
-                await self._apply_verifier(self.verifier.on_opening(message, now_ms()))
+                await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
             case VerificationVote():
                 await self._apply_verifier(self.verifier.on_vote(message))
 
@@ -239,15 +282,32 @@ class Coordinator:
                     await self._apply([effect])
                 case LevelChange(node=node, level=level):
                     log.info("%s now holds %s", node, level.value)
-                    await self._apply(self.group.set_level(node, level))
+                    self.group.level_changed(node)
                 case RecordLedger(entries=entries):
                     self.ledger_store.append(entries)
                     await self.federation.report_evidence(entries)
+                case RecordEvidence(node=node, claim=claim, record=record):
+                    self.evidence_store.save(node, claim, record)
+                case RecordSlashEvidence(digest=digest, node=node, evidence=evidence):
+                    self.evidence_store.save_slash(digest, node, evidence)
+                case RunCheck():
+                    self._spawn(self._run_check(effect))
                 case VerifyQuote():
                     verified = await asyncio.to_thread(_check_quote, effect)
                     await self._apply_verifier(
-                        self.verifier.attestation_result(effect.node, verified, now_ms())
+                        self.verifier.attestation_result(effect.node, verified, now_ms(), effect.claim_hash)
                     )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_check(self, request: RunCheck) -> None:
+        """Re-execute the opened segments in a worker thread (bounded), then hand over the verdict."""
+        async with self._checks:
+            verdict = await asyncio.to_thread(request.run)
+        await self._apply_verifier(self.verifier.check_result(request.challenge_id, verdict))
 
     async def _api(self, node: str, request: ApiRequest) -> None:
         if request.method in REGION_METHODS:  # the region, through the gateway's bridge
@@ -270,7 +330,19 @@ class Coordinator:
                     )
                     result = self._trust_status(member)
                 case "status":
-                    result = self._trust_status(member)
+                    result = self._trust_status(member) | {"leases": self.economy.status(node)["leases"]}
+                case "lease":  # the agent's answer to a lease offer
+                    result = self.economy.lease_answer(node, request.params, now_ms())
+                case "earnings":
+                    result = self.economy.status(node)
+                case "ledger":  # the member's own signed entries, the newest that fit, and the head
+                    signed: list[bytes] = []
+                    for data in reversed(self.ledger_store.signed(node)):
+                        if sum(map(len, signed)) + len(data) > 48_000 or len(signed) >= 100:
+                            break
+                        signed.insert(0, data)
+                    head = self.economy.head_message()
+                    result = {"entries": signed, "count": head.count, "head": head.head}
                 case tpm_registration.REGISTER | tpm_registration.ACTIVATE:
                     result = await self.registrar.serve(member, request.method, request.params, now_ms())
                     for lost in self.registrar.drain_revoked():
@@ -284,10 +356,13 @@ class Coordinator:
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
 
     def _trust_status(self, member: Member) -> dict[str, object]:
-        required = self.verifier.required_stake(member, now_ms())
+        now = now_ms()
+        required = self.verifier.required_stake(member, now)
+        level = self.verifier.level(member, now)
         return {
-            "level": member.level.value,
-            "trust": member.trust,
+            "level": level.value,
+            "trust": TRUST_SCORE[level],
+            "covers": list(self.verifier.covers(member, now)),
             "balance_micro": self.ledger.balance(member.node),
             "stake_micro": self.ledger.stake(member.node),
             "required_stake_micro": required.required_micro,
@@ -295,6 +370,24 @@ class Coordinator:
             "risk_factor": required.risk_factor,
             "attestation": self.registrar.status(member),
         }
+
+    async def submit(self, task: Task, strategy: str = "hybrid_optimal") -> Allocation:
+        """Allocate ``task`` in this group and offer its leases (``AllocationRefused`` names why not)."""
+        alloc, effects = self.economy.submit(self.group.members, task, now_ms(), strategy)
+        await self._apply(list(effects))
+        return alloc
+
+    async def _place_for_region(self, spec: TaskSpec) -> list[tuple[str, dict[ResourceType, float], int]]:
+        """A task routed here by the region, allocated by the group's engine (its leases offered)."""
+        task = Task(
+            task_id=spec.task_id,
+            amounts=dict(spec.resources),
+            duration_ms=spec.duration_ms,
+            max_price_micro_per_hour=spec.max_rate_micro or _NO_PRICE_LIMIT,
+            min_level=spec.min_level,
+        )
+        alloc = await self.submit(task)
+        return [(p.node, dict(p.amounts), p.rate_micro_per_hour) for p in alloc.placements]
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
         """Ask ``node`` to offer at most these fractions of its owner's offer (it never offers more)."""
@@ -338,8 +431,11 @@ class Coordinator:
                 tg.create_task(self.session.run(), name="coordinator-session")
                 tg.create_task(self._ticker(), name="coordinator-tick")
         finally:
+            for task in list(self._tasks):
+                task.cancel()
             self.store.close()
             self.ledger_store.close()
+            self.evidence_store.close()
             self.registrar.close()
 
     async def _ticker(self) -> None:
@@ -349,15 +445,35 @@ class Coordinator:
                 continue
             now = now_ms()
             await self._apply(self.group.tick(now))
+            await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:
                 continue
-            members = self.group.members
-            await self._apply_verifier(self.verifier.tick(members, now))
-            if time.monotonic() >= self._next_round:
-                self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
-                current = [self.registrar.view(m) for m in members.values()]
-                await self._apply_verifier(self.verifier.observe_claims(current, now))
-                await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
+            try:
+                await self._verification_tick(now)
+            except Exception:  # a supervisor boundary: log it and keep the coordinator serving
+                # One member's bad data must never stop verification of the others (nor the coordinator).
+                log.exception("a verification tick failed; verification goes on at the next tick")
+
+    async def _verification_tick(self, now: int) -> None:
+        members = self.group.members
+        viewed = {node: self.registrar.view(m) for node, m in members.items()}
+        await self._apply_verifier(self.verifier.tick(viewed, now, self.rng))
+        if self.verifier.beacon is None:
+            # Round 1's verifiers are those online at this first commitment: wait until arrivals settle
+            # (no change for the warm-up), at most one round.
+            mono, online = time.monotonic(), self.group.online_count
+            if online != self._warm_count:
+                self._warm_count, self._warm_since = online, mono
+            settled = online > 0 and mono - self._warm_since >= self._warmup_s
+            if settled or mono - self._started >= self.verifier.config.round_ms / 1000:
+                await self._apply([self.verifier.opening_beacon(members.values())])
+                self._next_round = mono + self._warmup_s
+            return
+        if time.monotonic() >= self._next_round:
+            self._next_round = time.monotonic() + self.verifier.config.round_ms / 1000
+            current = list(viewed.values())
+            await self._apply_verifier(self.verifier.observe_claims(current, now))
+            await self._apply_verifier(self.verifier.start_round(current, now, self.rng))
 
     def _goodbye(self) -> list[tuple[str, bytes]]:
         topic, offline = self.group.state_message("offline")

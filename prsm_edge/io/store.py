@@ -1,30 +1,35 @@
-"""SQLite storage: the coordinator's roster and the agent's outbox. Real files, WAL mode, bounded."""
+"""SQLite storage: the coordinator's roster and FTNS ledger, the agent's outbox. Real files, WAL, bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cbor2
 import msgspec
 
 from prsm_edge.errors import RejectedMessage, StorageError
 from prsm_edge.protocol import cbor
+from prsm_edge.protocol.envelope import ENVELOPE_LIMITS, Signer
 from prsm_edge.protocol.group import Member, member_from_record, member_to_dict
+from prsm_edge.protocol.ledger import seal_entry
 from prsm_edge.protocol.messages import LedgerEntry
 
-__all__ = ["LedgerStore", "Outbox", "OutboxItem", "RosterStore"]
+__all__ = ["EvidenceStore", "LedgerStore", "Outbox", "OutboxItem", "RosterStore"]
 
 log = logging.getLogger(__name__)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.Error as exc:
@@ -150,32 +155,197 @@ class Outbox:
 
 
 class LedgerStore:
-    """The FTNS ledger's entries in SQLite, appended in order; the chain is re-verified on load."""
+    """The FTNS ledger's entries in SQLite, each stored as the coordinator's signed COSE_Sign1.
 
-    def __init__(self, path: Path) -> None:
+    Durable before acknowledged: the ledger's database runs WAL with ``synchronous=FULL``, so a write
+    that returned survives a power cut. The idempotency key is a ``UNIQUE`` column, so even a buggy
+    caller cannot store one key twice. Writes go in index order through one queue: :meth:`append`
+    writes (and commits) everything queued so far plus its own entries before it returns;
+    :meth:`append_durable` is the group-commit path: callers in the same moment share one transaction
+    and one fsync, and each awaits until its entries are on disk. Without a signer (a reader, e.g.
+    ``prsm-edge ledger verify``) the store cannot append.
+    """
+
+    def __init__(self, path: Path, signer: Signer | None = None) -> None:
         self.path = path
+        self.signer = signer
+        self._db = _connect(path, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._pending: list[LedgerEntry] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._flush_active = False
+        self.commits = 0
+        with _errors(path):
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS ftns_ledger (idx INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, "
+                "account TEXT NOT NULL, signed BLOB NOT NULL)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS ftns_ledger_account ON ftns_ledger (account)")
+            old = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='ledger'")
+            if old.fetchone() is not None:
+                log.warning(
+                    "%s holds an unsigned ledger from an older prsm-edge (table 'ledger'); it is kept "
+                    "but not carried into the signed ledger: re-credit anything it held by hand",
+                    path,
+                )
+
+    def signed(self, account: str | None = None) -> list[bytes]:
+        """The signed entries, in order (only ``account``'s when given)."""
+        with _errors(self.path), self._lock:
+            if account is None:
+                rows = self._db.execute("SELECT signed FROM ftns_ledger ORDER BY idx").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT signed FROM ftns_ledger WHERE account = ? ORDER BY idx", (account,)
+                ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def load(self) -> list[LedgerEntry]:
+        """Every stored entry, in order (signatures are checked by :func:`open_signed_chain`)."""
+        out = []
+        for data in self.signed():
+            try:
+                outer = cbor.loads(data, ENVELOPE_LIMITS)
+                payload = outer.value[2] if isinstance(outer, cbor2.CBORTag) else b""
+                out.append(msgspec.convert(cbor.loads_checked(payload), LedgerEntry))
+            except (RejectedMessage, msgspec.ValidationError, TypeError, IndexError) as exc:
+                raise StorageError(f"the ledger {self.path} is damaged at entry {len(out)}: {exc}") from None
+        return out
+
+    def append(self, entries: Iterable[LedgerEntry]) -> None:
+        """Sign and store new entries (and anything queued before them); durable on return."""
+        with self._lock:
+            self._pending.extend(entries)
+            self._write_pending()
+
+    async def append_durable(self, entries: Iterable[LedgerEntry]) -> None:
+        """Queue entries for the next group commit and wait until they are durable."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._pending.extend(entries)
+            self._waiters.append(waiter)
+            start = not self._flush_active
+            self._flush_active = True
+        if start:
+            self._flushing = asyncio.create_task(self._flush_loop(), name="ledger-group-commit")
+        await waiter
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with self._lock:
+                waiters, self._waiters = self._waiters, []
+                if not waiters:
+                    self._flush_active = False
+                    return
+            try:
+                await asyncio.to_thread(self._flush_locked)
+            except StorageError as exc:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+                continue
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    def _flush_locked(self) -> None:
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        if self.signer is None:
+            raise StorageError(f"the ledger {self.path} is open read-only (no coordinator key)")
+        signer = self.signer
+        rows = [(e.index, e.key, e.account, seal_entry(signer, e)) for e in self._pending]
+        with _errors(self.path):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT INTO ftns_ledger VALUES (?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    # Refused for good (a key or index stored already): never retried, never half-written.
+                    log.error("ledger %s refused %d entries: %s", self.path, len(self._pending), exc)
+                    self._pending.clear()
+                raise
+        self._pending.clear()
+        self.commits += 1
+
+    def close(self) -> None:
+        """Close the database (anything still queued is written first)."""
+        with self._lock:
+            if self._pending and self.signer is not None:
+                self._write_pending()
+        self._db.close()
+
+
+class EvidenceStore:
+    """What each node has proven, per claim (the verifier's evidence, never a level), and the
+    evidence behind each slash, by its digest. A restart reloads it and levels follow from it."""
+
+    def __init__(self, path: Path, max_rows: int = 20_000) -> None:
+        self.path = path
+        self.max_rows = max_rows
         self._db = _connect(path)
         with _errors(path):
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS ledger (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS evidence (node TEXT NOT NULL, claim BLOB NOT NULL, "
+                "record BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (node, claim))"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS slash_evidence (digest BLOB PRIMARY KEY, node TEXT NOT NULL, "
+                "evidence BLOB NOT NULL)"
+            )
+            (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM evidence").fetchone()
+        self._seq = int(seq)
+
+    def save(self, node: str, claim: bytes, record: dict[str, object]) -> None:
+        """Insert or replace one node's evidence for one claim (the oldest rows go past ``max_rows``)."""
+        self._seq += 1
+        with _errors(self.path):
+            self._db.execute(
+                "INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?)",
+                (node, claim, cbor.dumps(record), self._seq),
+            )
+            if self._seq % 1000 == 0:
+                self._db.execute(
+                    "DELETE FROM evidence WHERE seq <= (SELECT MAX(seq) FROM evidence) - ?", (self.max_rows,)
+                )
+
+    def load(self) -> list[tuple[str, bytes, object]]:
+        """Every stored (node, claim, record), oldest first; damaged rows are skipped."""
+        with _errors(self.path):
+            rows = self._db.execute("SELECT node, claim, record FROM evidence ORDER BY seq").fetchall()
+        out: list[tuple[str, bytes, object]] = []
+        for node, claim, record in rows:
+            try:
+                out.append((node, bytes(claim), cbor.loads_checked(record)))
+            except RejectedMessage as exc:
+                log.warning("skipping damaged evidence row for %s: %s", node, exc)
+        return out
+
+    def save_slash(self, digest: bytes, node: str, evidence: dict[str, object]) -> None:
+        """Keep a slash's evidence (the node's own signed proof and opening) under its digest."""
+        with _errors(self.path):
+            self._db.execute(
+                "INSERT OR IGNORE INTO slash_evidence VALUES (?, ?, ?)", (digest, node, cbor.dumps(evidence))
             )
 
-    def load(self) -> list[LedgerEntry]:
-        """Every stored entry, in order."""
+    def slash(self, digest: bytes) -> dict[str, object] | None:
+        """The evidence a slash entry cites, or ``None``."""
         with _errors(self.path):
-            rows = self._db.execute("SELECT entry FROM ledger ORDER BY idx").fetchall()
-        try:
-            return [msgspec.convert(cbor.loads_checked(row[0]), LedgerEntry) for row in rows]
-        except (RejectedMessage, msgspec.ValidationError) as exc:
-            raise StorageError(f"the ledger {self.path} is damaged: {exc}") from None
-
-    def append(self, entries: Iterable[LedgerEntry]) -> None:
-        """Store new entries (their indexes must follow the stored ones)."""
-        with _errors(self.path):
-            self._db.executemany(
-                "INSERT INTO ledger VALUES (?, ?)",
-                [(e.index, cbor.dumps(msgspec.to_builtins(e, builtin_types=(bytes,)))) for e in entries],
-            )
+            row = self._db.execute(
+                "SELECT evidence FROM slash_evidence WHERE digest = ?", (digest,)
+            ).fetchone()
+        if row is None:
+            return None
+        data = cbor.loads_checked(row[0])
+        return dict(data) if isinstance(data, dict) else None
 
     def close(self) -> None:
         """Close the database."""

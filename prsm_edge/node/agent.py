@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import msgspec
@@ -33,7 +34,8 @@ from prsm_edge.io.clock import now_ms
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
-from prsm_edge.node.prover import Attestor, ProofWork, calibrate_cpu_rate
+from prsm_edge.node.leases import LeaseDesk
+from prsm_edge.node.prover import Attestor, ProofWork, Prover, calibrate_cpu_rate, calibrate_table_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.guardrails import Governor
@@ -41,7 +43,6 @@ from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
-    BenchmarkChallenge,
     CoordState,
     Heartbeat,
     Message,
@@ -53,7 +54,7 @@ from prsm_edge.protocol.messages import (
     ResourceType,
 )
 from prsm_edge.protocol.offer import Guardrails, Readings
-from prsm_edge.protocol.verifier import CPU_RATE_KEY, claim_hash
+from prsm_edge.protocol.verifier import claim_hash
 
 __all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
 
@@ -97,11 +98,14 @@ class AgentOptions:
     security_level: str = "standard"
     min_hourly_rate_micro: int = MICRO // 10
     uptime_commitment: float = 0.95
+    priority_level: int = 5
     sample: Callable[[], Sample] = sensor_sample
-    # Verification: the single-core SHA-256 rate claimed for the CPU offer (None: measure at start),
-    # how proofs are computed (tests substitute cheats), and a TPM attestation key when there is one.
+    # Verification: the per-core rate claimed for the CPU offer (proofs.RATE_KEYS; None: measure at start,
+    # with the memory and storage fill rates), the other workloads' rates when given instead of measured,
+    # how proofs are computed (None: the node's own; tests substitute cheats), and a TPM attestation key.
     cpu_rate: float | None = None
-    prover: Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]] = proofs.prove
+    rates: dict[str, float] = field(default_factory=dict)
+    prover: Prover | None = None
     attestor: Attestor | None = None
 
 
@@ -129,15 +133,18 @@ class Agent:
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
+        self.clock_problem = ""  # set when the coordinator says our clock is off: what to do about it
         self.work = ProofWork(
             self.node_id,
             prover=options.prover,
             attestor=options.attestor,
             claim_hash=lambda: claim_hash(self.node_id, self.resources),
+            workdir=options.workdir,
         )
         self._api_waiters: dict[str, asyncio.Future[ApiResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._cpu_rate = 0
+        self._rates: dict[str, int] = {}
+        self.leases = LeaseDesk(self.node_id)
         o = options
         self.session = Session(
             o.broker_url,
@@ -295,8 +302,13 @@ class Agent:
     async def _command(self, cmd: NodeCommand) -> None:
         match cmd.verb:
             case "rebirth":
+                if self.clock_problem and cmd.args.get("why") == "not a member":
+                    log.debug("%s: not re-announcing until the clock is fixed", self.node_id)
+                    return
                 log.info("%s: rebirth requested (%s)", self.node_id, cmd.args.get("why", ""))
                 self._birth()
+            case "clock":
+                self._clock_off(str(cmd.args.get("detail", "")), str(cmd.args.get("window_ms", "")))
             case "settings":
                 self._apply_limits(cmd.args.get("limit"))
             case "redirect":
@@ -312,8 +324,35 @@ class Agent:
                     self._send(topics.Kind.NODE_PROOF, opening)
             case "verify":
                 self.work.sit(cmd.args)
+            case "lease":
+                self._answer_lease(cmd.args)
+            case "lease_end":
+                self.leases.end(cmd.args.get("lease_id"))
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
+
+    def _clock_off(self, detail: str, window_ms: str) -> None:
+        """The coordinator refused our messages as stale: say so, with the fix, instead of looping."""
+        first = not self.clock_problem
+        self.clock_problem = (
+            f"this device's clock is outside the group's replay window ({window_ms} ms): {detail}; "
+            "turn on time synchronisation (e.g. `timedatectl set-ntp true`, or chrony/ntpd) and restart"
+        )
+        log.log(logging.ERROR if first else logging.DEBUG, "%s: %s", self.node_id, self.clock_problem)
+        if first:
+            self._retry_birth_later()
+
+    def _retry_birth_later(self) -> None:
+        """Re-announce once a minute while the clock is off, in case it has been fixed meanwhile."""
+
+        async def later() -> None:
+            await asyncio.sleep(60.0)
+            self.clock_problem = ""
+            self._birth()
+
+        task = asyncio.create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _apply_limits(self, limits: object) -> None:
         """A coordinator's push: offer at most these fractions (0–1) of what the owner offers, per type.
@@ -338,6 +377,30 @@ class Agent:
         ]
         log.info("%s: coordinator limits applied: %s", self.node_id, fractions)
         self.update_resources(scaled, reason="coordinator limit within the owner's settings")
+
+    def _answer_lease(self, args: dict[str, Any]) -> None:
+        """Re-check a lease offer against the owner's limits; answer with a signed ``lease`` request."""
+        o = self.options
+        decision = self.leases.decide(
+            args,
+            self.resources,
+            offering=self.offering,
+            min_hourly_rate_micro=o.min_hourly_rate_micro,
+            now_ms=now_ms(),
+        )
+        log.info(
+            "%s: lease %s %s %s",
+            self.node_id,
+            decision.lease_id,
+            "accepted" if decision.accept else "declined",
+            decision.reason,
+        )
+        params = {"lease_id": decision.lease_id, "accept": decision.accept, "reason": decision.reason}
+        req = ApiRequest(txid=secrets.token_hex(8), method="lease", requester=self.node_id, params=params)
+        self.session.enqueue(
+            topics.api(topics.Kind.API_REQ, o.site, o.group, "lease", self.node_id),
+            self.signer.seal(req, now_ms()),
+        )
 
     async def _prove(self, args: dict[str, object]) -> None:
         proof = await self.work.challenge(args, now_ms)
@@ -397,6 +460,9 @@ class Agent:
             min_hourly_rate_micro=o.min_hourly_rate_micro,
             uptime_commitment=o.uptime_commitment,
             can_coordinate=o.can_coordinate,
+            priority_level=o.priority_level,
+            max_temperature_c=o.guardrails.max_cpu_temperature,
+            max_power_w=o.guardrails.max_power_consumption,
             attestation_key=o.attestor.public_key if o.attestor is not None else b"",
         )
         self._send(topics.Kind.NODE_BIRTH, birth, retain=True)
@@ -456,22 +522,38 @@ class Agent:
             )
 
     async def _calibrate(self) -> None:
-        """Put the single-core SHA-256 rate (claimed or measured now) into the CPU offer."""
-        rate = self.options.cpu_rate
-        if rate is None:
-            rate = await asyncio.to_thread(calibrate_cpu_rate)
-        self._cpu_rate = round(rate)
+        """Put the rate of each workload (claimed, or measured now) into the offer it proves.
+
+        Measured only when no CPU rate was given: the per-core CPU rate with one lane a claimed core, and
+        the memory and storage fill rates where those are offered (a few MiB each).
+        """
+        rates = dict(self.options.rates)
+        measure = self.options.cpu_rate is None
+        offered = {r.type for r in self.resources}
+        if measure:
+            cores = max(
+                (int(r.capacity) for r in self.resources if r.type is ResourceType.COMPUTE_CPU), default=1
+            )
+            rates["cpu"] = await asyncio.to_thread(calibrate_cpu_rate, 0.3, max(1, min(cores, 256)))
+            if proofs.RESOURCE_OF["memory"] in offered and "memory" not in rates:
+                rates["memory"] = await asyncio.to_thread(calibrate_table_rate)
+            if proofs.RESOURCE_OF["storage"] in offered and "storage" not in rates:
+                folder = self.options.workdir / "proofs"
+                rates["storage"] = await asyncio.to_thread(calibrate_table_rate, 8 << 20, folder)
+        elif self.options.cpu_rate:
+            rates["cpu"] = self.options.cpu_rate
+        self._rates = {w: round(r) for w, r in rates.items() if w in proofs.RATE_KEYS and r > 0}
         self.resources = self._with_rate(self.resources)
 
     def _with_rate(self, resources: list[ResourceSpec]) -> list[ResourceSpec]:
-        if not self._cpu_rate:
-            return list(resources)
-        return [
-            msgspec.structs.replace(r, details={**r.details, CPU_RATE_KEY: self._cpu_rate})
-            if r.type is ResourceType.COMPUTE_CPU
-            else r
-            for r in resources
-        ]
+        out = list(resources)
+        for workload, rate in self._rates.items():
+            rtype, key = proofs.RESOURCE_OF[workload], proofs.RATE_KEYS[workload]
+            out = [
+                msgspec.structs.replace(r, details={**r.details, key: rate}) if r.type is rtype else r
+                for r in out
+            ]
+        return out
 
     async def run(self) -> None:
         """Run until cancelled (graceful leave: ``offline`` is published) or redirected."""

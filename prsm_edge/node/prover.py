@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import msgspec
 
@@ -21,6 +24,7 @@ from prsm_edge.errors import LocalError
 from prsm_edge.io import attest, tpm_registration
 from prsm_edge.protocol import cbor, proofs
 from prsm_edge.protocol.messages import (
+    BandwidthChunk,
     BenchmarkChallenge,
     BenchmarkProof,
     Message,
@@ -28,13 +32,24 @@ from prsm_edge.protocol.messages import (
     VerificationVote,
 )
 
-__all__ = ["Attestor", "ProofWork", "TpmUnavailable", "calibrate_cpu_rate", "tpm_attestor"]
+__all__ = [
+    "Attestor",
+    "FileLines",
+    "ProofWork",
+    "TpmUnavailable",
+    "calibrate_cpu_rate",
+    "calibrate_table_rate",
+    "prove_lanes",
+    "prove_storage",
+    "tpm_attestor",
+]
 
 log = logging.getLogger(__name__)
 
 _KEEP = 16  # proofs kept for opening, panels pending: both bounded
+_KEEP_TABLES = 1  # memory/storage tables kept for opening (each is the size of the challenge)
 
-Prover = Callable[[BenchmarkChallenge], tuple[bytes, list[bytes]]]
+Prover = Callable[[BenchmarkChallenge], tuple[bytes, Sequence[bytes]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +114,128 @@ def tpm_attestor(workdir: Path, tcti: str | None = None) -> Attestor:
     return Attestor(key.public_tpm2b, quote, registration, activate)
 
 
-def calibrate_cpu_rate(seconds: float = 0.2) -> float:
-    """This machine's single-core rate for the ``cpu`` workload (SHA-256 per second), measured now."""
-    size, elapsed, n = 2_000, 0.0, 0
+def prove_lanes(challenge: BenchmarkChallenge) -> tuple[bytes, proofs.Committed]:
+    """Run a ``cpu`` challenge with one thread a lane (PBKDF2 releases the GIL): the parallel prover."""
+    lanes = challenge.lanes
+    if lanes == 1:
+        return proofs.prove(challenge)
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
+        chains = list(pool.map(lambda lane: proofs.lane_results(challenge, lane), range(lanes)))
+    done = proofs.Committed([chains[i % lanes][i // lanes] for i in range(challenge.segments)])
+    return done.root, done
+
+
+class FileLines(Sequence[bytes]):
+    """A table's lines in a file under ``folder`` (the ``storage`` workload): appended, read by index.
+
+    The file is removed by :meth:`close`, or when the object is collected. Writes go straight to the
+    file (``os.write``), reads through the page cache (``os.pread``); :meth:`sync` flushes to the disk.
+    """
+
+    def __init__(self, folder: Path, name: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"proof-table-{name}.bin"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._n = 0
+
+    def append(self, line: bytes, /) -> None:
+        if os.write(self._fd, line) != proofs.LINE_BYTES:
+            raise proofs.ProofError(f"short write to {self.path} (disk full?)")
+        self._n += 1
+
+    @overload
+    def __getitem__(self, index: int, /) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice, /) -> Sequence[bytes]: ...
+    def __getitem__(self, index: int | slice, /) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._n))]
+        if not -self._n <= index < self._n:
+            raise IndexError(index)
+        return os.pread(self._fd, proofs.LINE_BYTES, (index % self._n) * proofs.LINE_BYTES)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def sync(self) -> None:
+        """Flush the table to the disk."""
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        """Remove the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self.path.unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def prove_storage(challenge: BenchmarkChallenge, folder: Path) -> tuple[bytes, proofs.Committed]:
+    """Build a ``storage`` challenge's table into a file under ``folder``, synced to the disk."""
+    lines = FileLines(folder, challenge.challenge_id)
+    try:
+        root, done = proofs.prove(challenge, lines)
+        lines.sync()
+    except BaseException:
+        lines.close()
+        raise
+    return root, done
+
+
+def calibrate_cpu_rate(seconds: float = 0.3, lanes: int = 1) -> float:
+    """This machine's per-core rate for the ``cpu`` workload (PBKDF2 iterations per second), measured
+    now with ``lanes`` lanes running at once (the claimed cores: they share caches, power and heat).
+
+    The median of three windows, so one burst of other load does not set the claim.
+    """
+    chunk = 10_000
+    window = seconds / 3
+
+    def lane(n: int) -> int:
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < window:
+            proofs.run_segment("cpu", b"calibrate", n, chunk)
+            done += chunk
+        return done
+
+    rates: list[float] = []
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="calibrate") as pool:
+        for _ in range(3):
+            start = time.perf_counter()
+            total = sum(pool.map(lane, range(lanes)))
+            rates.append(total / (time.perf_counter() - start) / lanes)
+    return sorted(rates)[1]
+
+
+def calibrate_table_rate(size: int = 8 << 20, folder: Path | None = None) -> float:
+    """Bytes per second this machine builds a table (tree included) in memory, or on disk under ``folder``:
+    the median of three tables of ``size / 3``."""
+    rates = [_table_rate(max(2 * proofs.LINE_BYTES, size // 3), folder) for _ in range(3)]
+    return sorted(rates)[1]
+
+
+def _table_rate(size: int, folder: Path | None) -> float:
+    ch = BenchmarkChallenge(
+        challenge_id="calibrate",
+        node="",
+        verifier="",
+        workload="memory" if folder is None else "storage",
+        nonce=b"calibrate",
+        segments=max(2, size // proofs.LINE_BYTES),
+        segment_size=proofs.LINE_BYTES,
+        claimed_rate=1.0,
+        deadline_ms=0,
+    )
     start = time.perf_counter()
-    while elapsed < seconds:
-        proofs.run_segment("cpu", b"calibrate", n, size)
-        n += 1
-        elapsed = time.perf_counter() - start
-    return n * size / elapsed
+    if folder is None:
+        proofs.prove(ch)
+    else:
+        _, done = prove_storage(ch, folder)
+        if isinstance(done.items, FileLines):
+            done.items.close()
+    return proofs.total_work(ch) / (time.perf_counter() - start)
 
 
 @dataclass
@@ -124,10 +252,11 @@ class ProofWork:
     """One node's proofs and panel seats."""
 
     node_id: str
-    prover: Prover = proofs.prove
+    prover: Prover | None = None  # None: this node's own (parallel lanes, storage tables on disk)
     attestor: Attestor | None = None
     claim_hash: Callable[[], bytes] = lambda: b""
-    _proofs: OrderedDict[str, tuple[BenchmarkChallenge, list[bytes]]] = field(default_factory=OrderedDict)
+    workdir: Path | None = None  # where storage tables go (None: kept in memory)
+    _proofs: OrderedDict[str, tuple[BenchmarkChallenge, Sequence[bytes]]] = field(default_factory=OrderedDict)
     _panels: OrderedDict[str, _Panel] = field(default_factory=OrderedDict)
     # Proofs seen before our seat on their panel arrived (delivery across topics is not ordered).
     _early: OrderedDict[str, tuple[str, BenchmarkProof, int]] = field(default_factory=OrderedDict)
@@ -147,7 +276,7 @@ class ProofWork:
         quoting = asyncio.create_task(self._quote(ch)) if ch.attest and self.attestor is not None else None
         start = time.monotonic()
         try:
-            root, results = await asyncio.to_thread(self.prover, ch)
+            root, results = await asyncio.to_thread(self.prover or self._prove, ch)
         except BaseException as exc:
             if quoting is not None:
                 quoting.cancel()
@@ -156,9 +285,7 @@ class ProofWork:
             log.warning("cannot run challenge %s: %s", ch.challenge_id, exc)
             return None
         elapsed = int((time.monotonic() - start) * 1000)
-        self._proofs[ch.challenge_id] = (ch, results)
-        while len(self._proofs) > _KEEP:
-            self._proofs.popitem(last=False)
+        self._keep(ch, results)
         proof = proofs.make_proof(ch, root, elapsed)
         if quoting is not None:
             quote = await quoting
@@ -167,6 +294,42 @@ class ProofWork:
         self.proved += 1
         log.debug("%s proved %s in %d ms", self.node_id, ch.challenge_id, elapsed)
         return proof
+
+    def _prove(self, ch: BenchmarkChallenge) -> tuple[bytes, Sequence[bytes]]:
+        if ch.workload == "cpu":
+            return prove_lanes(ch)
+        if ch.workload == "storage" and self.workdir is not None:
+            return prove_storage(ch, self.workdir / "proofs")
+        return proofs.prove(ch)
+
+    def _keep(self, ch: BenchmarkChallenge, results: Sequence[bytes]) -> None:
+        """Keep results for the opening: a bounded number, and only the latest table (they are large)."""
+        if ch.workload in proofs.TABLE_WORKLOADS:
+            tables = [cid for cid, (c, _) in self._proofs.items() if c.workload in proofs.TABLE_WORKLOADS]
+            for cid in tables[: max(0, len(tables) - _KEEP_TABLES + 1)]:
+                self._drop(cid)
+        self._proofs[ch.challenge_id] = (ch, results)
+        while len(self._proofs) > _KEEP:
+            self._drop(next(iter(self._proofs)))
+
+    def _drop(self, cid: str) -> None:
+        _, results = self._proofs.pop(cid)
+        items = results.items if isinstance(results, proofs.Committed) else results
+        if isinstance(items, FileLines):
+            items.close()
+
+    def bandwidth(self, args: dict[str, object]) -> Iterator[BandwidthChunk]:
+        """The chunks to publish, as fast as the link takes them, for a bandwidth challenge to us."""
+        try:
+            ch = msgspec.convert(args.get("challenge"), BenchmarkChallenge)
+        except msgspec.ValidationError as exc:
+            log.warning("ignoring a malformed bandwidth challenge: %s", exc)
+            return
+        if ch.node != self.node_id or ch.workload != "bandwidth":
+            return
+        for i in range(ch.segments):
+            data = proofs.bandwidth_chunk(ch.nonce, i, ch.segment_size)
+            yield BandwidthChunk(challenge_id=ch.challenge_id, node=self.node_id, index=i, data=data)
 
     async def _quote(self, ch: BenchmarkChallenge) -> bytes:
         """A quote for this challenge, or empty (the verifier then records a failed attestation)."""
@@ -184,8 +347,11 @@ class ProofWork:
         if kept is None or not isinstance(salt, bytes) or not isinstance(root, bytes):
             return None
         ch, results = kept
-        indices = proofs.open_indices(ch, root, salt)
-        return proofs.open_segments(ch, results, indices, salt)
+        indices = proofs.opening_indices(ch, root, salt, results)
+        opening = proofs.open_segments(ch, results, indices, salt)
+        if ch.workload in proofs.TABLE_WORKLOADS:
+            self._drop(ch.challenge_id)  # opened once: a table is too large to keep for a second ask
+        return opening
 
     def sit(self, args: dict[str, object]) -> None:
         """Take a seat on the panel that checks someone else's challenge."""
@@ -221,13 +387,11 @@ class ProofWork:
                 if panel is None or panel.proof is None or signer != panel.challenge.node:
                     return None
                 del self._panels[msg.challenge_id]
+                # A panel vote attests the re-executed segments only: lateness and speed are judged on
+                # the coordinator's clock alone, never on a panelist's (so the arrival time given here
+                # is the issue time, which can be neither late nor slow).
                 verdict = await asyncio.to_thread(
-                    proofs.check,
-                    panel.challenge,
-                    panel.proof,
-                    msg,
-                    panel.proof_at,
-                    min_rate_ratio=panel.min_rate_ratio,
+                    proofs.check, panel.challenge, panel.proof, msg, panel.challenge.issued_ms
                 )
                 self.voted += 1
                 return VerificationVote(
@@ -236,7 +400,6 @@ class ProofWork:
                     voter=self.node_id,
                     challenge_id=msg.challenge_id,
                     accept=verdict.accepted,
-                    measured_rate=verdict.measured_rate,
                     reason=verdict.reason.value,
                 )
         return None

@@ -115,8 +115,15 @@ def cohort_outliers(
     return flags
 
 
-def duplicate_fingerprints(fingerprints: Mapping[str, str]) -> list[FraudFlag]:
-    """Flag every node whose hardware fingerprint another node also claims."""
+def duplicate_fingerprints(
+    fingerprints: Mapping[str, str], precedence: Mapping[str, tuple[Any, ...]] | None = None
+) -> list[FraudFlag]:
+    """Flag nodes whose hardware fingerprint another node also claims.
+
+    Fingerprints are public, so anyone can copy one. With ``precedence`` (node → sort key, lowest
+    first: e.g. verified before unverified, then who held the fingerprint first) the first node of
+    each set is the incumbent and is not flagged: only the copies are. Without it every node is.
+    """
     by_print: dict[str, list[str]] = defaultdict(list)
     for node, fingerprint in fingerprints.items():
         if fingerprint:
@@ -126,7 +133,11 @@ def duplicate_fingerprints(fingerprints: Mapping[str, str]) -> list[FraudFlag]:
         if len(nodes) < 2:
             continue
         ordered = sorted(nodes)
-        for node in ordered:
+        suspects = ordered
+        if precedence is not None:
+            incumbent = min(ordered, key=lambda n: (precedence.get(n, (float("inf"),)), n))
+            suspects = [n for n in ordered if n != incumbent]
+        for node in suspects:
             others = [n for n in ordered if n != node]
             evidence = {"fingerprint": fingerprint, "others": others}
             flags.append(FraudFlag(node, FlagKind.DUPLICATE_FINGERPRINT, float(len(nodes)), evidence))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -35,6 +36,7 @@ import msgspec
 
 from prsm_edge.errors import Reason, RejectedMessage, TopicError
 from prsm_edge.protocol import topics
+from prsm_edge.protocol.allocation import check_owner_terms
 from prsm_edge.protocol.claims import ClaimSet
 from prsm_edge.protocol.envelope import Opened, open_envelope
 from prsm_edge.protocol.messages import (
@@ -115,7 +117,6 @@ class Member:
     device_class: str
     hw_fingerprint: str
     resources: list[ResourceSpec]
-    level: VerificationLevel = VerificationLevel.SELF_REPORTED
     online: bool = True
     joined_ms: int = 0
     last_seen_ms: int = 0
@@ -128,12 +129,13 @@ class Member:
     can_coordinate: bool = False
     attestation_key: bytes = b""
     uptime_commitment: float = 0.95
+    # The owner's terms from the birth, kept for allocation (hard filters) and the market listing.
+    security_level: str = "standard"
+    min_hourly_rate_micro: int = 0
+    priority_level: int = 5
+    max_temperature_c: float = 80.0
+    max_power_w: float = 100.0
     claim_envelope: bytes = b""  # the signed birth/claim its resources came from (for drill-downs)
-
-    @property
-    def trust(self) -> float:
-        """The trust score of the level this member holds."""
-        return TRUST_SCORE[self.level]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +175,13 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class Verification:
-    """A proof, opening or vote from a member, for the verification engine."""
+    """A proof, opening or vote from a member, for the verification engine: with the time its bytes
+    arrived (the coordinator's clock) and the raw signed envelope, which slash evidence carries."""
 
     node: str
     message: BenchmarkProof | ProofOpening | VerificationVote
+    at_ms: int = 0
+    raw: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +219,24 @@ class _Dirty:
     last_summary_ms: int = field(default=-(10**15))
 
 
-class Group:
-    """The coordinator's view of its group, fed with messages and time."""
+LevelView = Callable[[Member], VerificationLevel]
 
-    def __init__(self, config: GroupConfig) -> None:
+
+def _self_reported(member: Member) -> VerificationLevel:
+    return VerificationLevel.SELF_REPORTED
+
+
+class Group:
+    """The coordinator's view of its group, fed with messages and time.
+
+    Verification levels are not kept here: ``levels`` reads them from their one owner (the verifier),
+    so the roster and summary always show what current evidence supports.
+    """
+
+    def __init__(self, config: GroupConfig, levels: LevelView = _self_reported) -> None:
         self.config = config
+        self.levels = levels
+        self._clock_warned: dict[str, int] = {}
         self.members: dict[str, Member] = {}
         self.rejected: Counter[Reason] = Counter()
         self.accepted: Counter[str] = Counter()
@@ -227,8 +245,20 @@ class Group:
         self.claims = ClaimSet([])  # what the last summary's claims_root commits to
 
     # ---- state -------------------------------------------------------------------------------
+    def level(self, node: str) -> VerificationLevel:
+        """The level ``node`` holds now, as its owner (the verifier) says."""
+        member = self.members.get(node)
+        return VerificationLevel.SELF_REPORTED if member is None else self.levels(member)
+
+    def trust(self, node: str) -> float:
+        """The trust score of the level ``node`` holds now."""
+        return TRUST_SCORE[self.level(node)]
+
     def restore(self, members: list[Member]) -> None:
-        """Load members persisted by an earlier run; they count as offline until they speak again."""
+        """Load members persisted by an earlier run; they count as offline until they speak again.
+
+        No level is restored: levels follow from the verifier's persisted evidence.
+        """
         for member in members:
             member.online = False
             self.members[member.node] = member
@@ -258,7 +288,7 @@ class Group:
 
     # ---- input -------------------------------------------------------------------------------
     def receive(self, topic: str, payload: bytes, now_ms: int) -> list[Effect]:
-        """Handle one MQTT message of the group."""
+        """Handle one MQTT message of the group (``now_ms``: when its bytes arrived)."""
         try:
             return self._receive(topic, payload, now_ms)
         except RejectedMessage as exc:
@@ -267,7 +297,21 @@ class Group:
             effects: list[Effect] = [Rejection(exc.reason, node, exc.detail)]
             if exc.reason is Reason.NOT_MEMBER and node:
                 effects.append(self._command(node, "rebirth", {"why": "not a member"}))
+            elif exc.reason is Reason.STALE and node:
+                effects += self._clock_off(node, now_ms, exc.detail)
             return effects
+
+    def _clock_off(self, node: str, now_ms: int, detail: str) -> list[Effect]:
+        """Tell a node (at most once a minute) that its clock is outside the replay window."""
+        last = self._clock_warned.get(node)
+        if last is not None and now_ms - last < 60_000:
+            return []
+        if len(self._clock_warned) >= 4 * self.config.max_members:
+            self._clock_warned.pop(next(iter(self._clock_warned)))
+        self._clock_warned[node] = now_ms
+        return [
+            self._command(node, "clock", {"detail": detail, "window_ms": str(self.config.replay_window_ms)})
+        ]
 
     def _receive(self, topic: str, payload: bytes, now_ms: int) -> list[Effect]:
         c = self.config
@@ -282,6 +326,8 @@ class Group:
             topics.Kind.COORD_STATE,
             topics.Kind.COORD_ROSTER,
             topics.Kind.COORD_BEACON,
+            topics.Kind.COORD_LEDGER,
+            topics.Kind.MARKET_LISTING,
             topics.Kind.SUMMARY,
         ):
             return []  # our own retained output, or a rival coordinator's (election is elsewhere)
@@ -321,7 +367,7 @@ class Group:
                 member = self._member(owner)
                 self._fresh(member.node, msg, now_ms)
                 member.last_seen_ms = now_ms
-                return [Verification(member.node, msg)]
+                return [Verification(member.node, msg, now_ms, payload)]
         raise RejectedMessage(Reason.MALFORMED, f"a {type(msg).__name__} does not belong on {kind.value}")
 
     def _fresh(self, node: str, msg: Message, now_ms: int, *, birth: bool = False) -> int:
@@ -386,6 +432,17 @@ class Group:
                 self._command(msg.node, "redirect", self._redirect_hint()),
             ]
         plausible(msg.resources)
+        if not (math.isfinite(msg.uptime_commitment) and 0.0 <= msg.uptime_commitment <= 1.0):
+            raise RejectedMessage(
+                Reason.IMPLAUSIBLE, f"uptime commitment {msg.uptime_commitment} is not a fraction 0–1"
+            )
+        check_owner_terms(
+            msg.security_level,
+            msg.min_hourly_rate_micro,
+            msg.priority_level,
+            msg.max_temperature_c,
+            msg.max_power_w,
+        )
         self._fresh(msg.node, msg, now_ms, birth=True)
         old = self.members.get(msg.node)
         member = Member(
@@ -401,9 +458,12 @@ class Group:
             attestation_key=msg.attestation_key,
             uptime_commitment=msg.uptime_commitment,
             claim_envelope=envelope,
+            security_level=msg.security_level,
+            min_hourly_rate_micro=msg.min_hourly_rate_micro,
+            priority_level=msg.priority_level,
+            max_temperature_c=msg.max_temperature_c,
+            max_power_w=msg.max_power_w,
         )
-        if old is not None and old.resources == member.resources:
-            member.level = old.level  # unchanged claims keep the verification they earned
         self.members[msg.node] = member
         self.accepted["birth"] += 1
         self._dirty.roster = self._dirty.summary = True
@@ -411,6 +471,11 @@ class Group:
 
     def _heartbeat(self, msg: Heartbeat, now_ms: int) -> list[Effect]:
         member = self._member(msg.node)
+        numbers = (msg.cpu_util, msg.mem_util, msg.temperature_c, msg.power_w, msg.uptime_s)
+        if not all(x is None or math.isfinite(x) for x in numbers) or not (
+            0.0 <= msg.cpu_util <= 1.0 and 0.0 <= msg.mem_util <= 1.0
+        ):
+            raise RejectedMessage(Reason.IMPLAUSIBLE, "heartbeat values must be finite, utilisation 0–1")
         gap = self._fresh(msg.node, msg, now_ms)
         member.last_seen_ms = now_ms
         member.cpu_util, member.mem_util = msg.cpu_util, msg.mem_util
@@ -434,8 +499,7 @@ class Group:
         gap = self._fresh(msg.node, msg, now_ms)
         member.last_seen_ms = now_ms
         if msg.resources != member.resources:
-            member.resources = list(msg.resources)
-            member.level = VerificationLevel.SELF_REPORTED  # new claims are unverified until checked
+            member.resources = list(msg.resources)  # the verifier holds nothing on it until checked
         member.claim_envelope = envelope
         self.accepted["claim"] += 1
         self._dirty.roster = self._dirty.summary = True
@@ -450,14 +514,10 @@ class Group:
             topics.node_cmd(c.site, c.group, node, verb), NodeCommand(verb=verb, node=node, args=args)
         )
 
-    def set_level(self, node: str, level: VerificationLevel) -> list[Effect]:
-        """Record the verification level a member now holds (decided by the verification engine)."""
-        member = self.members.get(node)
-        if member is None or member.level is level:
-            return []
-        member.level = level
-        self._dirty.roster = self._dirty.summary = True
-        return [StoreMember(member)]
+    def level_changed(self, node: str) -> None:
+        """The verifier says ``node``'s level changed: republish the roster and summary."""
+        if node in self.members:
+            self._dirty.roster = self._dirty.summary = True
 
     # ---- time --------------------------------------------------------------------------------
     def tick(self, now_ms: int) -> list[Effect]:
@@ -483,7 +543,7 @@ class Group:
     def roster(self) -> Roster:
         """The signed member list of this epoch."""
         entries = [
-            RosterEntry(node=m.node, level=m.level, online=m.online, public_key=m.public_key)
+            RosterEntry(node=m.node, level=self.levels(m), online=m.online, public_key=m.public_key)
             for m in sorted(self.members.values(), key=lambda m: m.node)
         ]
         return Roster(group=self.config.group, epoch=self.config.epoch, members=entries)
@@ -494,7 +554,7 @@ class Group:
         trust: Counter[str] = Counter()
         online = [m for m in self.members.values() if m.online]
         for m in online:
-            trust[m.level.value] += 1
+            trust[self.levels(m).value] += 1
             if not m.offering:
                 continue
             for spec in m.resources:
@@ -539,12 +599,16 @@ class _MemberRecord(msgspec.Struct, kw_only=True):
     device_class: str
     hw_fingerprint: str
     resources: list[ResourceSpec]
-    level: VerificationLevel
     joined_ms: int
     last_seen_ms: int
     can_coordinate: bool = False
     attestation_key: bytes = b""
     uptime_commitment: float = 0.95
+    security_level: str = "standard"
+    min_hourly_rate_micro: int = 0
+    priority_level: int = 5
+    max_temperature_c: float = 80.0
+    max_power_w: float = 100.0
 
 
 def member_struct(member: Member) -> _MemberRecord:
@@ -556,12 +620,16 @@ def member_struct(member: Member) -> _MemberRecord:
         device_class=member.device_class,
         hw_fingerprint=member.hw_fingerprint,
         resources=member.resources,
-        level=member.level,
         joined_ms=member.joined_ms,
         last_seen_ms=member.last_seen_ms,
         can_coordinate=member.can_coordinate,
         attestation_key=member.attestation_key,
         uptime_commitment=member.uptime_commitment,
+        security_level=member.security_level,
+        min_hourly_rate_micro=member.min_hourly_rate_micro,
+        priority_level=member.priority_level,
+        max_temperature_c=member.max_temperature_c,
+        max_power_w=member.max_power_w,
     )
 
 
@@ -575,11 +643,15 @@ def member_from_record(data: object) -> Member:
         device_class=rec.device_class,
         hw_fingerprint=rec.hw_fingerprint,
         resources=rec.resources,
-        level=rec.level,
         joined_ms=rec.joined_ms,
         last_seen_ms=rec.last_seen_ms,
         online=False,
         can_coordinate=rec.can_coordinate,
         attestation_key=rec.attestation_key,
         uptime_commitment=rec.uptime_commitment,
+        security_level=rec.security_level,
+        min_hourly_rate_micro=rec.min_hourly_rate_micro,
+        priority_level=rec.priority_level,
+        max_temperature_c=rec.max_temperature_c,
+        max_power_w=rec.max_power_w,
     )

@@ -101,6 +101,9 @@ class NodeBirth(Message, frozen=True, tag="nbirth"):
     uptime_commitment: float = 0.95
     can_coordinate: bool = False
     attestation_key: bytes = b""
+    priority_level: int = 5
+    max_temperature_c: float = 80.0
+    max_power_w: float = 100.0
 
 
 class NodeState(Message, frozen=True, tag="nstate"):
@@ -156,6 +159,8 @@ class BenchmarkChallenge(Message, frozen=True, tag="bchal"):
     opens: int = 4
     open_commit: bytes = b""
     attest: bool = False
+    lanes: int = 1  # parallel chains, one per claimed core (``cpu``); segment i is in lane i % lanes
+    open_ms: int = 0  # > 0: the opening must arrive within this long of the salt reveal (``storage``)
 
 
 class BenchmarkProof(Message, frozen=True, tag="bproof"):
@@ -184,6 +189,15 @@ class ProofOpening(Message, frozen=True, tag="bopen"):
     node: str
     openings: list[SegmentOpening]
     salt: bytes = b""
+
+
+class BandwidthChunk(Message, frozen=True, tag="bwchunk"):
+    """One chunk of a bandwidth challenge's nonce-derived payload, sent by the node being measured."""
+
+    challenge_id: str
+    node: str
+    index: int
+    data: bytes
 
 
 class VerificationVote(Message, frozen=True, tag="vote"):
@@ -223,13 +237,18 @@ class CoordState(Message, frozen=True, tag="cstate"):
 
 class Beacon(Message, frozen=True, tag="beacon"):
     """A verification round's public randomness: the revealed secret of ``round``, the mix it is
-    combined with (the round's subjects), and the commitment to the next round's secret."""
+    combined with (the digest of the inputs committed a round ahead), and the next round's commitment."""
 
     group: str
     round: int
     reveal: bytes
     mix: bytes
     commit_next: bytes
+    # Published inputs, so anyone can recompute the panels (peers.round_panels): committed one round
+    # ahead (eligible verifiers and each member's sampling chance), and this round's candidates.
+    eligible_next: list[str] = []
+    sampling_next: dict[str, float] = {}
+    candidates: list[str] = []
 
 
 class RosterEntry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
@@ -261,6 +280,7 @@ class GroupSummary(Message, frozen=True, tag="summary"):
     capacity: dict[str, float]
     trust: dict[str, int]
     utilization: float
+    market: dict[str, Any] = {}  # supply, demand, utilization, hourly earnings p25/p50/p75 per class
     # Drill-down: a Merkle root over the signed claims the capacity was summed from (one leaf per unit,
     # in unit-id order) and how many leaves it has; a tier above may ask for any leaf to be opened.
     claims_root: bytes = b""
@@ -331,6 +351,27 @@ class LedgerEntry(Message, frozen=True, tag="ledger"):
     at_ms: int = 0
     memo: str = ""
     evidence: bytes = b""
+    inputs: dict[str, int | float | str] = {}  # every input of the formula that produced the amount
+
+
+class LedgerHead(Message, frozen=True, tag="lhead"):
+    """The coordinator's retained ledger chain head: how many entries, and the last one's hash."""
+
+    group: str
+    count: int
+    head: bytes
+
+
+class MarketListing(Message, frozen=True, tag="listing"):
+    """One member's offer on the group's market, as the coordinator sees it (retained)."""
+
+    node: str
+    device_class: str
+    level: VerificationLevel
+    resources: list[ResourceSpec]
+    free: dict[str, float]
+    min_hourly_rate_micro: int
+    online: bool
 
 
 class ApiRequest(Message, frozen=True, tag="apireq"):
@@ -360,6 +401,7 @@ AnyMessage = (
     | BenchmarkChallenge
     | BenchmarkProof
     | ProofOpening
+    | BandwidthChunk
     | VerificationVote
     | NodeCommand
     | CoordState
@@ -370,6 +412,8 @@ AnyMessage = (
     | GatewayState
     | Lease
     | LedgerEntry
+    | LedgerHead
+    | MarketListing
     | ApiRequest
     | ApiResponse
 )
@@ -382,6 +426,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     BenchmarkChallenge,
     BenchmarkProof,
     ProofOpening,
+    BandwidthChunk,
     VerificationVote,
     NodeCommand,
     CoordState,
@@ -392,6 +437,8 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     GatewayState,
     Lease,
     LedgerEntry,
+    LedgerHead,
+    MarketListing,
     ApiRequest,
     ApiResponse,
 )

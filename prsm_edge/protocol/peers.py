@@ -33,15 +33,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from prsm_edge.protocol.messages import VerificationVote
+from prsm_edge.protocol import cbor
+from prsm_edge.protocol.messages import Beacon, VerificationVote
 
 __all__ = [
+    "BeaconError",
     "Outcome",
     "Tally",
     "beacon_commit",
     "beacon_value",
+    "drawn",
+    "eligibility_mix",
     "needs_audit",
     "quorum_size",
+    "round_panels",
     "select_verifiers",
     "tally",
     "tolerated_faults",
@@ -51,6 +56,8 @@ __all__ = [
 _COMMIT: Final = b"prsm-beacon-commit/v1"
 _VALUE: Final = b"prsm-beacon/v1"
 _RANK: Final = b"prsm-select/v1"
+_DRAW: Final = b"prsm-draw/v1"
+_MIX: Final = b"prsm-eligible/v1"
 
 
 def _lp(*parts: bytes) -> bytes:
@@ -92,6 +99,51 @@ def select_verifiers(
     eligible = sorted({m for m in members if m not in barred})
     eligible.sort(key=lambda m: _rank(beacon, subject, round_, m))
     return eligible[:k]
+
+
+def eligibility_mix(eligible: Iterable[str], sampling: dict[str, float]) -> bytes:
+    """The digest of a round's published inputs (who may verify, each member's chance to be checked).
+
+    It is published with the commitment one round ahead, so it is fixed before the round's reveal and
+    becomes the beacon's ``mix``: the coordinator cannot change who may sit on a panel after it knows
+    how the draw would fall.
+    """
+    body = {"eligible": sorted(set(eligible)), "sampling": {k: float(v) for k, v in sorted(sampling.items())}}
+    return hashlib.sha256(_MIX + cbor.dumps(body)).digest()
+
+
+def drawn(beacon: bytes, node: str, round_: int, probability: float) -> bool:
+    """Whether ``node`` is a subject of ``round_``: ``H(beacon ‖ node ‖ round) / 2^64 < probability``."""
+    if probability >= 1.0:
+        return True
+    digest = hashlib.sha256(_DRAW + _lp(beacon, node.encode(), round_.to_bytes(8, "big"))).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < probability
+
+
+class BeaconError(ValueError):
+    """A published beacon does not follow from the one before it."""
+
+
+def round_panels(previous: Beacon, current: Beacon, k: int = 5) -> dict[str, list[str]]:
+    """Recompute a round's subjects and their panels from the two published beacons alone.
+
+    ``previous`` committed the secret, the eligible verifiers and the sampling chances; ``current``
+    reveals the secret and lists the candidates (members online with something to check). Anyone can
+    run this; a coordinator that challenged or seated anyone else is caught by it.
+    """
+    if current.round != previous.round + 1:
+        raise BeaconError(f"round {current.round} does not follow round {previous.round}")
+    if not verify_reveal(previous.commit_next, current.reveal, current.round):
+        raise BeaconError(f"round {current.round}'s reveal does not match the commitment")
+    mix = eligibility_mix(previous.eligible_next, dict(previous.sampling_next))
+    if mix != current.mix:
+        raise BeaconError(f"round {current.round}'s mix is not the digest of the committed inputs")
+    value = beacon_value(current.reveal, current.round, mix)
+    sampling = dict(previous.sampling_next)
+    subjects = [
+        c for c in sorted(set(current.candidates)) if drawn(value, c, current.round, sampling.get(c, 1.0))
+    ]
+    return {s: select_verifiers(value, s, current.round, previous.eligible_next, k=k) for s in subjects}
 
 
 def tolerated_faults(n: int) -> int:

@@ -10,7 +10,7 @@ fits; the economy's allocation engine replaces it where present.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import msgspec
@@ -53,13 +53,16 @@ def parse_task(params: object) -> TaskSpec:
 
 
 def minimal_placement(
-    members: Iterable[Member], task: TaskSpec, busy: frozenset[str] = frozenset()
+    members: Iterable[Member],
+    task: TaskSpec,
+    level_of: Callable[[str], VerificationLevel],
+    busy: frozenset[str] = frozenset(),
 ) -> Member | None:
     """The least-utilised member that alone covers ``task`` (None when none does)."""
     need = LEVEL_ORDER[task.min_level]
     best: tuple[float, str, Member] | None = None
     for m in members:
-        if m.node in busy or not m.online or not m.offering or LEVEL_ORDER[m.level] < need:
+        if m.node in busy or not m.online or not m.offering or LEVEL_ORDER[level_of(m.node)] < need:
             continue
         caps = {spec.type: spec.capacity for spec in m.resources}
         covers = all(caps.get(kind, 0.0) >= amount for kind, amount in task.resources.items())

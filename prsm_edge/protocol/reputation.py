@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -118,7 +119,9 @@ class Reputation:
 
     def observe_uptime(self, observed: float, commitment: float, now_ms: int) -> None:
         """Observed uptime (0..1) over a period against the uptime the node committed to."""
-        ratio = 1.0 if commitment <= 0 else observed / commitment
+        ratio = 1.0 if not commitment > 0 else observed / commitment
+        if not (math.isfinite(observed) and math.isfinite(commitment)):
+            return  # a value from the network that is not a number teaches nothing
         self.observe(Dimension.UPTIME, ratio, now_ms)
 
     def observe_vote(self, agreed: bool, now_ms: int) -> None:
@@ -149,23 +152,36 @@ class LevelPolicy:
 
 @dataclass(slots=True)
 class TrustEvidence:
-    """The evidence one node holds now; each ``*_ms`` is when it last passed (``None``: none current)."""
+    """The evidence one node holds for one claim; each ``*_ms`` is when it last passed (``None``: none).
+
+    Benchmark proofs are kept per workload (``"cpu"``, ``"memory"``, …): a level covers exactly the
+    resources whose workloads have a current pass (:meth:`covers`). The stake figures are not evidence
+    of the claim: the verifier refreshes them from the ledger each time it computes the level.
+    """
 
     quorum_ms: int | None = None
-    proof_ms: int | None = None
     attestation_ms: int | None = None
+    proofs: dict[str, int] = field(default_factory=dict)  # workload -> when it last passed
     stake_micro: int = 0
     required_stake_micro: int = 0
     history: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=32))
+
+    @property
+    def proof_ms(self) -> int | None:
+        """The oldest current pass among the workloads (``None`` if none passed)."""
+        return min(self.proofs.values()) if self.proofs else None
 
     def record_quorum(self, accepted: bool, now_ms: int) -> None:
         """A peer panel decided on the node's claim (an inconclusive panel is not recorded)."""
         self.quorum_ms = now_ms if accepted else None
         self.history.append((now_ms, "quorum passed" if accepted else "quorum rejected"))
 
-    def record_proof(self, passed: bool, now_ms: int) -> None:
-        """A benchmark proof was checked."""
-        self.proof_ms = now_ms if passed else None
+    def record_proof(self, passed: bool, now_ms: int, workload: str = "cpu") -> None:
+        """A benchmark proof of ``workload`` was checked."""
+        if passed:
+            self.proofs[workload] = now_ms
+        else:
+            self.proofs.pop(workload, None)
         self.history.append((now_ms, "proof passed" if passed else "proof failed"))
 
     def record_attestation(self, verified: bool, now_ms: int) -> None:
@@ -178,24 +194,50 @@ class TrustEvidence:
         self.stake_micro = stake_micro
         self.required_stake_micro = required_micro
 
-    def held(self, now_ms: int, policy: LevelPolicy = LevelPolicy()) -> dict[VerificationLevel, bool]:
-        """Which levels' own evidence is current, each on its own (not yet the ladder)."""
+    def covers(self, now_ms: int, policy: LevelPolicy = LevelPolicy()) -> tuple[str, ...]:
+        """The workloads (so the resources) with a current passed proof."""
+        return tuple(
+            sorted(w for w, at in self.proofs.items() if 0 <= now_ms - at <= policy.proof_validity_ms)
+        )
+
+    def held(
+        self,
+        now_ms: int,
+        policy: LevelPolicy = LevelPolicy(),
+        workloads: Iterable[str] | None = None,
+    ) -> dict[VerificationLevel, bool]:
+        """Which levels' own evidence is current, each on its own (not yet the ladder).
+
+        ``workloads`` are those the claim can be checked with: ``benchmarked`` needs a current pass of
+        every one of them (``None``: of at least one workload).
+        """
 
         def fresh(at: int | None, validity: int) -> bool:
             return at is not None and 0 <= now_ms - at <= validity
 
+        covered = set(self.covers(now_ms, policy))
+        if workloads is None:
+            benchmarked = bool(covered)
+        else:
+            wanted = set(workloads)
+            benchmarked = bool(wanted) and wanted <= covered
         return {
             VerificationLevel.SELF_REPORTED: True,
             VerificationLevel.PEER_VERIFIED: fresh(self.quorum_ms, policy.peer_validity_ms),
-            VerificationLevel.BENCHMARKED: fresh(self.proof_ms, policy.proof_validity_ms),
+            VerificationLevel.BENCHMARKED: benchmarked,
             VerificationLevel.ECONOMICALLY_STAKED: self.required_stake_micro > 0
             and self.stake_micro >= self.required_stake_micro,
             VerificationLevel.HARDWARE_ATTESTED: fresh(self.attestation_ms, policy.attestation_validity_ms),
         }
 
-    def level(self, now_ms: int, policy: LevelPolicy = LevelPolicy()) -> VerificationLevel:
+    def level(
+        self,
+        now_ms: int,
+        policy: LevelPolicy = LevelPolicy(),
+        workloads: Iterable[str] | None = None,
+    ) -> VerificationLevel:
         """The highest level whose evidence and the evidence of every level below it is current."""
-        held = self.held(now_ms, policy)
+        held = self.held(now_ms, policy, workloads)
         level = VerificationLevel.SELF_REPORTED
         for candidate in VerificationLevel:
             if not held[candidate]:
@@ -206,3 +248,31 @@ class TrustEvidence:
     def trust_score(self, now_ms: int, policy: LevelPolicy = LevelPolicy()) -> float:
         """The seed's trust score of the level held now."""
         return TRUST_SCORE[self.level(now_ms, policy)]
+
+    def to_record(self) -> dict[str, object]:
+        """What was proven, as plain data to persist (not the stake, not the level)."""
+        return {
+            "quorum_ms": self.quorum_ms,
+            "attestation_ms": self.attestation_ms,
+            "proofs": dict(self.proofs),
+        }
+
+    @classmethod
+    def from_record(cls, data: object) -> TrustEvidence:
+        """Rebuild evidence persisted by :meth:`to_record`; anything malformed counts as no evidence."""
+        ev = cls()
+        if not isinstance(data, dict):
+            return ev
+
+        def when(value: object) -> int | None:
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+        ev.quorum_ms = when(data.get("quorum_ms"))
+        ev.attestation_ms = when(data.get("attestation_ms"))
+        raw = data.get("proofs")
+        if isinstance(raw, dict):
+            for workload, at in raw.items():
+                stamp = when(at)
+                if isinstance(workload, str) and stamp is not None:
+                    ev.proofs[workload] = stamp
+        return ev

@@ -5,7 +5,9 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/coord/state                 R  coordinator online/offline (its Will: offline)
     prsm/v1/{site}/{group}/coord/roster                R  signed member list of the epoch
     prsm/v1/{site}/{group}/coord/beacon                R  verification round beacon (reveal + next commit)
+    prsm/v1/{site}/{group}/coord/ledger                R  FTNS ledger chain head (count + last hash)
     prsm/v1/{site}/{group}/summary                     R  signed group summary (carried upward)
+    prsm/v1/{site}/{group}/market/{node}               R  a member's market listing (coordinator-signed)
     prsm/v1/{site}/{group}/node/{node}/state           R  node online/offline + bdseq (its Will: offline)
     prsm/v1/{site}/{group}/node/{node}/birth           R  signed capability manifest and claims
     prsm/v1/{site}/{group}/node/{node}/claim              signed claim updates
@@ -53,6 +55,8 @@ class Kind(enum.StrEnum):
     COORD_STATE = "coord/state"
     COORD_ROSTER = "coord/roster"
     COORD_BEACON = "coord/beacon"
+    COORD_LEDGER = "coord/ledger"
+    MARKET_LISTING = "market"
     SUMMARY = "summary"
     NODE_STATE = "state"
     NODE_BIRTH = "birth"
@@ -78,6 +82,8 @@ RETAINED: Final = frozenset(
         Kind.COORD_STATE,
         Kind.COORD_ROSTER,
         Kind.COORD_BEACON,
+        Kind.COORD_LEDGER,
+        Kind.MARKET_LISTING,
         Kind.SUMMARY,
         Kind.NODE_STATE,
         Kind.NODE_BIRTH,
@@ -133,8 +139,10 @@ class Topic:
         match self.kind:
             case Kind.FED_REPORT:
                 return f"{base}/{self.kind.value}"
-            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.COORD_BEACON | Kind.SUMMARY:
+            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.COORD_BEACON | Kind.COORD_LEDGER | Kind.SUMMARY:
                 return f"{base}/{self.kind.value}"
+            case Kind.MARKET_LISTING:
+                return f"{base}/market/{_seg('node', self.node)}"
             case Kind.NODE_CMD | Kind.NODE_BENCH:
                 return f"{base}/node/{_seg('node', self.node)}/{self.kind.value}/{_seg('verb', self.verb)}"
             case Kind.API_REQ | Kind.API_RESP:
@@ -158,6 +166,16 @@ def coord_roster(site: str, group: str) -> str:
 def coord_beacon(site: str, group: str) -> str:
     """The coordinator's retained verification beacon."""
     return str(Topic(Kind.COORD_BEACON, site, group))
+
+
+def coord_ledger(site: str, group: str) -> str:
+    """The coordinator's retained FTNS ledger chain head."""
+    return str(Topic(Kind.COORD_LEDGER, site, group))
+
+
+def market_listing(site: str, group: str, node_id: str) -> str:
+    """A member's retained market listing (published by the coordinator)."""
+    return str(Topic(Kind.MARKET_LISTING, site, group, node=node_id))
 
 
 def summary(site: str, group: str) -> str:
@@ -282,6 +300,10 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.COORD_ROSTER, site, group)
         case [group, "coord", "beacon"]:
             return Topic(Kind.COORD_BEACON, site, group)
+        case [group, "coord", "ledger"]:
+            return Topic(Kind.COORD_LEDGER, site, group)
+        case [group, "market", node_id]:
+            return Topic(Kind.MARKET_LISTING, site, group, node=node_id)
         case [group, "summary"]:
             return Topic(Kind.SUMMARY, site, group)
         case [group, "node", node_id, ("cmd" | "bench") as sub, verb]:

@@ -100,9 +100,9 @@ async def test_tpm_node_reaches_hardware_attested_and_a_stolen_key_does_not(
 
         def levels_reached(want: dict[str, VerificationLevel]) -> bool:
             for a in everyone:
-                level = ORDER.index(g.members[a.node_id].level) if a.node_id in g.members else 0
+                level = ORDER.index(g.level(a.node_id)) if a.node_id in g.members else 0
                 highest[a.node_id] = max(highest.get(a.node_id, 0), level)
-            return all(g.members[node].level is level for node, level in want.items())
+            return all(g.level(node) is level for node, level in want.items())
 
         async with running(coord, *everyone):
             await eventually(lambda: g.online_count == 5, timeout=15, what="all joined")
@@ -120,7 +120,7 @@ async def test_tpm_node_reaches_hardware_attested_and_a_stolen_key_does_not(
 
             # The roster holds the attested node at 0.95, and the node sees the same through the API.
             member = g.members[attested.node_id]
-            assert member.trust == TRUST_SCORE[L.HARDWARE_ATTESTED] == 0.95
+            assert g.trust(member.node) == TRUST_SCORE[L.HARDWARE_ATTESTED] == 0.95
             status = await attested.call("status", {})
             assert status.ok and status.result["level"] == L.HARDWARE_ATTESTED.value
             assert status.result["trust"] == 0.95
@@ -171,8 +171,9 @@ async def test_default_ca_set_keeps_a_software_tpm_below_hardware_attested(
                 member = g.members.get(node.node_id)
                 if member is None:
                     return False
-                highest = max(highest, ORDER.index(member.level))
-                if member.level not in (L.ECONOMICALLY_STAKED, L.HARDWARE_ATTESTED):
+                level = g.level(member.node)
+                highest = max(highest, ORDER.index(level))
+                if level not in (L.ECONOMICALLY_STAKED, L.HARDWARE_ATTESTED):
                     return False
                 history = [e for _, e in coord.verifier.nodes[node.node_id].evidence.history]
                 return history.count("proof passed") >= 3  # rounds in which a quote would have been asked

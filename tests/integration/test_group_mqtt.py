@@ -39,7 +39,7 @@ async def test_agents_join_heartbeat_and_leave_gracefully(mosquitto: Mosquitto, 
         g = coord.group
         for a in agents:
             member = g.members[a.node_id]
-            assert member.level is m.VerificationLevel.SELF_REPORTED
+            assert g.level(a.node_id) is m.VerificationLevel.SELF_REPORTED
             assert capacities(member.resources) == {"compute_cpu": 2.0}
         await eventually(lambda: g.accepted["heartbeat"] >= 6, what="heartbeats arrive")
         assert g.summary().capacity == {"compute_cpu": 6.0}

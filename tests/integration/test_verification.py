@@ -59,7 +59,7 @@ async def test_levels_are_earned_by_honest_nodes_and_lost_by_cheats(tmp_path: Pa
                 coord.deposit(a.node_id, 100 * MICRO, key=f"deposit:{a.node_id}")
 
             await eventually(
-                lambda: all(g.members[a.node_id].level is L.BENCHMARKED for a in honest),
+                lambda: all(g.level(a.node_id) is L.BENCHMARKED for a in honest),
                 timeout=30,
                 what="honest nodes benchmarked",
             )
@@ -72,7 +72,7 @@ async def test_levels_are_earned_by_honest_nodes_and_lost_by_cheats(tmp_path: Pa
             assert resp.ok, resp.error
             assert resp.result["stake_micro"] == 60 * MICRO
             assert resp.result["required_stake_micro"] <= 60 * MICRO
-            await eventually(lambda: g.members[honest[0].node_id].level is L.ECONOMICALLY_STAKED, timeout=5)
+            await eventually(lambda: g.level(honest[0].node_id) is L.ECONOMICALLY_STAKED, timeout=5)
 
             # The cheats stake too, then keep failing: never above self-reported, and slashed.
             for cheat in (overclaimer, faker):
@@ -86,7 +86,7 @@ async def test_levels_are_earned_by_honest_nodes_and_lost_by_cheats(tmp_path: Pa
                 what="cheats slashed",
             )
             for cheat in (overclaimer, faker):
-                assert g.members[cheat.node_id].level is L.SELF_REPORTED
+                assert g.level(cheat.node_id) is L.SELF_REPORTED
             reasons = {node: v.reason for node, v in coord.verifier.verdicts if not v.accepted}
             assert reasons[overclaimer.node_id] in (proofs.VerdictReason.LATE, proofs.VerdictReason.SLOW)
             assert reasons[faker.node_id] in (
@@ -104,10 +104,10 @@ async def test_levels_are_earned_by_honest_nodes_and_lost_by_cheats(tmp_path: Pa
 
             # A node that held the top of its ladder and starts cheating loses it, and its stake pays.
             turncoat = honest[0]
-            assert g.members[turncoat.node_id].level is L.ECONOMICALLY_STAKED
+            assert g.level(turncoat.node_id) is L.ECONOMICALLY_STAKED
             turncoat.work.prover = junk_after_half
             await eventually(
-                lambda: g.members[turncoat.node_id].level is L.SELF_REPORTED, timeout=20, what="level lost"
+                lambda: g.level(turncoat.node_id) is L.SELF_REPORTED, timeout=20, what="level lost"
             )
             assert coord.ledger.stake(turncoat.node_id) < 60 * MICRO
         # The ledger is one hash chain, stored and reloaded intact.

@@ -76,7 +76,7 @@ def test_birth_makes_a_self_reported_member_and_heartbeats_update_it() -> None:
     effects = g.receive(*n.birth(T0), T0)
     assert any(isinstance(e, StoreMember) for e in effects)
     member = g.members[n.id]
-    assert member.level is m.VerificationLevel.SELF_REPORTED and member.trust == 0.6
+    assert g.level(n.id) is m.VerificationLevel.SELF_REPORTED and g.trust(n.id) == 0.6
     assert g.receive(*n.heartbeat(T0 + 1, temperature_c=55.0), T0 + 1) == []
     assert member.temperature_c == 55.0
 

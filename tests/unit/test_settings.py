@@ -42,6 +42,7 @@ AGENT_DEFAULTS = {
     "broker_url": None,
     "heartbeat_interval_s": 10.0,
     "device_class": None,
+    "electricity_price_per_kwh": Decimal("0"),
 }
 
 

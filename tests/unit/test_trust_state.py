@@ -1,0 +1,168 @@
+"""One owner of trust state: the verifier's evidence decides every level, and survives a restart as
+evidence (never as a copied level)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
+from prsm_edge.protocol.envelope import Signer
+from prsm_edge.protocol.group import Group, GroupConfig
+from prsm_edge.protocol.ledger import Ledger
+from prsm_edge.protocol.messages import ResourceSpec, ResourceType, VerificationLevel
+from prsm_edge.protocol.verifier import (
+    CPU_RATE_KEY,
+    LevelChange,
+    RecordEvidence,
+    RecordLedger,
+    Verifier,
+    VerifierEffect,
+)
+from tests.unit.test_verifier import RATE, T0, Net, fund_and_stake, junk_prover, levels
+
+L = VerificationLevel
+HOUR = 3_600_000
+
+
+class Shell:
+    """What the coordinator's shell does with the verifier's effects, on real SQLite."""
+
+    def __init__(self, folder: Path) -> None:
+        self.evidence = EvidenceStore(folder / "evidence.sqlite")
+        self.ledger = LedgerStore(
+            folder / "ledger.sqlite", Signer(SigningKey(bytes(32)))
+        )  # entries are signed
+        self.roster = RosterStore(folder / "roster.sqlite")
+
+    def apply(self, effects: list[VerifierEffect]) -> None:
+        for e in effects:
+            if isinstance(e, RecordEvidence):
+                self.evidence.save(e.node, e.claim, e.record)
+            elif isinstance(e, RecordLedger):
+                self.ledger.append(e.entries)
+
+    def close(self) -> None:
+        self.evidence.close()
+        self.ledger.close()
+        self.roster.close()
+
+
+def _group(v: Verifier) -> Group:
+    cfg = GroupConfig(site="s", group="g", coordinator="coord", public_key=bytes(32), epoch=1)
+    return Group(cfg, levels=v.level)
+
+
+def _restart(net: Net, folder: Path, now: int) -> tuple[Verifier, Group, Shell]:
+    """A new coordinator run over the same files: members, ledger and evidence reloaded."""
+    shell = Shell(folder)
+    v = Verifier(net.v.config, Ledger(shell.ledger.load()), secret=random.Random(1).randbytes(32))
+    v.restore_evidence(shell.evidence.load(), now)
+    group = _group(v)
+    group.restore(shell.roster.load())
+    return v, group, shell
+
+
+async def test_restart_keeps_only_what_persisted_evidence_supports(tmp_path: Path) -> None:
+    net = Net([f"n{i}" for i in range(7)])
+    shell = Shell(tmp_path)
+    group = _group(net.v)
+    group.members.update(net.members)
+    shell.apply(await net.round(T0))
+    _, effects = fund_and_stake(net, "n0", T0 + 2_000)
+    shell.apply(effects)
+    shell.apply(net.v.attestation_result("n0", True, T0 + 2_000))  # its quote was verified
+    assert group.level("n0") is L.HARDWARE_ATTESTED
+    assert group.roster().members[0].level is L.HARDWARE_ATTESTED
+    for member in net.members.values():
+        shell.roster.save(member)
+    shell.close()
+
+    # Restarted an hour later: everything proven is still current, so the node holds it again.
+    v, group, shell = _restart(net, tmp_path, T0 + HOUR)
+    assert group.level("n0") is L.HARDWARE_ATTESTED
+    assert group.level("n1") is L.BENCHMARKED  # no stake, no quote: benchmarked, as before
+    shell.close()
+
+    # Restarted seven hours later: the 6 h proof has lapsed, the 24 h quorum has not. The roster says
+    # what the evidence supports, not the level stored before.
+    v, group, shell = _restart(net, tmp_path, T0 + 7 * HOUR)
+    entries = {e.node: e.level for e in group.roster().members}
+    assert entries["n0"] is L.PEER_VERIFIED
+    assert set(entries.values()) == {L.PEER_VERIFIED}
+    shell.close()
+
+    # Restarted after an hour again, and then n0 fails a check: it loses its levels at once.
+    v, group, shell = _restart(net, tmp_path, T0 + HOUR)
+    assert group.level("n0") is L.HARDWARE_ATTESTED
+    for member in group.members.values():
+        member.online = True
+    net.v, net.members = v, group.members
+    net.v.opening_beacon(group.members.values())
+    net.works["n0"].prover = junk_prover
+    effects = await net.round(T0 + HOUR)
+    shell.apply(effects)
+    assert ("n0", L.SELF_REPORTED) in levels(effects)
+    assert group.level("n0") is L.SELF_REPORTED
+    assert {e.node: e.level for e in group.roster().members}["n0"] is L.SELF_REPORTED
+    shell.close()
+
+    # And that failure is what the next restart finds.
+    v, group, shell = _restart(net, tmp_path, T0 + HOUR + 5_000)
+    assert group.level("n0") is L.SELF_REPORTED
+    assert group.level("n1") is L.BENCHMARKED
+    shell.close()
+
+
+def _cores(cores: float, rate: float = RATE) -> list[ResourceSpec]:
+    return [
+        ResourceSpec(
+            type=ResourceType.COMPUTE_CPU, capacity=cores, unit="cores", details={CPU_RATE_KEY: rate}
+        )
+    ]
+
+
+async def test_a_new_claim_staked_in_the_same_round_is_not_staked_on_trust() -> None:
+    net = Net([f"n{i}" for i in range(6)])
+    for member in net.members.values():
+        member.resources = _cores(1)
+    net.v.opening_beacon(net.members.values())
+    await net.round(T0)
+    assert net.v.level(net.members["n0"], T0 + 1_000) is L.BENCHMARKED
+    # n0 now claims 64 cores (a claim nobody has checked) and stakes what 64 cores require, all before
+    # the next round's claim observation.
+    net.members["n0"].resources = _cores(64)
+    _, effects = fund_and_stake(net, "n0", T0 + 2_000)
+    assert net.v.level(net.members["n0"], T0 + 2_000) is L.SELF_REPORTED
+    assert ("n0", L.ECONOMICALLY_STAKED) not in levels(effects)
+    assert net.v.level_of("n0") is L.SELF_REPORTED
+    # Going back to the claim it proved restores what it proved there (the evidence is per claim).
+    net.members["n0"].resources = _cores(1)
+    assert net.v.level(net.members["n0"], T0 + 3_000) is L.ECONOMICALLY_STAKED
+    # Checked on the 64-core claim, it earns the levels there.
+    net.members["n0"].resources = _cores(64)
+    effects = await net.round(T0 + 300_000)
+    assert ("n0", L.ECONOMICALLY_STAKED) in levels(effects)
+
+
+async def test_the_level_says_which_resources_it_covers() -> None:
+    net = Net([f"n{i}" for i in range(6)])
+    await net.round(T0)
+    member = net.members["n0"]
+    assert net.v.covers(member, T0 + 1_000) == ("cpu",)
+    # A claim with nothing a workload can check (no rate) earns no level above self-reported.
+    member.resources = [ResourceSpec(type=ResourceType.STORAGE_MEMORY, capacity=8, unit="GB")]
+    assert net.v.covers(member, T0 + 1_000) == ()
+    assert net.v.level(member, T0 + 1_000) is L.SELF_REPORTED
+
+
+def test_group_holds_no_level_of_its_own() -> None:
+    net = Net(["a", "b"])
+    group = _group(net.v)
+    group.members.update(net.members)
+    assert not hasattr(net.members["a"], "level")
+    assert group.level("a") is L.SELF_REPORTED
+    assert group.level("nobody") is L.SELF_REPORTED
+    assert [e for e in net.v.tick(net.members, T0) if isinstance(e, LevelChange)] == []
