@@ -37,6 +37,7 @@ from prsm_edge.protocol import messages as m
 from prsm_edge.protocol import topics as t
 from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.formation import GroupAdvert
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.messages import PROTOCOL_VERSION
 
 SITE, GROUP = "bench", "g1"
@@ -99,6 +100,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         heartbeat_timeout_s=60,
         max_members=args.nodes + 100,
         verify=False,  # verification costs are measured by verification_sim.py, not mixed in here
+        join_policy=JoinPolicy(rate_per_min=60.0 * args.nodes, burst=args.nodes, max_pending=args.nodes),
     ) as host:
         coord = host.coordinator
         g = coord.group
@@ -123,7 +125,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                 hosts=("127.0.0.1",),
             )
             t0 = time.monotonic()
-            async with Advertiser(advert, ["127.0.0.1"]):
+            async with Advertiser(advert, ["127.0.0.1"], key=coord.identity.signing_key):
                 registered = time.monotonic() - t0
                 t1 = time.monotonic()
                 async with Browser(["127.0.0.1"]) as browser:

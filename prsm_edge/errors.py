@@ -60,6 +60,7 @@ class Reason(enum.StrEnum):
     IMPLAUSIBLE = "implausible"
     NOT_MEMBER = "not_member"
     GROUP_FULL = "group_full"
+    NOT_ADMITTED = "not_admitted"  # the join policy (token, approval) has not admitted this node
 
 
 class RejectedMessage(RemoteError):

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prsm_edge.coordinator.economy import EconomyConfig
+from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
+from prsm_edge.io.brokerinfo import dashboard_dir
 from prsm_edge.io.dynsec import DynSec
 from prsm_edge.io.tpm_registration import default_ca_dir
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.verifier import VerifierConfig
 
 __all__ = ["GroupHost", "host_group"]
@@ -53,17 +56,30 @@ async def host_group(
     http_dir: Path | None = None,
     verify: bool = True,
     verification: VerifierConfig | None = None,
+    homeassistant: HomeAssistantOptions | None = None,
+    join_policy: JoinPolicy | None = None,
+    listen: bool = False,
     economy: EconomyConfig | None = None,
     tpm_ca_dir: Path | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
     The coordinator is created but not run: the caller runs ``host.coordinator.run()`` in its task group.
+    Mosquitto's WebSocket listener serves the operator dashboard unless ``http_dir`` names another folder.
     ``tpm_ca_dir`` (default: ``tpm-ca`` in the config dir, absent unless the operator made it) holds the
     TPM manufacturer CAs whose EK certificates let a node's quotes earn hardware_attested.
     """
+    if http_dir is None:
+        http_dir = dashboard_dir()
     async with start_broker(
-        workdir / "broker", host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
+        workdir / "broker",
+        host=host,
+        port=port,
+        ws_port=ws_port,
+        prefer=prefer,
+        acl=acl,
+        http_dir=http_dir,
+        expose_embedded=listen,
     ) as broker:
         identity = load_or_create(workdir / "coordinator")
         options = CoordinatorOptions(
@@ -76,6 +92,8 @@ async def host_group(
             summary_interval_s=summary_interval_s,
             verify=verify,
             verification=verification,
+            homeassistant=homeassistant,
+            join_policy=join_policy or JoinPolicy(),
             economy=economy,
             tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
         )

@@ -52,6 +52,8 @@ _BROKER_SCHEMES: Final = ("mqtt", "mqtts", "tcp", "ssl", "tls", "ws", "wss")
 _PROFILE_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 SecurityLevel = Literal["standard", "high", "maximum"]
+JoinPolicyName = Literal["open", "token", "approval"]
+LeaderMode = Literal["pinned", "verified", "never"]
 Source = Literal["default", "profile", "file", "env"]
 
 
@@ -113,12 +115,35 @@ class Settings(BaseModel):
         default=10.0, ge=1.0, le=3600.0, description="seconds between heartbeats"
     )
     device_class: str | None = Field(default=None, description="firmware profile name (None: detect)")
+    homeassistant_discovery: bool = Field(
+        default=False, description="when coordinating, announce members to Home Assistant (MQTT discovery)"
+    )
     electricity_price_per_kwh: Decimal = Field(
         default=Decimal("0"),
         ge=0,
         le=1_000_000,
         decimal_places=6,
         description="what a kWh costs you, in FTNS (earnings reports subtract it: watts × hours × price)",
+    )
+    # Who may be in and who may lead a group (docs/discovery.md, docs/threat-model.md).
+    join_policy: JoinPolicyName = Field(
+        default="open", description="who may join a group this device hosts: open, token or approval"
+    )
+    join_rate_per_min: float = Field(
+        default=60.0, gt=0.0, le=10_000.0, description="new members a hosted open group admits a minute"
+    )
+    evict_after_days: float = Field(
+        default=7.0, gt=0.0, le=3650.0, description="members absent this long are evicted (and their login)"
+    )
+    join_token: str | None = Field(default=None, description="enrolment token from the group's host")
+    coordinator_keys: str | None = Field(
+        default=None, description="the site's coordinator public keys (hex, comma-separated): pins them"
+    )
+    leader_policy: LeaderMode = Field(
+        default="pinned", description="whom a hosted group yields to: pinned, verified or never"
+    )
+    listen: bool = Field(
+        default=False, description="let the embedded fallback broker (no ACLs) listen beyond this machine"
     )
 
     @field_validator("site", "group")
@@ -127,6 +152,27 @@ class Settings(BaseModel):
         if value is not None and not valid_segment(value):
             raise ValueError("must be 1–64 characters of a-z, 0-9, '_' or '-'")
         return value
+
+    @field_validator("coordinator_keys")
+    @classmethod
+    def _keys(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for part in value.split(","):
+            try:
+                ok = len(bytes.fromhex(part.strip())) == 32
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError("must be Ed25519 public keys, 64 hex digits each, separated by commas")
+        return value
+
+    @property
+    def trusted_coordinators(self) -> frozenset[bytes]:
+        """The coordinator keys the site pinned (empty: pin the first coordinator joined)."""
+        if not self.coordinator_keys:
+            return frozenset()
+        return frozenset(bytes.fromhex(p.strip()) for p in self.coordinator_keys.split(","))
 
     @field_validator("schedule")
     @classmethod
@@ -207,7 +253,10 @@ _OPTIONAL: Final = frozenset(
     name for name, info in Settings.model_fields.items() if info.default is None and name in FIELDS
 )
 
-_TEXT_FIELDS: Final = frozenset({"site", "group", "broker_url", "device_class", "security_level"})
+_TEXT_FIELDS: Final = frozenset(
+    {"site", "group", "broker_url", "device_class", "security_level", "join_policy", "join_token",
+     "coordinator_keys", "leader_policy"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +283,14 @@ def allowed(name: str) -> str:
                 bounds[attr] = getattr(item, attr)
     if name == "security_level":
         return "one of standard, high, maximum"
+    if name == "join_policy":
+        return "one of open, token, approval"
+    if name == "leader_policy":
+        return "one of pinned, verified, never"
+    if name == "coordinator_keys":
+        return "64-hex-digit public keys separated by commas, or empty for none"
+    if name == "join_token":
+        return "a token printed by `prsm-edge group token create`, or empty for none"
     if name in ("site", "group"):
         text = "1–64 characters of a-z, 0-9, '_' or '-'"
     elif name == "broker_url":

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 from prsm_edge import paths, settings
+from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.discovery import Advertiser
@@ -17,6 +19,7 @@ from prsm_edge.io.session import parse_url
 from prsm_edge.io.tpm_registration import default_ca_dir
 from prsm_edge.localgroup import host_group
 from prsm_edge.protocol.formation import GroupAdvert
+from prsm_edge.protocol.membership import JOIN_POLICIES, JoinPolicy
 from prsm_edge.protocol.messages import PROTOCOL_VERSION
 
 
@@ -58,9 +61,44 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--max-members", type=int, default=200, help="refuse members beyond this (default 200)"
     )
+    parser.add_argument(
+        "--join-policy",
+        choices=JOIN_POLICIES,
+        default=None,
+        help="who may join: open (rate-limited), token (an enrolment token from `prsm-edge group token "
+        "create`) or approval (`prsm-edge group approve NODE`); default: the join_policy setting (open)",
+    )
+    parser.add_argument(
+        "--join-rate", type=float, default=None, help="open policy: new members a minute (default 60)"
+    )
+    parser.add_argument(
+        "--evict-after-days",
+        type=float,
+        default=None,
+        help="evict members absent this long and delete their broker login (default 7)",
+    )
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help="let the embedded fallback broker (no ACLs) listen on --host; by default it listens on "
+        "127.0.0.1 only, so only this machine can join",
+    )
     parser.add_argument("--no-advertise", action="store_true", help="do not announce the group with mDNS")
     parser.add_argument(
         "--interface", action="append", default=None, metavar="IP", help="mDNS interface (repeat)"
+    )
+    parser.add_argument(
+        "--homeassistant",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce members to Home Assistant by MQTT discovery (default: the homeassistant_discovery "
+        "setting, off)",
+    )
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        default=None,
+        help="serve the API reads (status, summary, ...) to operators on 127.0.0.1:PORT (0: any port)",
     )
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
@@ -84,11 +122,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _homeassistant(args: argparse.Namespace) -> HomeAssistantOptions | None:
+    wanted = args.homeassistant if args.homeassistant is not None else settings.load().homeassistant_discovery
+    return HomeAssistantOptions() if wanted else None
+
+
+def join_policy(args: argparse.Namespace, s: settings.Settings) -> JoinPolicy:
+    """The host's join policy from the command line, else the settings."""
+    days = args.evict_after_days if args.evict_after_days is not None else s.evict_after_days
+    if not days > 0:
+        raise SystemExit("prsm-edge: error: --evict-after-days must be positive")
+    rate = args.join_rate if args.join_rate is not None else s.join_rate_per_min
+    if not rate > 0:
+        raise SystemExit("prsm-edge: error: --join-rate must be positive")
+    return JoinPolicy(
+        name=args.join_policy or s.join_policy, rate_per_min=rate, evict_after_ms=int(days * 86_400_000)
+    )
+
+
 async def _coordinate(args: argparse.Namespace) -> None:
-    site = args.site or settings.load().site
+    s = settings.load()
+    site = args.site or s.site
     workdir = (args.workdir or paths.data_dir()) / "coordinator" / args.group
+    policy = join_policy(args, s)
     if args.external:
-        await _external(args, site, workdir)
+        await _external(args, site, workdir, policy)
         return
     async with host_group(
         workdir,
@@ -99,16 +157,25 @@ async def _coordinate(args: argparse.Namespace) -> None:
         ws_port=args.ws_port,
         prefer=args.broker,
         max_members=args.max_members,
+        homeassistant=_homeassistant(args),
+        join_policy=policy,
+        listen=args.listen or s.listen,
         tpm_ca_dir=args.tpm_ca_dir,
     ) as hosted:
         coord = hosted.coordinator
         b = hosted.broker
         acl = "per-node ACLs" if b.acl_enforced else "NO ACLs (embedded fallback)"
         print(f"{b.kind} broker at {b.url} (WebSocket {b.ws_url}), {acl}", file=sys.stderr, flush=True)
+        print(
+            f"join policy: {policy.name}; coordinator key {coord.identity.public_key.hex()} "
+            "(members pin it; list it in coordinator_keys to pin it site-wide)",
+            file=sys.stderr,
+            flush=True,
+        )
         await _serve(args, site, coord, b.port, b.ws_port, ())
 
 
-async def _external(args: argparse.Namespace, site: str, workdir: Path) -> None:
+async def _external(args: argparse.Namespace, site: str, workdir: Path, policy: JoinPolicy) -> None:
     address = parse_url(args.external)
     options = CoordinatorOptions(
         site=site,
@@ -118,6 +185,8 @@ async def _external(args: argparse.Namespace, site: str, workdir: Path) -> None:
         max_members=args.max_members,
         username=args.username,
         password=args.password,
+        homeassistant=_homeassistant(args),
+        join_policy=policy,
         tpm_ca_dir=args.tpm_ca_dir or default_ca_dir(),
     )
     coord = Coordinator(load_or_create(workdir), options)
@@ -151,9 +220,13 @@ async def _serve(
         hosts=hosts,
         ws_port=ws_port,
     )
+    if args.api_port is not None:
+        coord.options = dataclasses.replace(coord.options, http_port=args.api_port)
     async with contextlib.AsyncExitStack() as stack:
         if not args.no_advertise:
-            await stack.enter_async_context(Advertiser(advert, args.interface))
+            await stack.enter_async_context(
+                Advertiser(advert, args.interface, key=coord.identity.signing_key)
+            )
         task = asyncio.create_task(coord.run())
         stack.callback(task.cancel)
         loop = asyncio.get_running_loop()

@@ -14,12 +14,16 @@ from typing import Any
 
 from prsm_edge import settings
 from prsm_edge.commands import _demo_market
+from prsm_edge.commands.viewer import open_viewer
 from prsm_edge.coordinator.economy import EconomyConfig
 from prsm_edge.coordinator.service import Coordinator
-from prsm_edge.localgroup import host_group
+from prsm_edge.errors import PrsmEdgeError
+from prsm_edge.io.brokerinfo import dashboard_dir
+from prsm_edge.localgroup import GroupHost, host_group
 from prsm_edge.node.agent import Agent, AgentOptions
 from prsm_edge.node.detect import detect
 from prsm_edge.protocol.group import Group
+from prsm_edge.protocol.membership import JoinPolicy
 from prsm_edge.protocol.messages import MICRO, ResourceSpec, ResourceType
 from prsm_edge.protocol.offer import offered
 from prsm_edge.protocol.verifier import VerifierConfig
@@ -156,6 +160,8 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         heartbeat_timeout_s=args.heartbeat * 3.5,
         verify=not args.no_verify,
         verification=verification,
+        # the demo's agents all start at once on this machine: admit them all without throttling
+        join_policy=JoinPolicy(rate_per_min=60.0 * args.nodes, burst=args.nodes, max_pending=args.nodes),
         economy=EconomyConfig(period_ms=int(args.settle * 1000)),
     ) as host:
         b = host.broker
@@ -180,6 +186,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(coord.run())]
             tasks += [tg.create_task(a.run()) for a in agents]
+            tg.create_task(_dashboard_link(host, args))  # beside the agents: it must not delay them
             tasks.append(tg.create_task(_demo_market.drive(coord)))
             tg.create_task(_show(args, coord, len(agents), start, tasks))
     return 0
@@ -250,6 +257,27 @@ def _table(group: Group, coord: Coordinator | None = None) -> str:
             )
         )
     return "\n".join(lines)
+
+
+async def _dashboard_link(host: GroupHost, args: argparse.Namespace) -> None:
+    """Create a read-only viewer login on the demo's Mosquitto and print the dashboard's link."""
+    b = host.broker
+    if host.dynsec is None or b.ws_port is None or dashboard_dir() is None:
+        return
+    try:
+        url = await open_viewer(
+            host.dynsec,
+            "demo",
+            host=b.connect_host,
+            ws_port=b.ws_port,
+            site=args.site,
+            group=args.group,
+            key=host.coordinator.identity.public_key.hex(),
+        )
+    except PrsmEdgeError as exc:  # the demo runs on without its dashboard link
+        _say(f"no dashboard link: {exc}")
+        return
+    _say(f"dashboard (read-only login, served by the broker): {url}")
 
 
 def _say(text: str) -> None:

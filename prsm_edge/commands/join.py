@@ -13,11 +13,16 @@ from prsm_edge import paths
 from prsm_edge.autoform import AutoNode, FormationOptions
 from prsm_edge.errors import PrsmEdgeError
 from prsm_edge.io import attest
+from prsm_edge.io.brokerinfo import owner_panel_dir
 from prsm_edge.node.agent import AgentOptions
 from prsm_edge.node.detect import detect
+from prsm_edge.node.owner_api import DEFAULT_LOCAL_PORT, OwnerOptions
 from prsm_edge.node.profiles import resolve
 from prsm_edge.node.prover import Attestor, tpm_attestor
+from prsm_edge.protocol.formation import LeaderPolicy
+from prsm_edge.protocol.membership import JoinPolicy, parse_token
 from prsm_edge.protocol.offer import offered
+from prsm_edge.settings import settings_path
 
 
 def register(sub: Any) -> None:
@@ -51,6 +56,27 @@ def register(sub: Any) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
     parser.add_argument(
         "--no-attest", action="store_true", help="do not offer TPM attestation even where a TPM is present"
+    )
+    parser.add_argument(
+        "--local-api-port",
+        type=int,
+        default=DEFAULT_LOCAL_PORT,
+        help=f"the owner's local API on 127.0.0.1 (default {DEFAULT_LOCAL_PORT}; 0: any free port; -1: off)",
+    )
+    parser.add_argument(
+        "--token", default=None, help="enrolment token from the group's host (join policy 'token')"
+    )
+    parser.add_argument(
+        "--follow",
+        choices=("pinned", "verified", "never"),
+        default=None,
+        help="whom a group this node founds yields to: pinned (only keys in coordinator_keys; default), "
+        "verified (any rival whose claims its own broker confirms) or never",
+    )
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help="if this node founds a group on the embedded broker (no ACLs), let it listen on the LAN",
     )
     parser.set_defaults(handler=_run)
 
@@ -88,8 +114,19 @@ def _run(args: argparse.Namespace) -> int:
         security_level=s.security_level,
         min_hourly_rate_micro=s.min_hourly_rate_micro,
         uptime_commitment=s.uptime_commitment,
+        join_token=args.token or s.join_token,
+        trusted_coordinators=s.trusted_coordinators,
         priority_level=s.priority_level,
+        owner=OwnerOptions(
+            settings=s,
+            settings_path=settings_path(),
+            detected=resolved.detected.resource_specs(),
+            local_port=None if args.local_api_port < 0 else args.local_api_port,
+            static_dir=owner_panel_dir(),  # the owner panel, at /ui/
+        ),
     )
+    if agent.join_token:
+        parse_token(agent.join_token)  # a mistyped token fails here, with what to do, not at the host
     if not args.no_attest:
         agent = replace(agent, attestor=_attestor(workdir))
     options = FormationOptions(
@@ -101,6 +138,13 @@ def _run(args: argparse.Namespace) -> int:
         group=args.group or s.group,
         interfaces=args.interface,
         discover_s=args.discover_seconds,
+        leader=LeaderPolicy(mode=args.follow or s.leader_policy, trusted=s.trusted_coordinators),
+        join_policy=JoinPolicy(
+            name=s.join_policy,
+            rate_per_min=s.join_rate_per_min,
+            evict_after_ms=int(s.evict_after_days * 86_400_000),
+        ),
+        listen=args.listen or s.listen,
     )
     node = AutoNode(options, on_event=lambda text: print(text, file=sys.stderr, flush=True))
     summary = ", ".join(f"{r.capacity:g} {r.unit} {r.type.value}" for r in resources) or "nothing"

@@ -23,19 +23,25 @@ import msgspec
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
 from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
 from prsm_edge.coordinator.federation import REGION_METHODS, RegionRequests
+from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
+from prsm_edge.coordinator.membership import Admissions, MembershipStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest, tpm_registration
 from prsm_edge.io.clock import now_ms
+from prsm_edge.io.replaystore import PersistentReplayGuard
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
 from prsm_edge.protocol import cbor, topics
 from prsm_edge.protocol.allocation import Allocation, Task
+from prsm_edge.protocol.api import METHODS
 from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer
 from prsm_edge.protocol.group import (
     ApiCall,
+    ApiReply,
     Effect,
     GrantJoin,
     Group,
@@ -47,6 +53,7 @@ from prsm_edge.protocol.group import (
     Verification,
 )
 from prsm_edge.protocol.ledger import Ledger
+from prsm_edge.protocol.membership import JoinPolicy, evictable
 from prsm_edge.protocol.messages import (
     TRUST_SCORE,
     ApiRequest,
@@ -83,6 +90,8 @@ class CredentialIssuer(Protocol):
 
     async def add_node(self, node_id: str, password: str) -> None: ...
 
+    async def remove_node(self, node_id: str) -> None: ...
+
 
 def seal_secret(node_public_key: bytes, secret: bytes) -> bytes:
     """Encrypt ``secret`` so only the holder of the node's Ed25519 key can read it."""
@@ -106,9 +115,15 @@ class CoordinatorOptions:
     password: str | None = None
     verify: bool = True
     verification: VerifierConfig | None = None  # None: the defaults for this site/group
+    homeassistant: HomeAssistantOptions | None = None  # None: no Home Assistant discovery (the default)
+    join_policy: JoinPolicy = dataclasses.field(
+        default_factory=JoinPolicy
+    )  # who may join, how fast, and when absent members are evicted
+    dead_after_s: float = 600.0  # an offline member silent this long no longer holds one of the seats
     economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     region: str | None = None  # the region coordinator's node id; None: the first one that asks
+    http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -144,6 +159,9 @@ class Coordinator:
         self.ledger = Ledger(self.ledger_store.load())
         self.signer = identity.signer(SeqStore(options.workdir / "coord.seq"))
         epoch = self.store.next_epoch()
+        self.replay_guard = PersistentReplayGuard(
+            options.workdir / "replay.sqlite", now_ms(), max_signers=options.max_members * 4
+        )
         self.group = Group(
             GroupConfig(
                 site=options.site,
@@ -155,10 +173,23 @@ class Coordinator:
                 heartbeat_timeout_ms=int(options.heartbeat_timeout_s * 1000),
                 summary_interval_ms=int(options.summary_interval_s * 1000),
                 acl=issuer is not None,
+                dead_after_ms=int(options.dead_after_s * 1000),
+                join_policy=options.join_policy.name,
             ),
             levels=lambda member: self.verifier.level(member),
+            guard=self.replay_guard,
         )
         self.group.restore(self.store.load())
+        self.membership = MembershipStore(options.workdir / "membership.sqlite")
+        self.admissions = Admissions(
+            options.join_policy,
+            self.membership,
+            issuer,
+            self._answer_join,
+            known=lambda node: node in self.group.members,
+        )
+        if options.join_policy.name != "open":
+            self.group.admit = self.admissions.admitted
         vconfig = dataclasses.replace(
             options.verification or VerifierConfig(site=options.site, group=options.group, coordinator=""),
             coordinator=identity.node_id,
@@ -179,6 +210,8 @@ class Coordinator:
         self._checks = asyncio.Semaphore(2)
         # Only an AK bound to a certified EK by credential activation is asked for quotes.
         self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
+        self.api = CoordinatorApi(self.group, self.verifier, self._member_view)
+        self.api.economy = self.economy  # earnings, analytics and advice (coordinator/economy.py)
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
         self._warmup_s = min(5.0, vconfig.round_ms / 4000)
         self._started = time.monotonic()
@@ -187,11 +220,19 @@ class Coordinator:
         self._logged: set[tuple[Reason, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
+        self.homeassistant = (
+            None
+            if options.homeassistant is None
+            else HomeAssistant(options.site, options.group, options.homeassistant)
+        )
+        subscriptions = [(topics.group_filter(options.site, options.group), 1)]
+        if self.homeassistant is not None:
+            subscriptions.append((self.homeassistant.status_topic, 1))
         self.session = Session(
             options.broker_url,
             f"coord-{identity.node_id}",
             handler=self._on_message,
-            subscriptions=[(topics.group_filter(options.site, options.group), 1)],
+            subscriptions=subscriptions,
             prepare=self._prepare,
             on_connect=self._on_connect,
             goodbye=self._goodbye,
@@ -232,7 +273,15 @@ class Coordinator:
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         arrived = now_ms()  # stamped before any other work: a proof's lateness is judged on this
+        if self.homeassistant is not None and topic == self.homeassistant.status_topic:
+            self.homeassistant.on_status(payload)
+            return
         await self._apply(self.group.receive(topic, payload, arrived))
+        parts = topic.split("/")
+        if payload and len(parts) == 8 and parts[4] == "api" and parts[6] == "req":
+            # Anyone may ask to join, retained or not: clear the topic, so a flood of retained requests
+            # is not kept by the broker (a no-op when the request was not retained).
+            await self.session.publish(topic, b"", qos=0, retain=True)
 
     async def _apply(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -254,11 +303,15 @@ class Coordinator:
                         self._logged.add(key)
                     log.log(level, "rejected a message from %s: %s (%s)", node or "?", reason.value, detail)
                 case GrantJoin():
-                    await self._grant(effect)
+                    refused = self.admissions.submit(effect)  # never waits on the broker here
+                    if refused is not None:
+                        await refused
                 case Verification(node=node, message=message, at_ms=at_ms, raw=raw):
                     await self._verification(node, message, at_ms or now_ms(), raw)
-                case ApiCall(node=node, request=request):
-                    await self._api(node, request)
+                case ApiCall(node=node, request=request, envelope=envelope):
+                    await self._api(node, request, envelope)
+                case ApiReply(node=node, response=response, envelope=envelope):
+                    await self._api_effects(self.api.reply(node, response, envelope))
 
     async def _verification(
         self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote, at_ms: int, raw: bytes
@@ -273,6 +326,8 @@ class Coordinator:
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
             case VerificationVote():
+                if self.homeassistant is not None:
+                    self.homeassistant.on_vote(message)
                 await self._apply_verifier(self.verifier.on_vote(message))
 
     async def _apply_verifier(self, effects: list[VerifierEffect]) -> None:
@@ -309,9 +364,12 @@ class Coordinator:
             verdict = await asyncio.to_thread(request.run)
         await self._apply_verifier(self.verifier.check_result(request.challenge_id, verdict))
 
-    async def _api(self, node: str, request: ApiRequest) -> None:
+    async def _api(self, node: str, request: ApiRequest, envelope: bytes) -> None:
         if request.method in REGION_METHODS:  # the region, through the gateway's bridge
             await self.federation.serve(node, request)
+            return
+        if request.method in METHODS:  # the owner/operator API (coordinator/api.py)
+            await self._api_effects(self.api.call(node, request, envelope, now_ms()))
             return
         o = self.options
         result: dict[str, object] = {}
@@ -329,12 +387,8 @@ class Coordinator:
                         self.verifier.stake(member, amount, f"stake:{node}:{request.txid}", now_ms())
                     )
                     result = self._trust_status(member)
-                case "status":
-                    result = self._trust_status(member) | {"leases": self.economy.status(node)["leases"]}
                 case "lease":  # the agent's answer to a lease offer
                     result = self.economy.lease_answer(node, request.params, now_ms())
-                case "earnings":
-                    result = self.economy.status(node)
                 case "ledger":  # the member's own signed entries, the newest that fit, and the head
                     signed: list[bytes] = []
                     for data in reversed(self.ledger_store.signed(node)):
@@ -354,6 +408,24 @@ class Coordinator:
         resp = ApiResponse(txid=request.txid, method=request.method, ok=not error, result=result, error=error)
         topic = topics.api(topics.Kind.API_RESP, o.site, o.group, request.method, node)
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
+
+    async def _api_effects(self, effects: list[Respond | Relay | Forward]) -> None:
+        o = self.options
+        for effect in effects:
+            match effect:
+                case Respond(client=client, response=response):
+                    topic = topics.api(topics.Kind.API_RESP, o.site, o.group, response.method, client)
+                    await self.session.publish(topic, self.signer.seal(response, now_ms()), qos=1)
+                case Relay(node=node, command=command):
+                    topic = topics.node_cmd(o.site, o.group, node, command.verb)
+                    await self.session.publish(topic, self.signer.seal(command, now_ms()), qos=1)
+                case Forward(client=client, method=method, envelope=envelope):
+                    topic = topics.api(topics.Kind.API_RESP, o.site, o.group, method, client)
+                    await self.session.publish(topic, envelope, qos=1)
+
+    def _member_view(self, member: Member) -> dict[str, Any]:
+        """What the API's ``status`` adds to the roster: trust, balance, stake, attestation, leases."""
+        return self._trust_status(member) | {"leases": self.economy.status(member.node)["leases"]}
 
     def _trust_status(self, member: Member) -> dict[str, object]:
         now = now_ms()
@@ -397,11 +469,17 @@ class Coordinator:
             topics.node_cmd(o.site, o.group, node, "settings"), self.signer.seal(cmd, now_ms()), qos=1
         )
 
-    async def redirect_all(self, reason: str) -> None:
-        """Tell every member to leave and look for another group (this coordinator is stopping)."""
+    async def redirect_all(self, reason: str, *, to_key: bytes = b"", to_group: str = "") -> None:
+        """Tell every member to leave and look for another group (this coordinator is stopping).
+
+        With ``to_key``, members pinned to this coordinator hand their pin on to that coordinator.
+        """
         o = self.options
+        args: dict[str, object] = {"reason": reason}
+        if to_key:
+            args |= {"to_key": to_key, "to_group": to_group}
         for node in list(self.group.members):
-            cmd = NodeCommand(verb="redirect", node=node, args={"reason": reason})
+            cmd = NodeCommand(verb="redirect", node=node, args=args)
             await self.session.publish(
                 topics.node_cmd(o.site, o.group, node, "redirect"), self.signer.seal(cmd, now_ms()), qos=1
             )
@@ -412,17 +490,31 @@ class Coordinator:
             if isinstance(effect, RecordLedger):
                 self.ledger_store.append(effect.entries)
 
-    async def _grant(self, grant: GrantJoin) -> None:
+    async def _answer_join(self, grant: GrantJoin, ok: bool, error: str) -> None:
+        """Answer a join (run by the admissions worker): credentials sealed to the node's key, or why not."""
         o = self.options
-        result: dict[str, object] = {"username": grant.node, "acl": self.issuer is not None}
-        if self.issuer is not None:
-            password = secrets.token_urlsafe(24)
-            await self.issuer.add_node(grant.node, password)
-            result["sealed_password"] = seal_secret(grant.public_key, password.encode())
-        resp = ApiResponse(txid=grant.txid, method="join", ok=True, result=result)
+        result: dict[str, object] = {}
+        if ok:
+            result = {"username": grant.node, "acl": self.issuer is not None}
+            if self.issuer is not None:
+                password = secrets.token_urlsafe(24)
+                await self.issuer.add_node(grant.node, password)
+                result["sealed_password"] = seal_secret(grant.public_key, password.encode())
+        resp = ApiResponse(txid=grant.txid, method="join", ok=ok, result=result, error=error)
         topic = topics.api(topics.Kind.API_RESP, o.site, o.group, "join", grant.node)
         await self.session.publish(topic, self.signer.seal(resp, now_ms()), qos=1)
-        log.info("issued broker credentials to %s", grant.node)
+        if ok:
+            log.info("admitted %s%s", grant.node, " and issued broker credentials" if self.issuer else "")
+
+    def _evict(self, now: int) -> None:
+        """Evict members absent for longer than the policy allows: roster, record and broker login."""
+        policy = self.options.join_policy
+        seen = [(m.node, m.online, m.last_seen_ms) for m in self.group.members.values()]
+        for node in evictable(seen, now, policy.evict_after_ms):
+            if self.group.remove(node):
+                self.store.delete(node)
+                self.admissions.revoke(node)
+                log.info("evicted %s: absent for more than %.0f s", node, policy.evict_after_ms / 1000)
 
     async def run(self) -> None:
         """Run until cancelled; publishes ``offline`` on the way out."""
@@ -430,11 +522,18 @@ class Coordinator:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.session.run(), name="coordinator-session")
                 tg.create_task(self._ticker(), name="coordinator-tick")
+                http = self.options.http_port
+                server = None if http is None else readonly_server(self.api, "127.0.0.1", http, now_ms)
+                if server is not None:
+                    tg.create_task(server, name="coordinator-http")
+                tg.create_task(self.admissions.run(), name="coordinator-admissions")
         finally:
             for task in list(self._tasks):
                 task.cancel()
             self.store.close()
             self.ledger_store.close()
+            self.membership.close()
+            self.replay_guard.close()
             self.evidence_store.close()
             self.registrar.close()
 
@@ -444,7 +543,16 @@ class Coordinator:
             if not self.session.connected.is_set():
                 continue
             now = now_ms()
+            self._evict(now)
             await self._apply(self.group.tick(now))
+            if self.homeassistant is not None:
+                members = self.group.members.values()
+                ha_messages = self.homeassistant.tick(
+                    members, now, level=self.group.level, balance_micro=self.ledger.balance
+                )
+                for ha in ha_messages:
+                    await self.session.publish(ha.topic, ha.payload, qos=1, retain=ha.retain)
+            await self._api_effects(self.api.tick(now))
             await self._apply(list(await self.economy.tick(self.group.members, now)))
             if not self.options.verify:
                 continue

@@ -35,6 +35,7 @@ from prsm_edge.errors import BrokerError
 from prsm_edge.resources import data_path
 
 __all__ = [
+    "ADMIN_SECRET_FILE",
     "ADMIN_USERNAME",
     "RunningBroker",
     "find_dynsec_plugin",
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 Prefer = Literal["auto", "mosquitto", "embedded"]
 
 ADMIN_USERNAME: Final = "prsm-admin"
+ADMIN_SECRET_FILE: Final = "admin.secret"  # the running broker's admin password, mode 0600
 MAX_QUEUED_MESSAGES: Final = 20000
 MAX_PACKET_SIZE: Final = 256 * 1024
 START_TIMEOUT_S: Final = 10.0
@@ -66,6 +68,17 @@ _EMBEDDED_LIMITS: Final = (
     "retained messages and sessions in memory only (lost on restart), serves no static files on its "
     "WebSocket listener, and is not meant for a group spread over several machines; "
     "install mosquitto for production"
+)
+_EMBEDDED_LOOPBACK: Final = (
+    "the embedded broker has no access control, so it listens on 127.0.0.1 only (asked for %s): only "
+    "agents on this machine can join, and nobody on the LAN can publish a fake coordinator state or "
+    "command into it. To let other machines join anyway, start it with --listen (listen = true), "
+    "knowing that then anyone on the LAN may publish on any topic; install mosquitto instead"
+)
+_EMBEDDED_EXPOSED: Final = (
+    "the embedded broker listens on %s with NO access control (--listen): anyone who can reach this "
+    "address may publish on any topic, including retained coordinator states and commands; the "
+    "coordinator and agents still refuse what is not signed by the right key"
 )
 
 
@@ -505,6 +518,8 @@ async def _start_mosquitto(
             )
         ctrl = shutil.which("mosquitto_ctrl")
         admin_password = await asyncio.to_thread(_prepare_dynsec, dynsec_path, Path(ctrl) if ctrl else None)
+        # Owner-only, beside the dynsec file: lets this host's CLI (`prsm-edge viewer`) administer logins.
+        await asyncio.to_thread(_write_private, workdir / ADMIN_SECRET_FILE, admin_password)
     log_path = workdir / "mosquitto.log"
     config_path = workdir / "mosquitto.conf"
     try:
@@ -600,11 +615,27 @@ def start_broker(
     prefer: Prefer = "auto",
     acl: bool = True,
     http_dir: Path | None = None,
+    expose_embedded: bool = False,
 ) -> AbstractAsyncContextManager[RunningBroker]:
-    """Run a broker for a coordinator while the context is open (port 0: pick a free one)."""
+    """Run a broker for a coordinator while the context is open (port 0: pick a free one).
+
+    The embedded fallback (no ACLs) binds to 127.0.0.1 whatever ``host`` says, unless
+    ``expose_embedded`` (the user's ``--listen``) asks for ``host``.
+    """
     return _broker_context(
-        workdir, host=host, port=port, ws_port=ws_port, prefer=prefer, acl=acl, http_dir=http_dir
+        workdir,
+        host=host,
+        port=port,
+        ws_port=ws_port,
+        prefer=prefer,
+        acl=acl,
+        http_dir=http_dir,
+        expose_embedded=expose_embedded,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
 
 @contextlib.asynccontextmanager
@@ -617,6 +648,7 @@ async def _broker_context(
     prefer: Prefer,
     acl: bool,
     http_dir: Path | None,
+    expose_embedded: bool,
 ) -> AsyncIterator[RunningBroker]:
     workdir = await asyncio.to_thread(_ready_dir, workdir)
     binary = find_mosquitto() if prefer in ("auto", "mosquitto") else None
@@ -627,6 +659,13 @@ async def _broker_context(
     elif prefer == "mosquitto":
         raise BrokerError("mosquitto is not installed: apt-get install mosquitto")
     elif _amqtt_available():
+        if _is_loopback(host):
+            pass
+        elif expose_embedded:
+            log.warning(_EMBEDDED_EXPOSED, host)
+        else:
+            log.warning(_EMBEDDED_LOOPBACK, host)
+            host = "127.0.0.1"
         broker = await _start_embedded(workdir, host=host, port=port, ws_port=ws_port)
     else:
         raise BrokerError(_INSTALL_HINT)

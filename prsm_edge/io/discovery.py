@@ -15,16 +15,26 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final, Self
 
 import ifaddr
+from nacl.signing import SigningKey
 from zeroconf import InterfaceChoice, IPVersion, NonUniqueNameException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from prsm_edge.errors import LocalError
-from prsm_edge.protocol.formation import SERVICE_TYPE, BadAdvert, GroupAdvert, instance_name
+from prsm_edge.protocol.formation import (
+    ADVERT_MAX_AGE_S,
+    SERVICE_TYPE,
+    BadAdvert,
+    GroupAdvert,
+    instance_name,
+    sign_advert,
+    verify_advert,
+)
 
 __all__ = ["SERVICE_TYPE", "Advertiser", "Browser", "DiscoveryError", "discover"]
 
@@ -33,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_ADVERTS: Final = 1024
 RESOLVE_TIMEOUT_MS: Final = 3000
 _QUEUE_SIZE: Final = 256
+REFRESH_S: Final = 60.0  # the advert is re-signed this often, well inside ADVERT_MAX_AGE_S
 
 
 class DiscoveryError(LocalError):
@@ -69,13 +80,32 @@ def _open(interfaces: Sequence[str] | None) -> AsyncZeroconf:
 
 
 class Advertiser:
-    """Announces one coordinator's group advert for as long as the context is open."""
+    """Announces one coordinator's group advert, signed by its key, for as long as the context is open.
 
-    def __init__(self, advert: GroupAdvert, interfaces: Sequence[str] | None = None) -> None:
-        self._advert = advert
+    The advert is re-signed with the time every ``refresh_s`` seconds, so browsers can refuse a stale
+    copy replayed later (:data:`~prsm_edge.protocol.formation.ADVERT_MAX_AGE_S`).
+    """
+
+    def __init__(
+        self,
+        advert: GroupAdvert,
+        interfaces: Sequence[str] | None = None,
+        *,
+        key: SigningKey,
+        refresh_s: float = REFRESH_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = key
+        self._clock = clock
+        self._refresh_s = refresh_s
+        self._advert = self._sign(advert)
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    def _sign(self, advert: GroupAdvert) -> GroupAdvert:
+        return sign_advert(advert, self._key, int(self._clock()))
 
     @property
     def advert(self) -> GroupAdvert:
@@ -115,7 +145,16 @@ class Advertiser:
             self._zc = None
             raise
         log.info("announcing %s on %s", self._info.name, self._info.parsed_addresses())
+        self._refresher = asyncio.create_task(self._refresh(), name="prsm-advert-refresh")
         return self
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.update(self._advert)
+            except (OSError, RuntimeError, LocalError) as exc:
+                log.warning("could not re-sign the group advert (browsers will drop it when stale): %s", exc)
 
     async def update(self, advert: GroupAdvert) -> None:
         """Re-announce with changed TXT values (member count, epoch, capacity)."""
@@ -123,8 +162,8 @@ class Advertiser:
             raise DiscoveryError("Advertiser.update() called outside its context")
         if instance_name(advert) != instance_name(self._advert) or advert.port != self._advert.port:
             raise DiscoveryError("update() may change TXT values only, not the group, coordinator or port")
-        self._advert = advert
-        self._info = self._make_info(advert)
+        self._advert = self._sign(advert)
+        self._info = self._make_info(self._advert)
         await (await self._zc.async_update_service(self._info))
 
     async def __aexit__(
@@ -132,20 +171,37 @@ class Advertiser:
     ) -> None:
         zc, info = self._zc, self._info
         self._zc = self._info = None
-        if zc is None:
-            return
+        refresher, self._refresher = self._refresher, None
         try:
-            if info is not None:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            if zc is not None and info is not None:
                 await (await zc.async_unregister_service(info))
         finally:
-            await zc.async_close()
+            if zc is not None:
+                await zc.async_close()
 
 
 class Browser:
-    """Keeps the current group adverts seen on the LAN (bounded), resolved with their addresses."""
+    """Keeps the current group adverts seen on the LAN (bounded), resolved with their addresses.
 
-    def __init__(self, interfaces: Sequence[str] | None = None, max_adverts: int = MAX_ADVERTS) -> None:
+    Only adverts signed by the coordinator they name, and signed recently, are kept: an unsigned, forged
+    or stale advert is counted in ``rejected`` and never reaches the formation rules.
+    """
+
+    def __init__(
+        self,
+        interfaces: Sequence[str] | None = None,
+        max_adverts: int = MAX_ADVERTS,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_age_s: float = ADVERT_MAX_AGE_S,
+    ) -> None:
         self._interfaces = list(interfaces) if interfaces is not None else None
+        self._clock = clock
+        self._max_age_s = max_age_s
         self._max = max_adverts
         self._adverts: dict[str, GroupAdvert] = {}
         self._changed = asyncio.Event()
@@ -156,8 +212,9 @@ class Browser:
         self.rejected = 0  # adverts refused as malformed
 
     def snapshot(self) -> list[GroupAdvert]:
-        """The adverts currently known, ordered by service name."""
-        return [self._adverts[k] for k in sorted(self._adverts)]
+        """The adverts currently known and not yet stale, ordered by service name."""
+        oldest = self._clock() - self._max_age_s
+        return [self._adverts[k] for k in sorted(self._adverts) if self._adverts[k].signed_at >= oldest]
 
     async def wait_for(self, predicate: Callable[[GroupAdvert], bool], timeout: float) -> list[GroupAdvert]:  # noqa: ASYNC109
         """The adverts matching ``predicate``, as soon as one exists or when ``timeout`` ends (maybe [])."""
@@ -200,6 +257,7 @@ class Browser:
             return
         try:
             advert = GroupAdvert.from_txt(name, info.parsed_addresses(), info.port, info.properties)
+            verify_advert(advert, self._clock(), self._max_age_s)
         except BadAdvert as exc:
             self.rejected += 1
             log.warning("ignoring group advert: %s", exc)

@@ -31,14 +31,18 @@ from typing import Any, Final, Self
 import aiomqtt
 
 from prsm_edge.errors import BrokerError
+from prsm_edge.io import tpm_registration
 from prsm_edge.io.broker import RunningBroker
-from prsm_edge.protocol import topics
+from prsm_edge.protocol import api, topics
 
 __all__ = [
     "CONTROL_TOPIC",
     "GROUP_JOINER",
+    "NODE_API_METHODS",
+    "NODE_LEAVES",
     "RESPONSE_TOPIC",
     "ROLE_COORDINATOR",
+    "ROLE_HOMEASSISTANT",
     "ROLE_JOINER",
     "ROLE_NODE",
     "ROLE_VIEWER",
@@ -56,18 +60,35 @@ ROLE_NODE: Final = "prsm-node"
 ROLE_COORDINATOR: Final = "prsm-coordinator"
 ROLE_JOINER: Final = "prsm-joiner"
 ROLE_VIEWER: Final = "prsm-viewer"
+ROLE_HOMEASSISTANT: Final = "prsm-homeassistant"
 GROUP_JOINER: Final = "prsm-joiner"
 _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the shared one
+# The topics a member publishes on: its own leaves (and the network benchmark's echo) ...
+NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bench/echo")
+# ... and the coordinator API methods it calls. A new method must be added here, or members' requests
+# for it are dropped by the broker.
+# (lease, earnings and ledger are the economy branch's member methods, listed ahead of its merge.)
+# Methods a member calls on its coordinator: its own protocol calls, and every API method the coordinator
+# answers (the agent relays its owner's reads there), derived from the API's method table.
+NODE_API_METHODS: Final = tuple(
+    dict.fromkeys(
+        (
+            "join",
+            "stake",
+            "lease",
+            "ledger",
+            tpm_registration.REGISTER,
+            tpm_registration.ACTIVATE,
+            *(name for name, spec in api.METHODS.items() if spec.server is not api.Server.AGENT),
+        )
+    )
+)
 
 Acl = dict[str, Any]
 
 
 def _allow(acltype: str, topic: str, priority: int = 0) -> Acl:
     return {"acltype": acltype, "topic": topic, "priority": priority, "allow": True}
-
-
-def _deny(acltype: str, topic: str, priority: int) -> Acl:
-    return {"acltype": acltype, "topic": topic, "priority": priority, "allow": False}
 
 
 def _check(name: str, value: str) -> str:
@@ -86,13 +107,16 @@ def node_role(node_id: str) -> str:
 
 
 def node_role_acls(site: str, group: str, node_id: str) -> list[Acl]:
-    """What only this node may do: publish under its subtree and its API requests, read its commands."""
+    """What only this node may do: publish on its exact topics and API requests, read its commands.
+
+    Exact topics, no wildcard: a member that could publish retained messages at any depth under its
+    subtree (or under made-up API methods) could grow the broker's memory and disk without bound.
+    """
     base, node = _base(site, group), _check("node id", node_id)
+    own = [f"{base}/node/{node}/{leaf}" for leaf in NODE_LEAVES]
+    api = [f"{base}/api/{method}/req/{node}" for method in NODE_API_METHODS]
     return [
-        # A node must not forge commands, not even to itself: checked before the allow below.
-        _deny("publishClientSend", f"{base}/node/{node}/cmd/#", priority=1),
-        _allow("publishClientSend", f"{base}/node/{node}/#"),
-        _allow("publishClientSend", f"{base}/api/+/req/{node}"),
+        *(_allow("publishClientSend", topic) for topic in own + api),
         _allow("subscribePattern", f"{base}/node/{node}/cmd/#"),
         _allow("subscribePattern", f"{base}/node/{node}/bench/#"),  # the network benchmark's echo
         _allow("subscribePattern", f"{base}/api/+/resp/{node}"),
@@ -103,6 +127,9 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
     """The shared roles of a group, by name, with their ACLs."""
     base = _base(site, group)
     gateways = f"{topics.ROOT}/{site}/gw/#"
+    # Home Assistant discovery (off unless the coordinator turns it on): its configs, and the plain-JSON
+    # states outside the signed tree (prsm_edge.coordinator.homeassistant).
+    ha_states = f"prsm-ha/{site}/{group}/#"
     return {
         ROLE_NODE: [
             _allow("subscribePattern", f"{base}/coord/#"),
@@ -115,16 +142,29 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("subscribePattern", f"{base}/#"),
             _allow("publishClientSend", gateways),
             _allow("subscribePattern", gateways),
+            _allow("publishClientSend", "homeassistant/device/#"),
+            _allow("publishClientSend", ha_states),
+            _allow("subscribePattern", "homeassistant/status"),
         ],
         ROLE_JOINER: [
             _allow("publishClientSend", f"{base}/api/join/req/+"),
             _allow("subscribePattern", f"{base}/api/join/resp/+"),
             _allow("subscribePattern", f"{base}/coord/state"),
+            # the signed roster is public: a rival coordinator checks a group's claims with it
+            _allow("subscribePattern", f"{base}/coord/roster"),
         ],
         ROLE_VIEWER: [
             _allow("subscribePattern", f"{base}/#"),
             _allow("subscribePattern", gateways),
             _allow("subscribePattern", "$SYS/broker/#"),
+            _allow("subscribePattern", "homeassistant/#"),
+            _allow("subscribePattern", ha_states),
+        ],
+        # Home Assistant's own login: read the discovery and states, announce itself (its birth/Will).
+        ROLE_HOMEASSISTANT: [
+            _allow("subscribePattern", "homeassistant/#"),
+            _allow("subscribePattern", ha_states),
+            _allow("publishClientSend", "homeassistant/status"),
         ],
     }
 

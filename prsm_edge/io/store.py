@@ -73,6 +73,11 @@ class RosterStore:
                 (member.node, cbor.dumps(member_to_dict(member))),
             )
 
+    def delete(self, node: str) -> None:
+        """Forget one member (evicted)."""
+        with _errors(self.path):
+            self._db.execute("DELETE FROM members WHERE node = ?", (node,))
+
     def load(self) -> list[Member]:
         """Every stored member (marked offline until heard from)."""
         out = []

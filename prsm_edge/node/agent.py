@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +33,23 @@ from prsm_edge.errors import PrsmEdgeError, RejectedMessage
 from prsm_edge.identity import Identity, SeqStore, load_or_create
 from prsm_edge.io import tpm_registration
 from prsm_edge.io.clock import now_ms
+from prsm_edge.io.pins import PinStore
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
 from prsm_edge.node.leases import LeaseDesk
-from prsm_edge.node.prover import Attestor, ProofWork, Prover, calibrate_cpu_rate, calibrate_table_rate
+from prsm_edge.node.owner_api import PAUSED_REASON, NodeApi, OwnerOptions, local_server
+from prsm_edge.node.prover import Attestor, ProofWork, Prover, machine_rates
 from prsm_edge.protocol import proofs, topics
+from prsm_edge.protocol.backoff import Backoff
 from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.guardrails import Governor
+from prsm_edge.protocol.membership import parse_token, token_proof
 from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
+    BenchmarkChallenge,
     CoordState,
     Heartbeat,
     Message,
@@ -54,15 +61,24 @@ from prsm_edge.protocol.messages import (
     ResourceType,
 )
 from prsm_edge.protocol.offer import Guardrails, Readings
+from prsm_edge.protocol.replay import CommandGuard
 from prsm_edge.protocol.verifier import claim_hash
 
 __all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
 
 log = logging.getLogger(__name__)
 
+_MAX_PROVING = 2  # challenges proved at once; more wait their turn or miss their deadline
+_KEEP_CHALLENGE_IDS = 1024
+
 
 class Redirected(PrsmEdgeError):
     """The group refused us (full) or told us to go elsewhere."""
+
+    def __init__(self, why: str, to_key: bytes = b"", to_group: str = "") -> None:
+        super().__init__(why)
+        self.to_key = to_key  # the coordinator the pinned one handed us to (empty: none)
+        self.to_group = to_group
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +123,13 @@ class AgentOptions:
     rates: dict[str, float] = field(default_factory=dict)
     prover: Prover | None = None
     attestor: Attestor | None = None
+    # The owner's API: settings, pairing, the local HTTP server (node/owner_api.py).
+    owner: OwnerOptions = field(default_factory=OwnerOptions)
+    # Who may lead us: the site's pinned coordinator keys (settings), else the key pinned at first join,
+    # kept in pins_path (default: pins.json in workdir; auto-formation keeps it in the node's home).
+    trusted_coordinators: frozenset[bytes] = frozenset()
+    pins_path: Path | None = None
+    join_token: str | None = None  # an enrolment token from the group's host (join policy "token")
 
 
 class Agent:
@@ -129,7 +152,16 @@ class Agent:
         self.born = asyncio.Event()
         self.births = 0
         self.redirect: str | None = None
+        self.redirect_to: tuple[bytes, str] = (b"", "")
         self._redirected = asyncio.Event()
+        self.pins = PinStore(options.pins_path or options.workdir / "pins.json")
+        self.commands = CommandGuard()
+        self.refused_coordinators = 0  # coordinator states from keys this node does not follow
+        self._challenges: OrderedDict[str, None] = OrderedDict()
+        self._proving = asyncio.Semaphore(_MAX_PROVING)
+        self._state_seq: dict[bytes, int] = {}
+        self._join_backoff = Backoff(initial=1.0, cap=30.0)
+        self._coord_ts = 0  # the newest timestamp signed by our coordinator: its clock, for freshness
         self._creds_path = options.workdir / "broker-credentials.json"
         self._started = time.monotonic()
         self._pending_join: str | None = None
@@ -145,6 +177,8 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rates: dict[str, int] = {}
         self.leases = LeaseDesk(self.node_id)
+        self.owner_api = NodeApi(self, options.owner)
+        self.paused = PAUSED_REASON if self.owner_api.paused else ""
         o = options
         self.session = Session(
             o.broker_url,
@@ -234,11 +268,28 @@ class Agent:
             if opened.signer != msg.coordinator or opened.kid != msg.public_key:
                 log.warning("ignoring a coordinator state not signed by the coordinator it names")
                 return
+            if msg.site != self.options.site or msg.group != self.options.group:
+                return
+            if not self._may_lead(opened.kid):
+                return
+            if msg.seq < self._state_seq.get(opened.kid, -1):
+                log.debug("%s: ignoring an older coordinator state (seq %d)", self.node_id, msg.seq)
+                return  # an older state of the same coordinator (a replayed retained copy)
+            self._state_seq[opened.kid] = msg.seq
+            self._coord_ts = max(self._coord_ts, msg.ts)
             await self._coordinator_state(msg)
             return
         coord = self.coordinator
         if coord is None or opened.signer != coord.coordinator:
             log.debug("ignoring %s from %s: not our coordinator", type(msg).__name__, opened.signer)
+            return
+        try:
+            # Freshness on the coordinator's own clock (its newest state or command), not ours: a node
+            # with a wrong clock must still hear the coordinator (a challenge, or cmd/clock saying so).
+            self.commands.check(opened.signer, msg.seq, msg.ts, max(self._coord_ts, msg.ts))
+            self._coord_ts = max(self._coord_ts, msg.ts)
+        except RejectedMessage as exc:
+            log.debug("ignoring %s from the coordinator: %s", type(msg).__name__, exc)
             return
         if parsed.kind is topics.Kind.NODE_CMD and isinstance(msg, NodeCommand) and msg.node == self.node_id:
             await self._command(msg)
@@ -248,7 +299,36 @@ class Agent:
             else:
                 self._api_answer(msg)
 
+    def _may_lead(self, key: bytes) -> bool:
+        """True if the coordinator with ``key`` may lead this node; pins it on first contact.
+
+        The site's settings (``trusted_coordinators``) decide when they list keys; else the key pinned at
+        this node's first join of the group; a node that never joined the group trusts on first use.
+        """
+        o = self.options
+        if o.trusted_coordinators:
+            allowed = key in o.trusted_coordinators
+        else:
+            pin = self.pins.get(o.site, o.group)
+            allowed = pin is None or pin == key
+        if not allowed:
+            self.refused_coordinators += 1
+            level = logging.WARNING if self.refused_coordinators == 1 else logging.DEBUG
+            log.log(
+                level,
+                "%s: ignoring a coordinator of %s/%s with key %s…: not the pinned coordinator",
+                self.node_id,
+                o.site,
+                o.group,
+                key.hex()[:16],
+            )
+            return False
+        if self.pins.get(o.site, o.group) is None:
+            self.pins.pin(o.site, o.group, key)
+        return True
+
     async def _coordinator_state(self, msg: CoordState) -> None:
+        log.debug("%s: coordinator %s is %s (epoch %d)", self.node_id, msg.coordinator, msg.status, msg.epoch)
         if msg.status != "online":
             log.info("coordinator %s is offline; waiting", msg.coordinator)
             self.coordinator = None
@@ -259,8 +339,8 @@ class Agent:
         if previous is not None and previous.epoch == msg.epoch and previous.coordinator == msg.coordinator:
             return  # a periodic refresh of the same coordinator run
         username, _ = self._credentials()
-        if msg.acl and username is None:
-            await self._request_join()
+        if username is None and (msg.acl or msg.join_policy != "open"):
+            await self._request_join()  # the join policy admits us (and an ACL'd broker issues a login)
         else:
             self._birth()
 
@@ -268,7 +348,10 @@ class Agent:
         o = self.options
         txid = secrets.token_hex(8)
         self._pending_join = txid
-        req = ApiRequest(txid=txid, method="join", requester=self.node_id)
+        params: dict[str, object] = {}
+        if o.join_token:
+            params.update(token_proof(parse_token(o.join_token), self.node_id, txid))
+        req = ApiRequest(txid=txid, method="join", requester=self.node_id, params=params)
         topic = topics.api(topics.Kind.API_REQ, o.site, o.group, "join", self.node_id)
         await self.session.publish(topic, self.signer.seal(req, now_ms()), qos=1)
         log.info("%s asked to join %s/%s", self.node_id, o.site, o.group)
@@ -276,7 +359,17 @@ class Agent:
     async def _join_response(self, msg: ApiResponse) -> None:
         if msg.method != "join" or msg.txid != self._pending_join:
             return
+        if not msg.ok and msg.error.startswith("pending_approval"):
+            log.info("%s: waiting for the group's host to approve this node", self.node_id)
+            return  # the approval answers this same transaction
         self._pending_join = None
+        if not msg.ok and msg.error.startswith(("rate_limited", "busy")):
+            delay = self._join_backoff.next_delay(random.random())
+            log.info("%s: the group is busy admitting others; asking again in %.1f s", self.node_id, delay)
+            task = asyncio.create_task(self._join_again(delay))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         if not msg.ok:
             self._leave(f"the group refused to admit this node: {msg.error or 'refused'}")
             return
@@ -299,6 +392,11 @@ class Agent:
         log.info("%s received broker credentials; reconnecting with them", self.node_id)
         self.session.request_reconnect()
 
+    async def _join_again(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.coordinator is not None and self._pending_join is None and self._credentials()[0] is None:
+            await self._request_join()
+
     async def _command(self, cmd: NodeCommand) -> None:
         match cmd.verb:
             case "rebirth":
@@ -312,8 +410,10 @@ class Agent:
             case "settings":
                 self._apply_limits(cmd.args.get("limit"))
             case "redirect":
-                self._leave(f"the coordinator redirected this node: {cmd.args.get('reason', '')}")
+                self._follow(cmd.args)
             case "challenge":
+                if not self._new_challenge(cmd.args):
+                    return
                 # Proving takes seconds: run it beside the message loop, not in it.
                 task = asyncio.create_task(self._prove(cmd.args))
                 self._tasks.add(task)
@@ -328,6 +428,11 @@ class Agent:
                 self._answer_lease(cmd.args)
             case "lease_end":
                 self.leases.end(cmd.args.get("lease_id"))
+            case "owner":  # an owner's signed change, relayed; it may wait on the coordinator: a task
+                if len(self._tasks) < 64:
+                    task = asyncio.create_task(self.owner_api.relayed(cmd.args))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             case _:
                 log.info("%s: ignoring unknown command %r", self.node_id, cmd.verb)
 
@@ -378,6 +483,23 @@ class Agent:
         log.info("%s: coordinator limits applied: %s", self.node_id, fractions)
         self.update_resources(scaled, reason="coordinator limit within the owner's settings")
 
+    def _new_challenge(self, args: dict[str, object]) -> bool:
+        """True for a challenge to us not seen before and not yet past its deadline (one task each)."""
+        try:
+            ch = msgspec.convert(args.get("challenge"), BenchmarkChallenge)
+        except msgspec.ValidationError as exc:
+            log.warning("%s: ignoring a malformed challenge: %s", self.node_id, exc)
+            return False
+        if ch.node != self.node_id or ch.challenge_id in self._challenges:
+            return False
+        self._challenges[ch.challenge_id] = None
+        while len(self._challenges) > _KEEP_CHALLENGE_IDS:
+            self._challenges.popitem(last=False)
+        if self._coord_ts > ch.deadline_ms:  # on the coordinator's clock, which set the deadline
+            log.info("%s: challenge %s arrived after its deadline", self.node_id, ch.challenge_id)
+            return False
+        return True
+
     def _answer_lease(self, args: dict[str, Any]) -> None:
         """Re-check a lease offer against the owner's limits; answer with a signed ``lease`` request."""
         o = self.options
@@ -403,9 +525,20 @@ class Agent:
         )
 
     async def _prove(self, args: dict[str, object]) -> None:
-        proof = await self.work.challenge(args, now_ms)
+        async with self._proving:
+            proof = await self.work.challenge(args, now_ms)
         if proof is not None:
             self._send(topics.Kind.NODE_PROOF, proof)
+
+    def _follow(self, args: dict[str, object]) -> None:
+        """A redirect from our pinned coordinator; it may hand the pin on to the coordinator it names."""
+        reason = str(args.get("reason", ""))[:200]
+        to_key, to_group = args.get("to_key"), args.get("to_group")
+        valid = isinstance(to_group, str) and topics.valid_segment(to_group)
+        if isinstance(to_key, bytes) and len(to_key) == 32 and isinstance(to_group, str) and valid:
+            self.pins.pin(self.options.site, to_group, to_key)
+            self.redirect_to = (to_key, to_group)
+        self._leave(f"the coordinator redirected this node: {reason}")
 
     def _api_answer(self, msg: ApiResponse) -> None:
         waiter = self._api_waiters.pop(msg.txid, None)
@@ -437,7 +570,7 @@ class Agent:
 
     async def _watch_redirect(self) -> None:
         await self._redirected.wait()
-        raise Redirected(self.redirect or "redirected")
+        raise Redirected(self.redirect or "redirected", *self.redirect_to)
 
     # ---- outgoing ----------------------------------------------------------------------------
     def _topic(self, kind: topics.Kind) -> str:
@@ -474,6 +607,10 @@ class Agent:
         self.births += 1
         self.born.set()
 
+    def reannounce(self) -> None:
+        """Publish the birth again (terms carried only in the birth changed)."""
+        self._birth()
+
     def update_resources(self, resources: list[ResourceSpec], reason: str = "") -> None:
         """Offer different capacity (the owner changed settings); sent as a signed claim."""
         self.resources = self._with_rate(resources)
@@ -496,7 +633,9 @@ class Agent:
                 self.node_id,
                 f"holding capacity back: {decision.reason}" if decision.reason else "offering again",
             )
-        self.offering, self.throttle = decision.offering, decision.reason
+        # The owner's pause (owner API) outranks every other reason while it lasts.
+        self.offering = decision.offering and not self.paused
+        self.throttle = self.paused or decision.reason
         r = sample.readings
         return Heartbeat(
             node=self.node_id,
@@ -525,7 +664,8 @@ class Agent:
         """Put the rate of each workload (claimed, or measured now) into the offer it proves.
 
         Measured only when no CPU rate was given: the per-core CPU rate with one lane a claimed core, and
-        the memory and storage fill rates where those are offered (a few MiB each).
+        the memory and storage fill rates where those are offered (a table of about 0.4 s each); once
+        per process (``machine_rates``), however many agents it runs.
         """
         rates = dict(self.options.rates)
         measure = self.options.cpu_rate is None
@@ -534,12 +674,14 @@ class Agent:
             cores = max(
                 (int(r.capacity) for r in self.resources if r.type is ResourceType.COMPUTE_CPU), default=1
             )
-            rates["cpu"] = await asyncio.to_thread(calibrate_cpu_rate, 0.3, max(1, min(cores, 256)))
+            lanes = max(1, min(cores, 256))
+            rates["cpu"] = await asyncio.to_thread(machine_rates, "cpu", lanes)
             if proofs.RESOURCE_OF["memory"] in offered and "memory" not in rates:
-                rates["memory"] = await asyncio.to_thread(calibrate_table_rate)
+                rates["memory"] = await asyncio.to_thread(machine_rates, "memory")
             if proofs.RESOURCE_OF["storage"] in offered and "storage" not in rates:
                 folder = self.options.workdir / "proofs"
-                rates["storage"] = await asyncio.to_thread(calibrate_table_rate, 8 << 20, folder)
+                folder.mkdir(parents=True, exist_ok=True)
+                rates["storage"] = await asyncio.to_thread(machine_rates, "storage", 1, folder)
         elif self.options.cpu_rate:
             rates["cpu"] = self.options.cpu_rate
         self._rates = {w: round(r) for w, r in rates.items() if w in proofs.RATE_KEYS and r > 0}
@@ -567,7 +709,12 @@ class Agent:
                 if a is not None and a.registration is not None and a.activate is not None:
                     reg = tpm_registration.keep_registered(self, a.registration, a.activate)
                     tg.create_task(reg, name=f"{self.node_id}-tpm-registration")
+                server = local_server(self.owner_api)
+                if server is not None:
+                    tg.create_task(server, name=f"{self.node_id}-local-api")
         except* Redirected as group:
             raise group.exceptions[0] from None
         finally:
+            for task in list(self._tasks):  # proofs in flight must not outlive the outbox they write to
+                task.cancel()
             self.outbox.close()

@@ -39,6 +39,7 @@ __all__ = [
     "TpmUnavailable",
     "calibrate_cpu_rate",
     "calibrate_table_rate",
+    "machine_rates",
     "prove_lanes",
     "prove_storage",
     "tpm_attestor",
@@ -47,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _KEEP = 16  # proofs kept for opening, panels pending: both bounded
-_KEEP_TABLES = 1  # memory/storage tables kept for opening (each is the size of the challenge)
+_KEEP_TABLES = 1  # tables kept for opening per table workload (each is the size of its challenge)
 
 Prover = Callable[[BenchmarkChallenge], tuple[bytes, Sequence[bytes]]]
 
@@ -184,6 +185,29 @@ def prove_storage(challenge: BenchmarkChallenge, folder: Path) -> tuple[bytes, p
     return root, done
 
 
+_calibration_lock = threading.Lock()
+_calibrated: dict[tuple[str, int], float] = {}
+
+
+def machine_rates(workload: str, lanes: int = 1, folder: Path | None = None) -> float:
+    """This machine's rate for ``workload`` (per core for ``cpu``), measured once per process.
+
+    The rate belongs to the machine, not to an agent: agents sharing a process (the demo runs hundreds)
+    share one measurement instead of each building tables and contending with the others.
+    """
+    key = (workload, lanes if workload == "cpu" else (folder.stat().st_dev if folder is not None else 0))
+    with _calibration_lock:
+        if key not in _calibrated:
+            match workload:
+                case "cpu":
+                    _calibrated[key] = calibrate_cpu_rate(0.3, lanes)
+                case "memory":
+                    _calibrated[key] = calibrate_table_rate(0.4)
+                case _:
+                    _calibrated[key] = calibrate_table_rate(0.4, folder)
+        return _calibrated[key]
+
+
 def calibrate_cpu_rate(seconds: float = 0.3, lanes: int = 1) -> float:
     """This machine's per-core rate for the ``cpu`` workload (PBKDF2 iterations per second), measured
     now with ``lanes`` lanes running at once (the claimed cores: they share caches, power and heat).
@@ -209,11 +233,14 @@ def calibrate_cpu_rate(seconds: float = 0.3, lanes: int = 1) -> float:
     return sorted(rates)[1]
 
 
-def calibrate_table_rate(size: int = 8 << 20, folder: Path | None = None) -> float:
-    """Bytes per second this machine builds a table (tree included) in memory, or on disk under ``folder``:
-    the median of three tables of ``size / 3``."""
-    rates = [_table_rate(max(2 * proofs.LINE_BYTES, size // 3), folder) for _ in range(3)]
-    return sorted(rates)[1]
+def calibrate_table_rate(seconds: float = 1.0, folder: Path | None = None) -> float:
+    """Bytes per second this machine builds a table (tree included) in memory, or on disk under ``folder``.
+
+    A 2 MiB table gives an estimate; the figure is a table of about ``seconds`` at that estimate (at most
+    256 MiB), because small tables are not built at the speed of the large ones a challenge asks for.
+    """
+    estimate = _table_rate(2 << 20, folder)
+    return _table_rate(int(min(256 << 20, max(2 << 20, estimate * seconds))), folder)
 
 
 def _table_rate(size: int, folder: Path | None) -> float:
@@ -303,9 +330,9 @@ class ProofWork:
         return proofs.prove(ch)
 
     def _keep(self, ch: BenchmarkChallenge, results: Sequence[bytes]) -> None:
-        """Keep results for the opening: a bounded number, and only the latest table (they are large)."""
+        """Keep results for the opening: a bounded number, and only the latest table of each workload."""
         if ch.workload in proofs.TABLE_WORKLOADS:
-            tables = [cid for cid, (c, _) in self._proofs.items() if c.workload in proofs.TABLE_WORKLOADS]
+            tables = [cid for cid, (c, _) in self._proofs.items() if c.workload == ch.workload]
             for cid in tables[: max(0, len(tables) - _KEEP_TABLES + 1)]:
                 self._drop(cid)
         self._proofs[ch.challenge_id] = (ch, results)

@@ -8,17 +8,27 @@ in a total order, so all nodes that see the same adverts reach the same decision
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import hashlib
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
+
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
 
 from prsm_edge.errors import LocalError, RemoteError
+from prsm_edge.protocol import cbor
+from prsm_edge.protocol.envelope import node_id_for
 from prsm_edge.protocol.topics import valid_segment
 
 __all__ = [
+    "ADVERT_MAX_AGE_S",
+    "ADVERT_MAX_SKEW_S",
     "DEFAULT_MAX_MEMBERS",
     "MAX_HOSTS",
     "MAX_TXT_VALUE",
@@ -27,6 +37,7 @@ __all__ = [
     "BadAdvert",
     "FullGroupPlan",
     "GroupAdvert",
+    "LeaderPolicy",
     "choose_group",
     "compatible",
     "elect",
@@ -35,6 +46,8 @@ __all__ = [
     "plan_for_full_group",
     "should_merge",
     "should_yield",
+    "sign_advert",
+    "verify_advert",
 ]
 
 SERVICE_TYPE: Final = "_prsm._tcp.local."
@@ -47,6 +60,10 @@ _MAX_PROPS: Final = 32
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FP = re.compile(r"[0-9A-Za-z:_-]{0,64}")
 _SUFFIX = re.compile(r"^(.*)-([0-9]{1,6})$")
+_B64 = re.compile(r"[A-Za-z0-9_-]{43}")
+_ADVERT_DOMAIN: Final = "prsm-advert/1"
+ADVERT_MAX_AGE_S: Final = 600  # a signed advert older than this is stale (coordinators re-sign each minute)
+ADVERT_MAX_SKEW_S: Final = 60  # how far in the future a signing time may lie (clock skew)
 
 
 class BadAdvert(RemoteError):
@@ -69,6 +86,11 @@ class GroupAdvert:
     key_fingerprint: str = ""
     hosts: tuple[str, ...] = field(default=())
     ws_port: int | None = None
+    # The coordinator's Ed25519 public key, the signing time (Unix seconds) and its signature over
+    # everything above but the hosts (which mDNS carries outside the TXT record): see sign_advert.
+    public_key: bytes = b""
+    signed_at: int = 0
+    signature: bytes = b""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -95,6 +117,12 @@ class GroupAdvert:
         }
         if self.ws_port is not None:
             txt["ws"] = str(self.ws_port)
+        if self.public_key:
+            txt["pk"] = _b64(self.public_key)
+            txt["ts"] = str(self.signed_at)
+        if self.signature:
+            sig = _b64(self.signature)  # 86 characters: two TXT values of at most 64
+            txt["s1"], txt["s2"] = sig[:43], sig[43:]
         for k, v in txt.items():
             if len(v.encode()) > MAX_TXT_VALUE:
                 raise BadAdvert(f"TXT value {k!r} is longer than {MAX_TXT_VALUE} bytes")
@@ -143,8 +171,89 @@ class GroupAdvert:
             hosts=hosts,
             port=port,
             ws_port=ws,
+            public_key=_unb64(name, _match(name, txt, "pk", _B64)) if "pk" in txt else b"",
+            signed_at=_int(name, txt, "ts", 0, 2**40) if "pk" in txt else 0,
+            signature=_signature(name, txt),
         )
         return advert
+
+    def signed_bytes(self) -> bytes:
+        """What the coordinator's key signs: every claim of the advert but the host addresses."""
+        return cbor.dumps(
+            [_ADVERT_DOMAIN, self.site, self.group, self.coordinator, self.epoch, self.version,
+             self.members, self.max_members, self.capacity, self.key_fingerprint, self.port,
+             -1 if self.ws_port is None else self.ws_port, self.public_key, self.signed_at]
+        )  # fmt: skip
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(name: str, text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise BadAdvert(f"{name}: a TXT value is not base64url") from exc
+
+
+def _signature(name: str, txt: Mapping[str, str]) -> bytes:
+    if "s1" not in txt and "s2" not in txt:
+        return b""
+    sig = _unb64(name, _match(name, txt, "s1", _B64) + _match(name, txt, "s2", _B64))
+    if len(sig) != 64:
+        raise BadAdvert(f"{name}: the advert signature is not 64 bytes")
+    return sig
+
+
+def sign_advert(advert: GroupAdvert, key: SigningKey, now_s: int) -> GroupAdvert:
+    """``advert`` stamped with the coordinator's key, the time and a signature by that key."""
+    public = bytes(key.verify_key)
+    if node_id_for(public) != advert.coordinator:
+        raise LocalError("an advert must be signed by the key of the coordinator it names")
+    stamped = dataclasses.replace(
+        advert, public_key=public, signed_at=now_s, key_fingerprint=public.hex()[:16], signature=b""
+    )
+    return dataclasses.replace(stamped, signature=key.sign(stamped.signed_bytes()).signature)
+
+
+def verify_advert(advert: GroupAdvert, now_s: float, max_age_s: float = ADVERT_MAX_AGE_S) -> None:
+    """Raise :class:`BadAdvert` unless the coordinator it names signed it, recently."""
+    who = f"advert of {advert.site}/{advert.group} by {advert.coordinator}"
+    if len(advert.public_key) != 32 or len(advert.signature) != 64:
+        raise BadAdvert(f"{who} is not signed")
+    if node_id_for(advert.public_key) != advert.coordinator:
+        raise BadAdvert(f"{who} carries a key that is not that coordinator's")
+    if advert.key_fingerprint and advert.key_fingerprint != advert.public_key.hex()[:16]:
+        raise BadAdvert(f"{who} carries a fingerprint of another key")
+    try:
+        VerifyKey(advert.public_key).verify(advert.signed_bytes(), advert.signature)
+    except (BadSignatureError, CryptoError, ValueError) as exc:
+        raise BadAdvert(f"{who}: the signature does not verify") from exc
+    age = now_s - advert.signed_at
+    if age > max_age_s:
+        raise BadAdvert(f"{who} was signed {age:.0f} s ago (stale after {max_age_s:.0f} s)")
+    if age < -ADVERT_MAX_SKEW_S:
+        raise BadAdvert(f"{who} is signed {-age:.0f} s in the future")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderPolicy:
+    """Whom a coordinator may yield to and a member may follow: never a rival only the LAN vouches for.
+
+    ``pinned`` (the default) allows only coordinator keys the site's settings list in ``trusted``;
+    ``verified`` (an explicit operator choice) also allows any rival whose claims were verified on its own
+    broker; ``never`` allows nobody. In every mode the rival's claims are checked on its broker first.
+    """
+
+    mode: Literal["pinned", "verified", "never"] = "pinned"
+    trusted: frozenset[bytes] = frozenset()
+
+    def allows(self, advert: GroupAdvert) -> bool:
+        """True if this policy lets ``advert``'s coordinator lead us (after verification)."""
+        if self.mode == "never" or len(advert.public_key) != 32:
+            return False
+        return advert.public_key in self.trusted or self.mode == "verified"
 
 
 def _required(name: str, txt: Mapping[str, str], key: str) -> str:
@@ -244,16 +353,33 @@ def _winners(adverts: Iterable[GroupAdvert]) -> list[GroupAdvert]:
 
 
 def choose_group(
-    adverts: Iterable[GroupAdvert], *, site: str, version: int, exclude: Collection[str] = ()
+    adverts: Iterable[GroupAdvert],
+    *,
+    site: str,
+    version: int,
+    exclude: Collection[str] = (),
+    pins: Mapping[tuple[str, str], bytes] | None = None,
+    trusted: Collection[bytes] = (),
 ) -> GroupAdvert | None:
     """The group a node should join, or None if no compatible group has room.
 
     ``exclude`` holds group names or coordinator ids to skip (e.g. a group that just refused us).
+    ``pins`` maps (site, group) to the coordinator key this node pinned at its first join: another key
+    announcing that group is an impostor and never considered. ``trusted`` (the site's settings), when
+    not empty, is the only set of coordinator keys a node joins at all.
     Order: own site first, then fewest members, then group name, then coordinator id.
     """
+    pinned = pins or {}
+
+    def acceptable(a: GroupAdvert) -> bool:
+        if trusted and a.public_key not in trusted:
+            return False
+        pin = pinned.get(a.key)
+        return pin is None or pin == a.public_key
+
     pool = [
         a
-        for a in _winners(a for a in adverts if compatible(version, a.version))
+        for a in _winners(a for a in adverts if compatible(version, a.version) and acceptable(a))
         if a.has_room and a.group not in exclude and a.coordinator not in exclude
     ]
     if not pool:

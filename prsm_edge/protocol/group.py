@@ -30,7 +30,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -64,6 +64,8 @@ from prsm_edge.protocol.replay import ReplayGuard
 
 __all__ = [
     "MAX_MEMBERS",
+    "ApiCall",
+    "ApiReply",
     "Effect",
     "Group",
     "GroupConfig",
@@ -162,6 +164,7 @@ class GrantJoin:
     node: str
     public_key: bytes
     txid: str
+    params: dict[str, Any] = field(default_factory=dict)  # the signed request's (an enrolment token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +189,26 @@ class Verification:
 
 @dataclass(frozen=True, slots=True)
 class ApiCall:
-    """A signed API request from a node (other than ``join``), for the shell to serve."""
+    """A signed API request from a client (other than ``join``), for the shell to serve.
+
+    ``envelope`` is the request exactly as signed, so it can be relayed to the node it concerns.
+    """
 
     node: str
     request: ApiRequest
+    envelope: bytes = b""
 
 
-Effect = Publish | StoreMember | GrantJoin | Rejection | Verification | ApiCall
+@dataclass(frozen=True, slots=True)
+class ApiReply:
+    """A member's signed answer (on its ``reply`` topic) to an API call relayed to it."""
+
+    node: str
+    response: ApiResponse
+    envelope: bytes
+
+
+Effect = Publish | StoreMember | GrantJoin | Rejection | Verification | ApiCall | ApiReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +226,8 @@ class GroupConfig:
     replay_window_ms: int = 120_000
     acl: bool = False
     tier: int = 1
+    dead_after_ms: int = 600_000  # an offline member silent this long no longer holds a seat
+    join_policy: str = "open"  # announced in the state, so newcomers know to ask (and bring a token)
 
 
 @dataclass(slots=True)
@@ -233,16 +251,25 @@ class Group:
     so the roster and summary always show what current evidence supports.
     """
 
-    def __init__(self, config: GroupConfig, levels: LevelView = _self_reported) -> None:
+    def __init__(
+        self,
+        config: GroupConfig,
+        levels: LevelView = _self_reported,
+        guard: ReplayGuard | None = None,
+    ) -> None:
         self.config = config
         self.levels = levels
         self._clock_warned: dict[str, int] = {}
         self.members: dict[str, Member] = {}
         self.rejected: Counter[Reason] = Counter()
         self.accepted: Counter[str] = Counter()
-        self._guard = ReplayGuard(window_ms=config.replay_window_ms, max_signers=config.max_members * 4)
+        self._guard = guard or ReplayGuard(
+            window_ms=config.replay_window_ms, max_signers=config.max_members * 4
+        )
         self._dirty = _Dirty()
         self.claims = ClaimSet([])  # what the last summary's claims_root commits to
+        # The join policy's gate for births of nodes the group does not know (None: anyone may birth).
+        self.admit: Callable[[str], bool] | None = None
 
     # ---- state -------------------------------------------------------------------------------
     def level(self, node: str) -> VerificationLevel:
@@ -283,6 +310,7 @@ class Group:
             members=len(self.members),
             capacity_left=max(0, c.max_members - len(self.members)),
             acl=c.acl,
+            join_policy=c.join_policy,
         )
         return topics.coord_state(c.site, c.group), msg
 
@@ -350,7 +378,13 @@ class Group:
             )
         msg = opened.message
         if kind is topics.Kind.API_REQ:
-            return self._api(parsed.method, opened, now_ms)
+            return self._api(parsed.method, opened, now_ms, payload)
+        if kind is topics.Kind.NODE_REPLY:
+            if not isinstance(msg, ApiResponse):
+                raise RejectedMessage(Reason.MALFORMED, "a node's reply topic carries API responses only")
+            member = self._member(owner)
+            self._fresh(member.node, msg, now_ms)
+            return [ApiReply(member.node, msg, payload)]
         body_node = msg.voter if isinstance(msg, VerificationVote) else getattr(msg, "node", None)
         if body_node != owner:
             raise RejectedMessage(Reason.WRONG_TOPIC_OWNER, f"message names {body_node}, topic {owner}")
@@ -379,17 +413,30 @@ class Group:
             raise RejectedMessage(Reason.NOT_MEMBER, f"{node} has not announced itself (no birth)")
         return member
 
-    def _full_for(self, node: str) -> bool:
-        return node not in self.members and len(self.members) >= self.config.max_members
+    def live_count(self, now_ms: int) -> int:
+        """Members holding a seat: online, or offline for less than ``dead_after_ms``."""
+        dead = self.config.dead_after_ms
+        return sum(1 for m in self.members.values() if m.online or now_ms - m.last_seen_ms <= dead)
 
-    def _api(self, method: str, opened: Opened, now_ms: int) -> list[Effect]:
+    def _full_for(self, node: str, now_ms: int) -> bool:
+        return node not in self.members and self.live_count(now_ms) >= self.config.max_members
+
+    def remove(self, node: str) -> bool:
+        """Forget an evicted member (the shell deletes its record and broker credentials)."""
+        if self.members.pop(node, None) is None:
+            return False
+        self._guard.forget(node)
+        self._dirty.roster = self._dirty.summary = True
+        return True
+
+    def _api(self, method: str, opened: Opened, now_ms: int, envelope: bytes) -> list[Effect]:
         msg = opened.message
         if not isinstance(msg, ApiRequest) or msg.method != method or msg.requester != opened.signer:
             raise RejectedMessage(Reason.MALFORMED, "API request does not match its topic")
         self._fresh(opened.signer, msg, now_ms, birth=True)
         if method != "join":
-            return [ApiCall(opened.signer, msg)]
-        if self._full_for(opened.signer):
+            return [ApiCall(opened.signer, msg, envelope)]
+        if self._full_for(opened.signer, now_ms):
             self.rejected[Reason.GROUP_FULL] += 1
             resp = ApiResponse(
                 txid=msg.txid, method="join", ok=False, error="group_full", result=self._redirect_hint()
@@ -399,7 +446,7 @@ class Group:
                 Rejection(Reason.GROUP_FULL, opened.signer, "join refused: the group is full"),
                 Publish(topics.api(topics.Kind.API_RESP, c.site, c.group, "join", opened.signer), resp),
             ]
-        return [GrantJoin(opened.signer, opened.kid, msg.txid)]
+        return [GrantJoin(opened.signer, opened.kid, msg.txid, dict(msg.params))]
 
     def _redirect_hint(self) -> dict[str, str]:
         return {"reason": f"group {self.config.group} has {self.config.max_members} members"}
@@ -425,7 +472,9 @@ class Group:
     def _birth(self, msg: NodeBirth, opened: Opened, now_ms: int, envelope: bytes = b"") -> list[Effect]:
         if msg.public_key != opened.kid:
             raise RejectedMessage(Reason.WRONG_TOPIC_OWNER, "birth names a public key it was not signed with")
-        if self._full_for(msg.node):
+        if msg.node not in self.members and self.admit is not None and not self.admit(msg.node):
+            raise RejectedMessage(Reason.NOT_ADMITTED, "birth of a node the join policy has not admitted")
+        if self._full_for(msg.node, now_ms):
             self.rejected[Reason.GROUP_FULL] += 1
             return [
                 Rejection(Reason.GROUP_FULL, msg.node, "birth refused: the group is full"),

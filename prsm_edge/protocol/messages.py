@@ -233,6 +233,7 @@ class CoordState(Message, frozen=True, tag="cstate"):
     members: int = 0
     capacity_left: int = 0
     acl: bool = False
+    join_policy: str = "open"  # open, token or approval: not open means every newcomer asks to join
 
 
 class Beacon(Message, frozen=True, tag="beacon"):
@@ -384,13 +385,14 @@ class ApiRequest(Message, frozen=True, tag="apireq"):
 
 
 class ApiResponse(Message, frozen=True, tag="apiresp"):
-    """The answer to one :class:`ApiRequest`."""
+    """The answer to one :class:`ApiRequest`; ``code`` names the kind of failure (``protocol/api.py``)."""
 
     txid: str
     method: str
     ok: bool
     result: dict[str, Any] = {}
     error: str = ""
+    code: str = ""
 
 
 AnyMessage = (

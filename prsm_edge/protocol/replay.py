@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prsm_edge.errors import Reason, RejectedMessage
 
-__all__ = ["ReplayGuard"]
+__all__ = ["CommandGuard", "ReplayGuard"]
 
 
 @dataclass(slots=True)
@@ -59,6 +59,18 @@ class ReplayGuard:
                 self._seen.popitem(last=False)
         return gap
 
+    def entry(self, signer: str) -> tuple[int, int] | None:
+        """The (sequence number, timestamp) remembered for ``signer``, for a shell that persists them."""
+        seen = self._seen.get(signer)
+        return None if seen is None else (seen.seq, seen.ts)
+
+    def restore(self, signer: str, seq: int, ts: int) -> None:
+        """Remember what an earlier run accepted from ``signer`` (oldest first, bounded)."""
+        self._seen[signer] = _Seen(seq, ts)
+        self._seen.move_to_end(signer)
+        if len(self._seen) > self.max_signers:
+            self._seen.popitem(last=False)
+
     def last_seq(self, signer: str) -> int | None:
         """The highest sequence number accepted from ``signer``, if it is remembered."""
         seen = self._seen.get(signer)
@@ -67,6 +79,53 @@ class ReplayGuard:
     def forget(self, signer: str) -> None:
         """Drop what is known of ``signer``."""
         self._seen.pop(signer, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class CommandGuard:
+    """Accept each signed command once, and only while fresh: a bounded set of (signer, seq) seen.
+
+    Commands reach a node over several topics and QoS levels, so their order is not guaranteed and a
+    strict "higher than the last" rule would drop real ones; instead every (signer, seq) inside the window
+    is remembered. When the set is full the oldest entry is dropped and its sequence number becomes that
+    signer's floor: nothing at or below it is accepted again, so forgetting never reopens a replay.
+    """
+
+    def __init__(self, window_ms: int = 120_000, max_entries: int = 4096, max_signers: int = 64) -> None:
+        if window_ms <= 0 or max_entries <= 0 or max_signers <= 0:
+            raise ValueError("window_ms, max_entries and max_signers must be positive")
+        self.window_ms = window_ms
+        self.max_entries = max_entries
+        self.max_signers = max_signers
+        self._seen: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._floor: OrderedDict[str, int] = OrderedDict()
+
+    def check(self, signer: str, seq: int, ts: int, now_ms: int) -> None:
+        """Record the command or raise :class:`RejectedMessage` (``stale`` or ``replay``)."""
+        if abs(now_ms - ts) > self.window_ms:
+            raise RejectedMessage(
+                Reason.STALE, f"command timestamp {ts} is {now_ms - ts} ms from now (window {self.window_ms})"
+            )
+        if (signer, seq) in self._seen or seq <= self._floor.get(signer, -1):
+            raise RejectedMessage(Reason.REPLAY, f"command {seq} from {signer} was seen already")
+        # Entries older than the window can go: their timestamps fail the check above anyway.
+        while self._seen:
+            (old_signer, old_seq), old_ts = next(iter(self._seen.items()))
+            stale = abs(now_ms - old_ts) > self.window_ms
+            if not stale and len(self._seen) < self.max_entries:
+                break
+            self._seen.popitem(last=False)
+            if not stale:
+                self._raise_floor(old_signer, old_seq)
+        self._seen[(signer, seq)] = ts
+
+    def _raise_floor(self, signer: str, seq: int) -> None:
+        self._floor[signer] = max(seq, self._floor.get(signer, -1))
+        self._floor.move_to_end(signer)
+        while len(self._floor) > self.max_signers:
+            self._floor.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._seen)

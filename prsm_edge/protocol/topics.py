@@ -14,6 +14,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/node/{node}/proof              benchmark proofs and verification votes
     prsm/v1/{site}/{group}/node/{node}/telemetry          heartbeats
     prsm/v1/{site}/{group}/node/{node}/cmd/{verb}         coordinator → node
+    prsm/v1/{site}/{group}/node/{node}/reply              the node's signed answer to a relayed API call
     prsm/v1/{site}/{group}/node/{node}/bench/{leaf}       the node's own network-benchmark echo
     prsm/v1/{site}/{group}/api/{method}/req/{client}      request (transaction id in the payload)
     prsm/v1/{site}/{group}/api/{method}/resp/{client}     response to that client
@@ -46,7 +47,7 @@ __all__ = ["ROOT", "Kind", "Topic", "parse", "valid_segment"]
 
 ROOT: Final = "prsm/v1"
 _SEGMENT = re.compile(r"[a-z0-9_-]{1,64}")
-_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry")
+_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "reply")
 
 
 class Kind(enum.StrEnum):
@@ -63,6 +64,7 @@ class Kind(enum.StrEnum):
     NODE_CLAIM = "claim"
     NODE_PROOF = "proof"
     NODE_TELEMETRY = "telemetry"
+    NODE_REPLY = "reply"
     NODE_CMD = "cmd"
     NODE_BENCH = "bench"
     API_REQ = "req"
@@ -184,7 +186,7 @@ def summary(site: str, group: str) -> str:
 
 
 def node(kind: Kind, site: str, group: str, node_id: str) -> str:
-    """One of a node's own topics (state, birth, claim, proof, telemetry)."""
+    """One of a node's own topics (state, birth, claim, proof, telemetry, reply)."""
     if kind.value not in _NODE_LEAVES:
         raise TopicError(f"{kind} is not one of a node's own topics")
     return str(Topic(kind, site, group, node=node_id))

@@ -526,8 +526,15 @@ class Verifier:
         order = list(subjects)
         rng.shuffle(order)
         step = window / max(1, len(order))
+        fingerprint = {m.node: m.hw_fingerprint for m in members}
+        first_due: dict[str, int] = {}
         for i, node in enumerate(order):
             due = now_ms + int(i * step + rng.random() * step)
+            # Identities that share hardware are challenged at the same moment: sybils on one device
+            # then share its speed, instead of each proving the whole device in turn.
+            fp = fingerprint.get(node, "")
+            if fp:
+                due = first_due.setdefault(fp, due)
             panel = tuple(peers.select_verifiers(beacon, node, self.round, eligible, k=c.panel))
             self._queue.append(_Pending(due, node, self.round, panel))
         by_node = {m.node: m for m in members}

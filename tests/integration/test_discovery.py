@@ -18,23 +18,55 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from prsm_edge.io.discovery import Advertiser, Browser, DiscoveryError, discover
-from prsm_edge.protocol.formation import SERVICE_TYPE, GroupAdvert, elect, should_yield
+from prsm_edge.protocol.envelope import node_id_for
+from prsm_edge.protocol.formation import (
+    SERVICE_TYPE,
+    GroupAdvert,
+    elect,
+    instance_name,
+    should_yield,
+    sign_advert,
+)
 from tests.integration import netns
 
 ROOT = Path(__file__).resolve().parents[2]
 Snapshot = list[dict[str, Any]]
 
 
+def key(name: str) -> SigningKey:
+    """A fixed key per name, so parent and child processes agree on it."""
+    return SigningKey(name.encode().ljust(32, b"."))
+
+
+def coord(name: str) -> str:
+    return node_id_for(bytes(key(name).verify_key))
+
+
 def _advert(**kw: Any) -> GroupAdvert:
     base: dict[str, Any] = dict(
-        site="lab", group="g1", coordinator="c" * 20, epoch=3, version=1, members=5, port=1883,
-        max_members=120, capacity=42, key_fingerprint="ab12cd34ef56ab78", ws_port=9001,
+        site="lab", group="g1", coordinator=coord("c"), epoch=3, version=1, members=5, port=1883,
+        max_members=120, capacity=42, ws_port=9001,
     )  # fmt: skip
     base.update(kw)
     return GroupAdvert(**base)
+
+
+def _key_of(ad: GroupAdvert) -> SigningKey:
+    return next(key(n) for n in "abcdefgh" if coord(n) == ad.coordinator)
+
+
+def _json(ad: GroupAdvert) -> dict[str, Any]:
+    fields = dataclasses.asdict(ad)
+    fields.update(hosts=list(ad.hosts), public_key=ad.public_key.hex(), signature=ad.signature.hex())
+    return fields
+
+
+def _unsigned(ad: GroupAdvert) -> GroupAdvert:
+    return dataclasses.replace(ad, public_key=b"", signed_at=0, signature=b"", key_fingerprint="")
 
 
 # ---------------------------------------------------------------------------------------------- child roles
@@ -42,9 +74,9 @@ def _advert(**kw: Any) -> GroupAdvert:
 
 async def _child_advertise(address: str, spec: str) -> None:
     fields = json.loads(spec)
-    advert = GroupAdvert(**fields)
+    advert = _from([fields])[0]
     loop = asyncio.get_running_loop()
-    async with Advertiser(advert, interfaces=[address]) as adv:
+    async with Advertiser(advert, interfaces=[address], key=_key_of(advert)) as adv:
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
@@ -60,14 +92,14 @@ async def _child_browse(address: str) -> None:
     async with Browser(interfaces=[address]) as browser:
         last: Snapshot | None = None
         while True:
-            current = [dataclasses.asdict(a) for a in browser.snapshot()]
+            current = [_json(a) for a in browser.snapshot()]
             if current != last:
                 sys.stdout.write(json.dumps(current) + "\n")
                 sys.stdout.flush()
                 last = current
 
             def changed(ads: list[GroupAdvert], seen: Snapshot = current) -> bool:
-                return [dataclasses.asdict(a) for a in ads] != seen
+                return [_json(a) for a in ads] != seen
 
             await browser.wait_until(changed, 5)
 
@@ -78,9 +110,9 @@ async def _child_browse(address: str) -> None:
 async def test_loopback_advert_is_found_updated_and_withdrawn() -> None:
     ad = _advert(hosts=("127.0.0.1",))
     async with Browser(["127.0.0.1"]) as browser:
-        async with Advertiser(ad, ["127.0.0.1"]) as adv:
+        async with Advertiser(ad, ["127.0.0.1"], key=key("c")) as adv:
             found = await browser.wait_for(lambda a: a.coordinator == ad.coordinator, 5)
-            assert found == [ad]
+            assert found == [adv.advert] and _unsigned(found[0]) == ad
             await adv.update(dataclasses.replace(ad, members=9))
             seen = await browser.wait_for(lambda a: a.members == 9, 5)
             assert [a.members for a in seen] == [9]
@@ -88,16 +120,16 @@ async def test_loopback_advert_is_found_updated_and_withdrawn() -> None:
 
 
 async def test_discover_returns_current_adverts_on_loopback() -> None:
-    ad = _advert(group="g7", coordinator="d" * 20, hosts=("127.0.0.1",))
-    async with Advertiser(ad, ["127.0.0.1"]):
-        assert ad in await discover(1.0, ["127.0.0.1"])
+    ad = _advert(group="g7", coordinator=coord("d"), hosts=("127.0.0.1",))
+    async with Advertiser(ad, ["127.0.0.1"], key=key("d")) as adv:
+        assert adv.advert in await discover(1.0, ["127.0.0.1"])
 
 
 async def test_second_announcement_of_one_coordinator_and_group_is_refused() -> None:
-    ad = _advert(coordinator="e" * 17, hosts=("127.0.0.1",))
-    async with Advertiser(ad, ["127.0.0.1"]):
+    ad = _advert(coordinator=coord("e"), hosts=("127.0.0.1",))
+    async with Advertiser(ad, ["127.0.0.1"], key=key("e")):
         with pytest.raises(DiscoveryError, match="already announced"):
-            async with Advertiser(dataclasses.replace(ad, members=1), ["127.0.0.1"]):
+            async with Advertiser(dataclasses.replace(ad, members=1), ["127.0.0.1"], key=key("e")):
                 pass
 
 
@@ -106,17 +138,64 @@ async def test_browser_ignores_and_counts_malformed_adverts() -> None:
         SERVICE_TYPE, f"bad@x.{SERVICE_TYPE}", port=1883, properties={"site": "lab", "grp": "G/1"},
         server="bad-host.local.", parsed_addresses=["127.0.0.1"],
     )  # fmt: skip
-    good = _advert(group="ok", coordinator="f" * 17, hosts=("127.0.0.1",))
+    good = _advert(group="ok", coordinator=coord("f"), hosts=("127.0.0.1",))
     zc = AsyncZeroconf(interfaces=["127.0.0.1"])
     try:
         async with Browser(["127.0.0.1"]) as browser:
             await (await zc.async_register_service(bad))
-            async with Advertiser(good, ["127.0.0.1"]):
-                assert await browser.wait_for(lambda a: a.group == "ok", 5) == [good]
+            async with Advertiser(good, ["127.0.0.1"], key=key("f")) as adv:
+                assert await browser.wait_for(lambda a: a.group == "ok", 5) == [adv.advert]
                 assert await browser.wait_until(lambda _: browser.rejected >= 1, 3)
-                assert browser.snapshot() == [good]
+                assert browser.snapshot() == [adv.advert]
     finally:
         await zc.async_close()
+
+
+def _info(ad: GroupAdvert) -> AsyncServiceInfo:
+    return AsyncServiceInfo(
+        SERVICE_TYPE, f"{instance_name(ad)}.{SERVICE_TYPE}", port=ad.port, properties=ad.to_txt(),
+        server=f"h-{ad.group}.local.", parsed_addresses=["127.0.0.1"],
+    )  # fmt: skip
+
+
+async def test_browser_refuses_unsigned_forged_and_stale_adverts() -> None:
+    """A LAN stranger's advert never reaches the formation rules unless its coordinator's key signed it,
+    recently: no advert with made-up numbers, none with another key, none replayed an hour later."""
+    now = int(time.time())
+    unsigned = _advert(group="unsigned", coordinator=coord("a"), members=199, max_members=10**6)
+    signed = sign_advert(_advert(group="forged", coordinator=coord("b"), members=3), key("b"), now)
+    forged = dataclasses.replace(signed, members=199, max_members=10**6)  # numbers changed after signing
+    # signed by the stranger's own key but naming the victim coordinator
+    impostor = dataclasses.replace(
+        sign_advert(_advert(group="imp", coordinator=coord("c")), key("c"), now),
+        public_key=bytes(key("d").verify_key),
+    )
+    stale = sign_advert(_advert(group="stale", coordinator=coord("e")), key("e"), now - 3600)
+    good = _advert(group="good", coordinator=coord("f"), hosts=("127.0.0.1",))
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"])
+    try:
+        async with Browser(["127.0.0.1"]) as browser:
+            for bad in (unsigned, forged, impostor, stale):
+                await (await zc.async_register_service(_info(bad)))
+            async with Advertiser(good, ["127.0.0.1"], key=key("f")) as adv:
+                assert await browser.wait_for(lambda a: a.group == "good", 5) == [adv.advert]
+                assert await browser.wait_until(lambda _: browser.rejected >= 4, 5), browser.rejected
+                assert browser.snapshot() == [adv.advert]
+    finally:
+        await zc.async_close()
+
+
+async def test_a_kept_advert_goes_stale_unless_it_is_re_signed() -> None:
+    """Records linger in mDNS caches: the browser drops what its coordinator stopped re-signing."""
+    ad = _advert(group="fade", coordinator=coord("g"), hosts=("127.0.0.1",))
+    clock = [time.time()]
+    async with (
+        Browser(["127.0.0.1"], clock=lambda: clock[0], max_age_s=600) as browser,
+        Advertiser(ad, ["127.0.0.1"], key=key("g"), refresh_s=3600),
+    ):
+        assert await browser.wait_for(lambda a: a.group == "fade", 5)
+        clock[0] += 601
+        assert browser.snapshot() == []
 
 
 # ---------------------------------------------------------------------------------------------- namespaces
@@ -184,13 +263,15 @@ async def child(ns: netns.Namespace, *args: str) -> AsyncIterator[Child]:
 
 
 def _spec(ad: GroupAdvert) -> str:
-    fields = dataclasses.asdict(ad)
-    fields["hosts"] = list(ad.hosts)
-    return json.dumps(fields)
+    return json.dumps(_json(ad))
 
 
 def _from(snapshot: Snapshot) -> list[GroupAdvert]:
-    return [GroupAdvert(**{**d, "hosts": tuple(d["hosts"])}) for d in snapshot]
+    return [
+        GroupAdvert(**{**d, "hosts": tuple(d["hosts"]), "public_key": bytes.fromhex(d["public_key"]),
+                       "signature": bytes.fromhex(d["signature"])})
+        for d in snapshot
+    ]  # fmt: skip
 
 
 @pytest.mark.netns
@@ -204,7 +285,8 @@ async def test_browser_in_other_namespace_sees_advert_update_and_goodbye(lab: li
             assert await adv.line(10) == "ready"
             first = _from(await browser.until(lambda s: len(s) == 1, 5))
             # every TXT value crossed the wire, and the address is the advertiser's namespace address
-            assert first == [dataclasses.replace(ad, hosts=(ns_a.address,))]
+            assert [_unsigned(a) for a in first] == [dataclasses.replace(ad, hosts=(ns_a.address,))]
+            assert first[0].public_key == bytes(key("c").verify_key)
 
             await adv.send("n 77")
             assert await adv.line(5) == "updated"
@@ -225,8 +307,8 @@ async def test_two_coordinators_of_one_group_are_both_seen_and_one_yields(
     lab: list[netns.Namespace],
 ) -> None:
     ns_a, ns_b, ns_c = lab
-    big = _advert(coordinator="b" * 20, members=12, epoch=2)
-    small = _advert(coordinator="a" * 20, members=4, epoch=1)
+    big = _advert(coordinator=coord("b"), members=12, epoch=2)
+    small = _advert(coordinator=coord("a"), members=4, epoch=1)
     async with (
         child(ns_c, "browse", ns_c.address) as browser,
         child(ns_a, "advertise", ns_a.address, _spec(big)) as adv_a,

@@ -12,7 +12,14 @@ import pytest
 
 from prsm_edge.errors import BrokerError
 from prsm_edge.io.broker import RunningBroker, start_broker
-from prsm_edge.io.dynsec import ROLE_COORDINATOR, ROLE_VIEWER, DynSec, node_role, node_role_acls
+from prsm_edge.io.dynsec import (
+    NODE_API_METHODS,
+    ROLE_COORDINATOR,
+    ROLE_VIEWER,
+    DynSec,
+    node_role,
+    node_role_acls,
+)
 from tests.conftest import require_mosquitto
 
 pytestmark = pytest.mark.integration
@@ -272,3 +279,52 @@ async def test_commands_reconnect_after_a_broker_restart(broker: RunningBroker, 
     await ds.add_node("n2", "pw-n2")  # the admin connection died with the old process
     async with _client(broker, "n1", "n1", "pw-n1") as n1, _client(broker, "n2", "n2", "pw-n2") as n2:
         assert await granted(n1, f"{BASE}/node/n1/cmd/#") and await granted(n2, f"{BASE}/node/n2/cmd/#")
+
+
+async def stored(b: RunningBroker, topic_filter: str) -> list[str]:
+    """The retained topics under ``topic_filter`` the broker holds, read by a fresh spy.
+
+    Retained messages are sent right after the subscription is granted, before anything published
+    later: a non-retained marker published after subscribing ends the list.
+    """
+    marker = f"{BASE}/node/zz-marker/state"
+    found: list[str] = []
+    async with _client(b, "spy-retained", "spy", "spy-pw") as spy, _client(b, "coord-m", "coord", "pw") as c:
+        await spy.subscribe(topic_filter, qos=1)
+        await spy.subscribe(marker, qos=1)
+        await c.publish(marker, b"end", qos=1)
+        async with asyncio.timeout(10):
+            async for message in spy.messages:
+                if str(message.topic) == marker:
+                    return found
+                if message.retain:
+                    found.append(str(message.topic))
+    raise AssertionError("the spy's stream ended")
+
+
+async def test_a_member_cannot_grow_the_broker_with_retained_junk(broker: RunningBroker, ds: DynSec) -> None:
+    """Issue 9 item 9: with its own login a member could publish retained messages at any depth under
+    node/{id}/# (20,000 topics grew Mosquitto by 16.5 MiB). Now its ACL names its exact topics."""
+    await ds.add_node("n1", "pw-n1")
+    await ds.add_client("coord", "pw", ROLE_COORDINATOR)
+    junk = [f"{BASE}/node/n1/junk/{i}/a/b/c" for i in range(500)]
+    junk += [f"{BASE}/node/n1/telemetry/{i}" for i in range(250)]  # deeper than a real leaf
+    junk += [f"{BASE}/api/junk{i}/req/n1" for i in range(250)]  # made-up API methods
+    async with _client(broker, "n1", "n1", "pw-n1") as n1:
+        for topic in junk:
+            await n1.publish(topic, b"x" * 1024, qos=1, retain=True)
+        for leaf in ("birth", "state"):
+            await n1.publish(f"{BASE}/node/n1/{leaf}", b"legit", qos=1, retain=True)
+    held = await stored(broker, "prsm/#")
+    assert sorted(held) == [f"{BASE}/node/n1/birth", f"{BASE}/node/n1/state"], held[:5]
+
+
+async def test_a_member_still_reaches_every_topic_it_needs(broker: RunningBroker, ds: DynSec) -> None:
+    await ds.add_node("n1", "pw-n1")
+    async with spying(broker) as spy, _client(broker, "n1", "n1", "pw-n1") as n1:
+        own = (
+            [f"{BASE}/node/n1/{leaf}" for leaf in ("birth", "claim", "proof", "telemetry")]
+            + [f"{BASE}/node/n1/bench/echo"]
+            + [f"{BASE}/api/{m}/req/n1" for m in NODE_API_METHODS]
+        )
+        assert await passed(spy, n1, own, f"{BASE}/node/n1/state") == own

@@ -8,13 +8,17 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 
 from prsm_edge.errors import LocalError, RemoteError
+from prsm_edge.protocol.envelope import node_id_for
 from prsm_edge.protocol.formation import (
+    ADVERT_MAX_AGE_S,
     MAX_TXT_VALUE,
     BadAdvert,
     FullGroupPlan,
     GroupAdvert,
+    LeaderPolicy,
     choose_group,
     elect,
     instance_name,
@@ -22,6 +26,8 @@ from prsm_edge.protocol.formation import (
     plan_for_full_group,
     should_merge,
     should_yield,
+    sign_advert,
+    verify_advert,
 )
 from prsm_edge.protocol.topics import valid_segment
 
@@ -301,3 +307,79 @@ def test_merging_never_forms_a_cycle(pool: list[GroupAdvert]) -> None:
         assert target.members + me.members <= target.max_members
         back = should_merge(target, [*pool, me])
         assert back is None or back.group != me.group
+
+
+# ---------------------------------------------------------------------------------- signed adverts, pins
+
+
+def _key(name: str) -> SigningKey:
+    return SigningKey(name.encode().ljust(32, b"."))
+
+
+def _signed(name: str, now: int = 1_000_000, **kw: object) -> GroupAdvert:
+    k = _key(name)
+    return sign_advert(_ad(coordinator=node_id_for(bytes(k.verify_key)), **kw), k, now)
+
+
+def test_a_signed_advert_survives_the_txt_round_trip_and_verifies() -> None:
+    ad = _signed("c1", hosts=("10.0.0.1",))
+    back = GroupAdvert.from_txt("x", ["10.0.0.1"], ad.port, _wire(ad))
+    assert back == ad
+    verify_advert(back, now_s=1_000_010)
+    assert all(len(v.encode()) <= MAX_TXT_VALUE for v in ad.to_txt().values())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"members": 199},
+        {"max_members": 10**6},
+        {"epoch": 0},
+        {"port": 1},
+        {"group": "other"},
+        {"signed_at": 1_000_500},
+    ],
+)
+def test_any_claim_changed_after_signing_is_refused(change: dict[str, object]) -> None:
+    forged = dataclasses.replace(_signed("c1"), **change)  # type: ignore[arg-type]
+    with pytest.raises(BadAdvert, match="does not verify"):
+        verify_advert(forged, now_s=1_000_010)
+
+
+def test_unsigned_stale_future_and_borrowed_key_adverts_are_refused() -> None:
+    with pytest.raises(BadAdvert, match="not signed"):
+        verify_advert(_ad(), now_s=0)
+    with pytest.raises(BadAdvert, match="stale"):
+        verify_advert(_signed("c1"), now_s=1_000_000 + ADVERT_MAX_AGE_S + 1)
+    with pytest.raises(BadAdvert, match="future"):
+        verify_advert(_signed("c1"), now_s=1_000_000 - 3600)
+    # signed by its own key, but naming another coordinator: the id is derived from the key
+    victim = _signed("victim")
+    borrowed = dataclasses.replace(victim, public_key=bytes(_key("mallory").verify_key))
+    with pytest.raises(BadAdvert, match="not that coordinator's"):
+        verify_advert(borrowed, now_s=1_000_010)
+    with pytest.raises(LocalError):
+        sign_advert(_ad(coordinator="c1"), _key("c1"), 0)  # "c1" is not the key's id
+
+
+def test_leader_policy_allows_only_pinned_keys_unless_the_operator_says_verified() -> None:
+    friend, stranger = _signed("friend"), _signed("stranger")
+    pinned = LeaderPolicy(trusted=frozenset({friend.public_key}))
+    assert pinned.allows(friend) and not pinned.allows(stranger)
+    assert not LeaderPolicy().allows(friend)  # nothing pinned: nobody may take over
+    assert LeaderPolicy(mode="verified").allows(stranger)
+    assert not LeaderPolicy(mode="never", trusted=frozenset({friend.public_key})).allows(friend)
+    assert not LeaderPolicy(mode="verified").allows(_ad())  # unsigned: never
+
+
+def test_a_newcomer_with_a_pin_never_joins_an_impostor_of_its_group() -> None:
+    mine = _signed("mine", members=120)
+    impostor = _signed("impostor", members=199, max_members=10**6)  # outranks mine without a pin
+    assert choose_group([mine, impostor], site="lab", version=1) == impostor
+    pins = {("lab", "g"): mine.public_key}
+    assert choose_group([mine, impostor], site="lab", version=1, pins=pins) == mine
+    assert choose_group([impostor], site="lab", version=1, pins=pins) is None
+    # the site's settings list the only coordinators a node joins at all
+    other = _signed("other", group="h", members=1)
+    trusted = frozenset({mine.public_key})
+    assert choose_group([mine, impostor, other], site="lab", version=1, trusted=trusted) == mine

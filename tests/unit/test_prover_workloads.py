@@ -38,6 +38,14 @@ async def test_calibration_fills_every_rate_key_claims_reads(tmp_path: Path) -> 
     assert got["cpu"].lanes == 2 and got["cpu"].rate > 0
     assert got["memory"].capacity_bytes == 1_000_000_000 and got["storage"].capacity_bytes == 10_000_000_000
     assert not list((tmp_path / "proofs").glob("proof-table-*"))  # calibration tables are removed
+    # A second agent in the same process reuses the machine's measurement (the demo runs hundreds).
+    twin = Agent(
+        AgentOptions(
+            site="s", group="g", broker_url="mqtt://127.0.0.1:1", workdir=tmp_path / "t", resources=offer()
+        )
+    )
+    await twin._calibrate()
+    assert proofs.claimed_rates(twin.resources) == proofs.claimed_rates(agent.resources)
     # A later change of offer keeps the measured rates (the owner's settings changed, not the machine).
     agent.update_resources(offer()[:1])
     assert set(proofs.claims(agent.resources)) == {"cpu"}
@@ -81,3 +89,22 @@ async def test_storage_tables_live_on_disk_until_opened(tmp_path: Path) -> None:
     assert proofs.check(ch, proofs_made[1], opening, NOW + 5).accepted
     assert not files[0].exists()  # opened once, then removed
     assert work.open({"challenge_id": issued[0][0].challenge_id, "salt": issued[0][1], "root": b""}) is None
+
+
+async def test_a_memory_and_a_storage_challenge_at_once_both_open(tmp_path: Path) -> None:
+    """The verifier issues every workload of a claim together: keeping one table in all lost the other."""
+    work = ProofWork("nP", workdir=tmp_path)
+    rng = random.Random(4)
+    issued = [
+        proofs.make_challenge("nV", "nP", w, 1e8, rng, NOW, capacity_bytes=64 * 1024, target_ms=10)
+        for w in ("memory", "storage")
+    ]
+    made = [
+        await work.challenge({"challenge": msgspec.to_builtins(ch, builtin_types=(bytes,))}, lambda: NOW)
+        for ch, _ in issued
+    ]
+    for (ch, salt), proof in zip(issued, made, strict=True):
+        assert isinstance(proof, BenchmarkProof)
+        opening = work.open({"challenge_id": ch.challenge_id, "salt": salt, "root": proof.root})
+        assert isinstance(opening, ProofOpening), ch.workload
+        assert proofs.check(ch, proof, opening, NOW + 5).accepted

@@ -42,14 +42,37 @@ AGENT_DEFAULTS = {
     "broker_url": None,
     "heartbeat_interval_s": 10.0,
     "device_class": None,
+    "homeassistant_discovery": False,
     "electricity_price_per_kwh": Decimal("0"),
+}
+MEMBERSHIP_DEFAULTS = {
+    "join_policy": "open",
+    "join_rate_per_min": 60.0,
+    "evict_after_days": 7.0,
+    "join_token": None,
+    "coordinator_keys": None,
+    "leader_policy": "pinned",
+    "listen": False,
 }
 
 
 def test_defaults_are_the_seeds_plus_ours() -> None:
     s = Settings()
-    assert s.model_dump() == {**SEED_DEFAULTS, **AGENT_DEFAULTS}
-    assert tuple(SEED_DEFAULTS) + tuple(AGENT_DEFAULTS) == settings.FIELDS
+    assert s.model_dump() == {**SEED_DEFAULTS, **AGENT_DEFAULTS, **MEMBERSHIP_DEFAULTS}
+    assert tuple(SEED_DEFAULTS) + tuple(AGENT_DEFAULTS) + tuple(MEMBERSHIP_DEFAULTS) == settings.FIELDS
+
+
+def test_coordinator_keys_pin_the_sites_coordinators() -> None:
+    key = "ab" * 32
+    assert Settings(coordinator_keys=f"{key}, {'cd' * 32}").trusted_coordinators == {
+        bytes.fromhex(key),
+        bytes.fromhex("cd" * 32),
+    }
+    assert Settings().trusted_coordinators == frozenset()
+    with pytest.raises(pydantic.ValidationError, match="64 hex digits"):
+        Settings(coordinator_keys="abc")
+    with pytest.raises(pydantic.ValidationError):
+        Settings(join_policy="anyone")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

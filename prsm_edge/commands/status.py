@@ -1,0 +1,207 @@
+"""``prsm-edge status``: one group's coordinator, roster and overview in a terminal, every message verified.
+
+Reads the group's retained coordinator state, roster, summary and node births/states (and, with a
+viewer login, live telemetry) from its broker, checking each COSE_Sign1 with the project's own envelope
+code (:mod:`prsm_edge.protocol.groupview`). Log in as a viewer (``prsm-edge viewer add``) or with this
+node's own broker credentials (used when no --username is given); a node login may read only the roster,
+summary and births, so its view of who is online comes from the roster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from prsm_edge import paths, settings
+from prsm_edge.errors import LocalError
+from prsm_edge.io.session import parse_url
+from prsm_edge.protocol import topics
+from prsm_edge.protocol.groupview import GroupView
+
+_SETTLE_S = 0.7  # retained messages come in one burst: stop once it has been quiet this long
+_PASSWORD_ENV = "PRSM_EDGE_MQTT_PASSWORD"
+
+
+def register(sub: Any) -> None:
+    """Add the ``status`` command."""
+    parser = sub.add_parser(
+        "status",
+        help="show one group's coordinator, roster and capacity (verified), once or live",
+        description=(
+            "Connect to a group's broker, read its retained state and verify every signature. "
+            f"Give a viewer login with --username (password from --password or ${_PASSWORD_ENV}); "
+            "without one, this node's own broker credentials are used when it has joined a group."
+        ),
+    )
+    parser.add_argument("--broker", default=None, help="broker URL, mqtt://HOST:PORT (default: settings)")
+    parser.add_argument("--site", default=None, help="site name (default: from settings)")
+    parser.add_argument("--group", default=None, help="group name (default: from settings, else g1)")
+    parser.add_argument("--username", default=None, help="broker login (e.g. viewer-NAME)")
+    parser.add_argument("--password", default=None, help=f"its password (or set ${_PASSWORD_ENV})")
+    parser.add_argument("--key", default=None, help="the coordinator's public key (hex) to pin")
+    parser.add_argument("--watch", action="store_true", help="keep showing the live state until Ctrl-C")
+    parser.add_argument("--interval", type=float, default=2.0, help="refresh with --watch, seconds (2)")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="give up reading after this (5 s)")
+    parser.add_argument("--workdir", type=Path, default=None, help="this node's state folder (credentials)")
+    parser.set_defaults(handler=_run)
+
+
+def _login(args: argparse.Namespace, site: str, group: str) -> tuple[str | None, str | None]:
+    """The given login, else the credentials this node was issued when it joined the group."""
+    if args.username:
+        return args.username, args.password or os.environ.get(_PASSWORD_ENV)
+    home = args.workdir or paths.data_dir()
+    found = [home / "broker-credentials.json", *home.glob(f"groups/{site}-{group}-*/broker-credentials.json")]
+    for creds in sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(creds.read_text())
+            return str(data["username"]), str(data["password"])
+    return None, None
+
+
+def _run(args: argparse.Namespace) -> int:
+    s = settings.load()
+    site, group = args.site or s.site, args.group or s.group or "g1"
+    if not topics.valid_segment(site) or not topics.valid_segment(group):
+        print("prsm-edge: error: site and group are 1–64 characters of a-z, 0-9, '_' or '-'", file=sys.stderr)
+        return 2
+    if not 0.2 <= args.interval <= 3600 or not 0.5 <= args.timeout <= 600:
+        print("prsm-edge: error: --interval is 0.2–3600 s and --timeout 0.5–600 s", file=sys.stderr)
+        return 2
+    key = None
+    if args.key:
+        try:
+            key = bytes.fromhex(args.key)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            print("prsm-edge: error: --key is the coordinator's 32-byte public key in hex", file=sys.stderr)
+            return 2
+    view = GroupView(site, group, pinned_key=key)
+    url = args.broker or s.broker_url or "mqtt://127.0.0.1:1883"
+    try:
+        return asyncio.run(_status(args, url, view))
+    except LocalError as exc:
+        print(f"prsm-edge: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _status(args: argparse.Namespace, url: str, view: GroupView) -> int:
+    address = parse_url(url)
+    username, password = _login(args, view.site, view.group)
+    base = f"{topics.ROOT}/{view.site}/{view.group}"
+    filters = [f"{base}/coord/#", f"{base}/summary", f"{base}/node/+/birth", f"{base}/node/+/state"]
+    if args.watch:
+        filters.append(f"{base}/node/+/telemetry")
+    try:
+        async with aiomqtt.Client(
+            address.host,
+            address.port,
+            username=username,
+            password=password,
+            identifier=f"prsm-status-{secrets.token_hex(4)}",
+            timeout=args.timeout,
+        ) as client:
+            for topic_filter in filters:  # one at a time: a login may be refused some of them
+                await client.subscribe(topic_filter, qos=0)
+            await _read(client, view, args.timeout, _SETTLE_S)
+            _show(args, view)
+            while args.watch:
+                await _read(client, view, args.interval, None)
+                _show(args, view)
+    except aiomqtt.MqttError as exc:
+        who = f"as {username}" if username else "anonymously"
+        raise LocalError(f"cannot read {base} at {url} {who}: {exc}") from None
+    return 0 if view.coord is not None else 1
+
+
+async def _read(client: aiomqtt.Client, view: GroupView, limit_s: float, settle_s: float | None) -> None:
+    """Fold messages in for ``limit_s`` (or until ``settle_s`` pass without one, once state is known)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    messages = aiter(client.messages)
+    while (left := deadline - loop.time()) > 0:
+        wait = left if settle_s is None or view.coord is None else min(left, settle_s)
+        try:
+            message = await asyncio.wait_for(anext(messages), wait)
+        except TimeoutError:
+            if settle_s is not None and view.coord is not None:
+                return
+            continue
+        if isinstance(message.payload, bytes | bytearray):
+            view.receive(str(message.topic), bytes(message.payload), _now_ms())
+
+
+def _show(args: argparse.Namespace, view: GroupView) -> None:
+    snap = view.snapshot(_now_ms())
+    if args.json:
+        print(json.dumps(snap, sort_keys=True), flush=True)
+        return
+    text = render(snap)
+    if args.watch and sys.stdout.isatty():
+        text = "\x1b[2J\x1b[H" + text
+    print(text, flush=True)
+
+
+def render(snap: dict[str, Any]) -> str:
+    """The snapshot as the terminal table."""
+    lines = []
+    c = snap["coordinator"]
+    if c is None:
+        lines.append(f"group {snap['site']}/{snap['group']}: no verified coordinator state")
+    else:
+        lines.append(
+            f"group {snap['site']}/{snap['group']}: coordinator {c['node']} {c['status']}, "
+            f"epoch {c['epoch']}, key {c['public_key'][:16]}…, {'per-node ACLs' if c['acl'] else 'no ACLs'}"
+        )
+    s = snap["summary"]
+    if s is not None:
+        capacity = ", ".join(f"{k} {v:g}" for k, v in sorted(s["capacity"].items())) or "nothing"
+        trust = ", ".join(f"{k} {v}" for k, v in sorted(s["trust"].items())) or "—"
+        lines.append(
+            f"{s['online']}/{s['members']} online, utilization {100 * s['utilization']:.0f} %; "
+            f"offered: {capacity}"
+        )
+        lines.append(f"trust levels: {trust}")
+    lines.append(f"messages verified {snap['verified']}, unverified {snap['unverified']}")
+    lines.append(
+        f"{'node':<18} {'device':<14} {'level':<20} {'state':<8} {'cpu':>5} {'temp':>6} {'seen':>6}  note"
+    )
+    for n in snap["nodes"]:
+        state = "online" if n["online"] else "offline"
+        if n["online"] and n["offering"] is False:
+            state = "held"
+        cpu = "—" if n["cpu_util"] is None else f"{100 * n['cpu_util']:.0f}%"
+        temp = "—" if n["temperature_c"] is None else f"{n['temperature_c']:.0f}°C"
+        seen = "—" if n["last_seen_s"] is None else f"{n['last_seen_s']:.0f}s"
+        notes = []
+        if n["throttle"]:
+            notes.append(n["throttle"])
+        if not n["in_roster"]:
+            notes.append("not in roster")
+        if n["unverified"]:
+            notes.append(f"{n['unverified']} UNVERIFIED")
+        lines.append(
+            f"{n['node']:<18} {(n['device_class'] or '—')[:14]:<14} {(n['level'] or '—'):<20} {state:<8} "
+            f"{cpu:>5} {temp:>6} {seen:>6}  {'; '.join(notes)}"
+        )
+    for f in snap["failures"][:5]:
+        lines.append(f"UNVERIFIED {f['topic']}: {f['reason']}")
+    return "\n".join(lines)
