@@ -25,6 +25,7 @@ from nacl.signing import VerifyKey
 
 from prsm_edge.coordinator.api import CoordinatorApi, Forward, Relay, Respond, readonly_server
 from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
+from prsm_edge.coordinator.federation import REGION_METHODS, RegionRequests
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.coordinator.membership import Admissions, MembershipStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
@@ -61,8 +62,10 @@ from prsm_edge.protocol.messages import (
     GroupSummary,
     NodeCommand,
     ProofOpening,
+    ResourceType,
     VerificationVote,
 )
+from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.verifier import (
     LevelChange,
     RecordEvidence,
@@ -78,6 +81,8 @@ from prsm_edge.protocol.verifier import (
 __all__ = ["Coordinator", "CoordinatorOptions", "CredentialIssuer", "seal_secret"]
 
 log = logging.getLogger(__name__)
+
+_NO_PRICE_LIMIT = 10**12  # µFTNS/h: a routed task that names no maximum price
 
 
 class CredentialIssuer(Protocol):
@@ -117,6 +122,7 @@ class CoordinatorOptions:
     dead_after_s: float = 600.0  # an offline member silent this long no longer holds one of the seats
     economy: EconomyConfig | None = None  # None: hourly settlement, no region bonus
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
+    region: str | None = None  # the region coordinator's node id; None: the first one that asks
     http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
 
 
@@ -233,6 +239,9 @@ class Coordinator:
             clean_session=False,
             max_queued=20_000,
         )
+        self.federation = RegionRequests(
+            self.group, self.signer, self.session, options.region, engine=self._place_for_region
+        )
 
     @property
     def epoch(self) -> int:
@@ -331,6 +340,7 @@ class Coordinator:
                     self.group.level_changed(node)
                 case RecordLedger(entries=entries):
                     self.ledger_store.append(entries)
+                    await self.federation.report_evidence(entries)
                 case RecordEvidence(node=node, claim=claim, record=record):
                     self.evidence_store.save(node, claim, record)
                 case RecordSlashEvidence(digest=digest, node=node, evidence=evidence):
@@ -355,6 +365,9 @@ class Coordinator:
         await self._apply_verifier(self.verifier.check_result(request.challenge_id, verdict))
 
     async def _api(self, node: str, request: ApiRequest, envelope: bytes) -> None:
+        if request.method in REGION_METHODS:  # the region, through the gateway's bridge
+            await self.federation.serve(node, request)
+            return
         if request.method in METHODS:  # the owner/operator API (coordinator/api.py)
             await self._api_effects(self.api.call(node, request, envelope, now_ms()))
             return
@@ -435,6 +448,18 @@ class Coordinator:
         alloc, effects = self.economy.submit(self.group.members, task, now_ms(), strategy)
         await self._apply(list(effects))
         return alloc
+
+    async def _place_for_region(self, spec: TaskSpec) -> list[tuple[str, dict[ResourceType, float], int]]:
+        """A task routed here by the region, allocated by the group's engine (its leases offered)."""
+        task = Task(
+            task_id=spec.task_id,
+            amounts=dict(spec.resources),
+            duration_ms=spec.duration_ms,
+            max_price_micro_per_hour=spec.max_rate_micro or _NO_PRICE_LIMIT,
+            min_level=spec.min_level,
+        )
+        alloc = await self.submit(task)
+        return [(p.node, dict(p.amounts), p.rate_micro_per_hour) for p in alloc.placements]
 
     async def push_limits(self, node: str, limits: dict[str, float]) -> None:
         """Ask ``node`` to offer at most these fractions of its owner's offer (it never offers more)."""

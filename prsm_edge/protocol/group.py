@@ -37,6 +37,7 @@ import msgspec
 from prsm_edge.errors import Reason, RejectedMessage, TopicError
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.allocation import check_owner_terms
+from prsm_edge.protocol.claims import ClaimSet
 from prsm_edge.protocol.envelope import Opened, open_envelope
 from prsm_edge.protocol.messages import (
     TRUST_SCORE,
@@ -136,6 +137,7 @@ class Member:
     priority_level: int = 5
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
+    claim_envelope: bytes = b""  # the signed birth/claim its resources came from (for drill-downs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +267,7 @@ class Group:
             window_ms=config.replay_window_ms, max_signers=config.max_members * 4
         )
         self._dirty = _Dirty()
+        self.claims = ClaimSet([])  # what the last summary's claims_root commits to
         # The join policy's gate for births of nodes the group does not know (None: anyone may birth).
         self.admit: Callable[[str], bool] | None = None
 
@@ -361,8 +364,10 @@ class Group:
             topics.Kind.NODE_BENCH,
             topics.Kind.API_RESP,
             topics.Kind.GATEWAY_STATE,
-        ):
-            return []
+            topics.Kind.GATEWAY_BRIDGE,
+            topics.Kind.FED_REPORT,
+        ) or kind.value.startswith("unit/"):
+            return []  # federation traffic: the gateway's and the region's business
         if not payload:
             return []  # a cleared retained message
         opened = open_envelope(payload)
@@ -387,11 +392,11 @@ class Group:
             case topics.Kind.NODE_STATE, NodeState():
                 return self._state(msg, now_ms)
             case topics.Kind.NODE_BIRTH, NodeBirth():
-                return self._birth(msg, opened, now_ms)
+                return self._birth(msg, opened, now_ms, payload)
             case topics.Kind.NODE_TELEMETRY, Heartbeat():
                 return self._heartbeat(msg, now_ms)
             case topics.Kind.NODE_CLAIM, ResourceClaim():
-                return self._claim(msg, now_ms)
+                return self._claim(msg, now_ms, payload)
             case topics.Kind.NODE_PROOF, BenchmarkProof() | ProofOpening() | VerificationVote():
                 member = self._member(owner)
                 self._fresh(member.node, msg, now_ms)
@@ -464,7 +469,7 @@ class Group:
         self._dirty.roster = self._dirty.summary = True
         return [StoreMember(member)]
 
-    def _birth(self, msg: NodeBirth, opened: Opened, now_ms: int) -> list[Effect]:
+    def _birth(self, msg: NodeBirth, opened: Opened, now_ms: int, envelope: bytes = b"") -> list[Effect]:
         if msg.public_key != opened.kid:
             raise RejectedMessage(Reason.WRONG_TOPIC_OWNER, "birth names a public key it was not signed with")
         if msg.node not in self.members and self.admit is not None and not self.admit(msg.node):
@@ -501,6 +506,7 @@ class Group:
             can_coordinate=msg.can_coordinate,
             attestation_key=msg.attestation_key,
             uptime_commitment=msg.uptime_commitment,
+            claim_envelope=envelope,
             security_level=msg.security_level,
             min_hourly_rate_micro=msg.min_hourly_rate_micro,
             priority_level=msg.priority_level,
@@ -536,13 +542,14 @@ class Group:
             effects.append(self._command(member.node, "rebirth", {"why": f"{gap} messages missing"}))
         return effects
 
-    def _claim(self, msg: ResourceClaim, now_ms: int) -> list[Effect]:
+    def _claim(self, msg: ResourceClaim, now_ms: int, envelope: bytes = b"") -> list[Effect]:
         member = self._member(msg.node)
         plausible(msg.resources)
         gap = self._fresh(msg.node, msg, now_ms)
         member.last_seen_ms = now_ms
         if msg.resources != member.resources:
             member.resources = list(msg.resources)  # the verifier holds nothing on it until checked
+        member.claim_envelope = envelope
         self.accepted["claim"] += 1
         self._dirty.roster = self._dirty.summary = True
         effects: list[Effect] = [StoreMember(member)]
@@ -602,6 +609,8 @@ class Group:
             for spec in m.resources:
                 capacity[spec.type.value] = capacity.get(spec.type.value, 0.0) + spec.capacity
         util = sum(m.cpu_util for m in online) / len(online) if online else 0.0
+        offered = [(m.node, m.claim_envelope) for m in online if m.offering and m.claim_envelope]
+        self.claims = ClaimSet(offered)
         c = self.config
         return GroupSummary(
             site=c.site,
@@ -613,6 +622,8 @@ class Group:
             capacity={k: round(v, 3) for k, v in sorted(capacity.items())},
             trust=dict(sorted(trust.items())),
             utilization=round(util, 4),
+            claims_root=self.claims.root,
+            claims=len(self.claims),
         )
 
 

@@ -282,6 +282,47 @@ class GroupSummary(Message, frozen=True, tag="summary"):
     trust: dict[str, int]
     utilization: float
     market: dict[str, Any] = {}  # supply, demand, utilization, hourly earnings p25/p50/p75 per class
+    # Drill-down: a Merkle root over the signed claims the capacity was summed from (one leaf per unit,
+    # in unit-id order) and how many leaves it has; a tier above may ask for any leaf to be opened.
+    claims_root: bytes = b""
+    claims: int = 0
+
+
+class UplinkRecord(Message, frozen=True, tag="uprec"):
+    """One item of a gateway's ordered uplink stream (lease reports, evidence), signed by the gateway.
+
+    ``stream_seq`` numbers the stream without gaps; ``skipped`` says how many numbers just before this
+    one the gateway dropped on purpose (buffer full, expired), so the receiver can tell a loss from a
+    drop. ``item`` is the original signed envelope (the group coordinator's); ``expires_ms`` is its TTL.
+    ``historical`` marks items that waited out an outage in the gateway's buffer.
+    """
+
+    site: str
+    group: str
+    gateway: str
+    stream_seq: int
+    kind: str
+    expires_ms: int
+    item: bytes
+    historical: bool = False
+    skipped: int = 0
+
+
+class GatewayState(Message, frozen=True, tag="gwstate"):
+    """A gateway's retained link state; ``offline`` with the connection's ``bdseq`` is its Last Will."""
+
+    site: str
+    group: str
+    gateway: str
+    status: Literal["online", "offline"]
+    bdseq: int
+    uplink: str = "down"
+    coordinator: str = "unknown"
+    bridge: str = "unknown"
+    buffered: int = 0
+    dropped: int = 0
+    expired: int = 0
+    replayed: int = 0
 
 
 class Lease(Message, frozen=True, tag="lease"):
@@ -369,6 +410,8 @@ AnyMessage = (
     | Roster
     | Beacon
     | GroupSummary
+    | UplinkRecord
+    | GatewayState
     | Lease
     | LedgerEntry
     | LedgerHead
@@ -392,6 +435,8 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     Roster,
     Beacon,
     GroupSummary,
+    UplinkRecord,
+    GatewayState,
     Lease,
     LedgerEntry,
     LedgerHead,

@@ -19,6 +19,16 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/api/{method}/req/{client}      request (transaction id in the payload)
     prsm/v1/{site}/{group}/api/{method}/resp/{client}     response to that client
     prsm/v1/{site}/gw/{gateway}/state                  R  gateway uplink state
+    prsm/v1/{site}/gw/{gateway}/bridge                 R  the Mosquitto bridge's notification ("1"/"0")
+    prsm/v1/{site}/{group}/fed/report                     coordinator → gateway: leases, evidence
+
+One tier up the same shape repeats: a regional coordinator's units are the groups below it, each under
+``unit/{unit_site}/{unit_group}`` of the region's own tree (the bridge remaps a group's ``api`` there)::
+
+    prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/summary             R  the group's signed summary
+    prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/stream                 the gateway's ordered stream
+    prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/rebirth                region → gateway: send birth again
+    prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/api/{method}/req|resp/{client}   bridged API calls
 
 Every segment we fill in is 1–64 characters of ``[a-z0-9_-]`` (no wildcards, no separators), so a
 topic built from untrusted ids can never widen a subscription or climb out of its subtree.
@@ -60,6 +70,13 @@ class Kind(enum.StrEnum):
     API_REQ = "req"
     API_RESP = "resp"
     GATEWAY_STATE = "gw/state"
+    GATEWAY_BRIDGE = "gw/bridge"
+    FED_REPORT = "fed/report"
+    UNIT_SUMMARY = "unit/summary"
+    UNIT_STREAM = "unit/stream"
+    UNIT_REBIRTH = "unit/rebirth"
+    UNIT_API_REQ = "unit/req"
+    UNIT_API_RESP = "unit/resp"
 
 
 RETAINED: Final = frozenset(
@@ -73,6 +90,8 @@ RETAINED: Final = frozenset(
         Kind.NODE_STATE,
         Kind.NODE_BIRTH,
         Kind.GATEWAY_STATE,
+        Kind.GATEWAY_BRIDGE,
+        Kind.UNIT_SUMMARY,
     }
 )
 
@@ -100,6 +119,8 @@ class Topic:
     method: str = ""
     client: str = ""
     gateway: str = ""
+    unit_site: str = ""
+    unit_group: str = ""
 
     @property
     def retained(self) -> bool:
@@ -108,10 +129,18 @@ class Topic:
 
     def __str__(self) -> str:
         site = _seg("site", self.site)
-        if self.kind is Kind.GATEWAY_STATE:
-            return f"{ROOT}/{site}/gw/{_seg('gateway', self.gateway)}/state"
+        if self.kind in (Kind.GATEWAY_STATE, Kind.GATEWAY_BRIDGE):
+            return f"{ROOT}/{site}/gw/{_seg('gateway', self.gateway)}/{self.kind.value[3:]}"
         base = f"{ROOT}/{site}/{_seg('group', self.group)}"
+        if self.kind.value.startswith("unit/"):
+            unit = f"{base}/unit/{_seg('unit site', self.unit_site)}/{_seg('unit group', self.unit_group)}"
+            if self.kind in (Kind.UNIT_API_REQ, Kind.UNIT_API_RESP):
+                method = _seg("method", self.method)
+                return f"{unit}/api/{method}/{self.kind.value[5:]}/{_seg('client', self.client)}"
+            return f"{unit}/{self.kind.value[5:]}"
         match self.kind:
+            case Kind.FED_REPORT:
+                return f"{base}/{self.kind.value}"
             case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.COORD_BEACON | Kind.COORD_LEDGER | Kind.SUMMARY:
                 return f"{base}/{self.kind.value}"
             case Kind.MARKET_LISTING:
@@ -185,6 +214,45 @@ def gateway_state(site: str, gateway: str) -> str:
     return str(Topic(Kind.GATEWAY_STATE, site, gateway=gateway))
 
 
+def gateway_bridge(site: str, gateway: str) -> str:
+    """Where a gateway's Mosquitto bridge publishes its notifications (retained "1"/"0")."""
+    return str(Topic(Kind.GATEWAY_BRIDGE, site, gateway=gateway))
+
+
+def fed_report(site: str, group: str) -> str:
+    """Where a group's coordinator hands lease reports and evidence to its gateway."""
+    return str(Topic(Kind.FED_REPORT, site, group))
+
+
+def unit(kind: Kind, site: str, group: str, unit_site: str, unit_group: str) -> str:
+    """A unit's topic in a tier's tree (summary, stream or rebirth)."""
+    if kind not in (Kind.UNIT_SUMMARY, Kind.UNIT_STREAM, Kind.UNIT_REBIRTH):
+        raise TopicError(f"{kind} is not a unit topic")
+    return str(Topic(kind, site, group, unit_site=unit_site, unit_group=unit_group))
+
+
+def unit_api(
+    kind: Kind, site: str, group: str, unit_site: str, unit_group: str, method: str, client: str
+) -> str:
+    """An API request to (or response from) a unit, as the bridge carries it in the tier's tree."""
+    if kind not in (Kind.UNIT_API_REQ, Kind.UNIT_API_RESP):
+        raise TopicError(f"{kind} is not a unit API topic")
+    return str(
+        Topic(kind, site, group, method=method, client=client, unit_site=unit_site, unit_group=unit_group)
+    )
+
+
+def unit_prefix(site: str, group: str, unit_site: str, unit_group: str) -> str:
+    """The prefix a bridge maps a group's own ``prsm/v1/{site}/{group}/`` to in the tier above."""
+    tree = f"{ROOT}/{_seg('site', site)}/{_seg('group', group)}"
+    return f"{tree}/unit/{_seg('unit site', unit_site)}/{_seg('unit group', unit_group)}/"
+
+
+def unit_filter(site: str, group: str, leaf: str) -> str:
+    """Subscription filter for one leaf (``summary``, ``stream``) of every unit of a tier."""
+    return f"{ROOT}/{_seg('site', site)}/{_seg('group', group)}/unit/+/+/{leaf}"
+
+
 def node_filter(site: str, group: str, leaf: str = "+") -> str:
     """Subscription filter for one leaf (or all with ``#``) of every node in a group."""
     return f"{ROOT}/{_seg('site', site)}/{_seg('group', group)}/node/+/{leaf}"
@@ -212,6 +280,22 @@ def parse(topic: str) -> Topic:
     match rest:
         case ["gw", gateway, "state"]:
             return Topic(Kind.GATEWAY_STATE, site, gateway=gateway)
+        case ["gw", gateway, "bridge"]:
+            return Topic(Kind.GATEWAY_BRIDGE, site, gateway=gateway)
+        case [group, "fed", "report"]:
+            return Topic(Kind.FED_REPORT, site, group)
+        case [group, "unit", usite, ugroup, ("summary" | "stream" | "rebirth") as leaf]:
+            return Topic(Kind("unit/" + leaf), site, group, unit_site=usite, unit_group=ugroup)
+        case [group, "unit", usite, ugroup, "api", method, ("req" | "resp") as direction, client]:
+            return Topic(
+                Kind("unit/" + direction),
+                site,
+                group,
+                method=method,
+                client=client,
+                unit_site=usite,
+                unit_group=ugroup,
+            )
         case [group, "coord", "state"]:
             return Topic(Kind.COORD_STATE, site, group)
         case [group, "coord", "roster"]:

@@ -201,3 +201,45 @@ def test_garbage_never_breaks_the_loop() -> None:
     assert g.rejected[Reason.SIZE] == 1 and g.rejected[Reason.MALFORMED] == 2
     g.receive(*n.birth(T0), T0)
     assert n.id in g.members
+
+
+def test_summary_commits_to_the_signed_claims_it_sums_and_opens_them() -> None:
+    from prsm_edge.protocol.claims import check_openings, openings_to_wire
+
+    g = group()
+    a, b = Node(1), Node(2)
+    births = {a.id: a.birth(T0, cores=4), b.id: b.birth(T0, cores=2)}
+    for topic, payload in births.values():
+        g.receive(topic, payload, T0)
+    summary = g.summary()
+    assert summary.claims == 2 and len(summary.claims_root) == 32
+    opened = check_openings(
+        openings_to_wire(g.claims.root, 2, g.claims.open([0, 1])), summary.claims_root, 2, [0, 1]
+    )
+    assert set(g.claims.envelopes) == {payload for _, payload in births.values()}  # the nodes' own bytes
+    assert sorted(o.signer for o in opened) == sorted([a.id, b.id])
+    # A member that holds its capacity back is not in the commitment, as it is not in the capacity.
+    g.receive(*b.heartbeat(T0 + 1, offering=False), T0 + 1)
+    assert g.summary().claims == 1
+
+
+def test_federation_traffic_in_the_groups_tree_is_not_a_fault() -> None:
+    g = group()
+    for topic in (t.fed_report(SITE, GROUP), t.gateway_bridge(SITE, "gw1")):
+        assert g.receive(topic, b"\x01", T0) == []
+    assert sum(g.rejected.values()) == 0
+
+
+def test_new_federation_topics_parse_back_to_themselves() -> None:
+    for topic in (
+        t.unit(t.Kind.UNIT_SUMMARY, "eu", "r1", SITE, GROUP),
+        t.unit(t.Kind.UNIT_STREAM, "eu", "r1", SITE, GROUP),
+        t.unit(t.Kind.UNIT_REBIRTH, "eu", "r1", SITE, GROUP),
+        t.unit_api(t.Kind.UNIT_API_RESP, "eu", "r1", SITE, GROUP, "region-task", "nabc"),
+        t.fed_report(SITE, GROUP),
+        t.gateway_bridge(SITE, "gw1"),
+    ):
+        assert str(t.parse(topic)) == topic
+    assert t.unit_prefix("eu", "r1", SITE, GROUP) + "summary" == t.unit(
+        t.Kind.UNIT_SUMMARY, "eu", "r1", SITE, GROUP
+    )

@@ -1,0 +1,511 @@
+"""Federation at scale: the real regional coordinator under 5,000 simulated groups (1,000,000 nodes).
+
+What is real: the regional coordinator (``RegionCoordinator``: its MQTT session, ``Region``'s rules,
+signature checks, routing) in its own process; a real Mosquitto between it and the groups; every summary
+a real COSE_Sign1 over deterministic CBOR, signed with the group's own key; task requests answered with
+real signed leases. What is simulated: the groups' coordinators and gateways (one process, a few MQTT
+connections standing in for 5,000 bridges), which publish on the rule the real ones follow: a summary
+every ``--interval`` seconds, and a changed summary at the coordinator's next 1 s tick after a claim
+changes. The group tier below (nodes → group) is not driven here; its rate is stated from the node count.
+
+Phases: steady state (CPU, RSS, messages/s, visibility, allocation; some groups fall silent to time death
+detection), then a region restart, which makes every gateway send its birth at once (the rebirth storm).
+
+Run: ``.venv/bin/python benchmarks/federation_scale.py`` (``--groups 500 --steady 30`` for a short run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import psutil
+from nacl.signing import SigningKey
+
+SITE, REGION = "eu", "r1"
+NODES_PER_GROUP = 200
+LEVELS = ("self_reported", "peer_verified", "benchmarked", "economically_staked", "hardware_attested")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ---- the region, in its own process ------------------------------------------------------------------
+async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks: int) -> None:
+    """Run the real RegionCoordinator, log what it accepted, and (optionally) submit tasks."""
+    from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
+    from prsm_edge.identity import load_or_create
+    from prsm_edge.protocol.messages import ResourceType
+    from prsm_edge.protocol.placement import TaskSpec
+    from prsm_edge.protocol.region import LeaseGranted, UnitChange
+
+    coord = RegionCoordinator(
+        load_or_create(workdir),
+        RegionOptions(site=SITE, region=REGION, broker_url=url, workdir=workdir, max_units=50_000),
+    )
+    accepted: list[tuple[str, int, float]] = []
+    deaths: list[tuple[str, float]] = []
+    births: list[float] = []
+    route_ms: list[float] = []
+    route_cpu_ms: list[float] = []
+    original = coord.region.receive
+
+    def receive(topic: str, payload: bytes, now: int) -> Any:
+        effects = original(topic, payload, now)
+        if topic.endswith("/summary"):
+            parts = topic.split("/")
+            unit = coord.region.units.get((parts[-3], parts[-2]))
+            if unit is not None and unit.envelope == payload:  # accepted, or the held one again
+                accepted.append((parts[-2], unit.summary.seq, time.time()))
+        return effects
+
+    coord.region.receive = receive  # type: ignore[method-assign]
+    original_submit = coord.region.submit
+
+    def submit(task: Any, now: int, rng: random.Random) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        effects = original_submit(task, now, rng)
+        route_ms.append((time.perf_counter() - t0) * 1000)
+        route_cpu_ms.append((time.thread_time() - c0) * 1000)
+        return effects
+
+    coord.region.submit = submit  # type: ignore[method-assign]
+
+    def listen(effect: object) -> None:
+        if isinstance(effect, UnitChange):
+            if effect.alive and effect.why == "birth":
+                births.append(time.time())
+            elif not effect.alive:
+                deaths.append((effect.group, time.time()))
+
+    coord.listeners.append(listen)
+    runner = asyncio.create_task(coord.run())
+    await coord.ready.wait()
+    online_at = time.time()
+    alloc_ms: list[float] = []
+    refused = 0
+    if tasks:
+        await asyncio.sleep(min(15.0, seconds / 3))  # let the picture fill first
+        for i in range(tasks):
+            site = random.choice(("lab", "far", "mid"))
+            task = TaskSpec(task_id=f"t{i}", resources={ResourceType.COMPUTE_CPU: 4.0}, origin_site=site)
+            t0 = time.perf_counter()
+            try:
+                result = await coord.submit(task, wait_s=10)
+            except TimeoutError:
+                refused += 1
+                continue
+            if isinstance(result, LeaseGranted):
+                alloc_ms.append((time.perf_counter() - t0) * 1000)
+            else:
+                refused += 1
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(max(0.0, online_at + seconds - time.time()))
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    out.write_text(  # noqa: ASYNC240 - once, at the end
+        json.dumps(
+            {
+                "online_at": online_at,
+                "epoch": coord.epoch,
+                "accepted": accepted,
+                "deaths": deaths,
+                "births": births,
+                "alloc_ms": alloc_ms,
+                "route_ms": route_ms,
+                "route_cpu_ms": route_cpu_ms,
+                "cpu_s": sum(os.times()[:2]),
+                "refused": refused,
+                "rejected": {k.value: v for k, v in coord.region.rejected.items()},
+                "units": len(coord.region.units),
+            }
+        )
+    )
+
+
+# ---- the simulated groups ----------------------------------------------------------------------------
+class Groups:
+    """N simulated group coordinators + gateways, publishing real signed summaries."""
+
+    def __init__(self, n: int, interval: float, rng: random.Random) -> None:
+        from prsm_edge.protocol.envelope import Signer
+
+        self.n = n
+        self.interval = interval
+        self.names = [f"g{i:05d}" for i in range(n)]
+        self.sites = [("lab", "far", "mid")[i % 3] for i in range(n)]
+        self.signers = [Signer(SigningKey(rng.randbytes(32))) for _ in range(n)]
+        self.due = [time.time() + rng.uniform(0, interval) for _ in range(n)]
+        self.silent: set[int] = set()
+        self.sent: list[tuple[str, int, float, str]] = []  # group, seq, when, why
+        self.last: dict[int, tuple[str, bytes, int]] = {}  # what each gateway holds: its latest summary
+        self.published = 0
+        self.rng = rng
+
+    def seal(self, i: int) -> tuple[str, bytes, int]:
+        from prsm_edge.protocol import topics
+        from prsm_edge.protocol.messages import GroupSummary
+
+        online = self.rng.randint(180, 200)
+        level = LEVELS[i % len(LEVELS)]
+        msg = GroupSummary(
+            site=self.sites[i],
+            group=self.names[i],
+            epoch=1,
+            tier=1,
+            members=NODES_PER_GROUP,
+            online=online,
+            capacity={"compute_cpu": float(online * 4), "storage_memory": float(online * 8)},
+            trust={"self_reported": online // 2, level: online - online // 2},
+            utilization=round(self.rng.random() * 0.8, 3),
+            claims_root=self.rng.randbytes(32),
+            claims=online,
+        )
+        payload = self.signers[i].seal(msg, int(time.time() * 1000))
+        seq = self.signers[i]._counter
+        topic = topics.unit(topics.Kind.UNIT_SUMMARY, SITE, REGION, self.sites[i], self.names[i])
+        return topic, payload, seq
+
+
+async def publisher(client: aiomqtt.Client, queue: asyncio.Queue[tuple[str, bytes]], groups: Groups) -> None:
+    while True:
+        topic, payload = await queue.get()
+        await client.publish(topic, payload, qos=1, retain=True)
+        groups.published += 1
+
+
+async def simulate(
+    port: int,
+    groups: Groups,
+    stop: asyncio.Event,
+    change_rate: float,
+    storm: asyncio.Event,
+    connections: int,
+) -> None:
+    """Publish periodic summaries, changes at the next tick, answer task requests, rebirth on request."""
+    from prsm_edge.protocol import topics
+    from prsm_edge.protocol.envelope import open_envelope
+    from prsm_edge.protocol.messages import (
+        ApiRequest,
+        ApiResponse,
+        CoordState,
+        Lease,
+        ResourceSpec,
+        ResourceType,
+    )
+
+    index = {name: i for i, name in enumerate(groups.names)}
+    queues: list[asyncio.Queue[tuple[str, bytes]]] = [asyncio.Queue() for _ in range(connections)]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                aiomqtt.Client(
+                    "127.0.0.1", port, identifier=f"sim-gw-{c}", max_queued_outgoing_messages=100_000
+                )
+            )
+            for c in range(connections)
+        ]
+        workers = [asyncio.create_task(publisher(clients[c], queues[c], groups)) for c in range(connections)]
+        listener = clients[0]
+        await listener.subscribe(f"{topics.ROOT}/{SITE}/{REGION}/unit/+/+/api/region-task/req/+", qos=1)
+        await listener.subscribe(topics.coord_state(SITE, REGION), qos=1)
+        region_epoch = -1
+
+        def send(i: int, why: str) -> None:
+            if why == "birth" and i in groups.last:  # a gateway's birth is the summary it holds
+                topic, payload, seq = groups.last[i]
+            else:
+                topic, payload, seq = groups.last[i] = groups.seal(i)
+            groups.sent.append((groups.names[i], seq, time.time(), why))
+            queues[i % connections].put_nowait((topic, payload))
+
+        async def answer() -> None:
+            nonlocal region_epoch
+            async for message in listener.messages:
+                opened = open_envelope(bytes(message.payload))
+                msg = opened.message
+                if isinstance(msg, CoordState):
+                    if msg.status == "online" and msg.epoch != region_epoch:
+                        first = region_epoch == -1
+                        region_epoch = msg.epoch
+                        if not first:  # Sparkplug's host rule: every gateway sends its birth again
+                            storm.set()
+                            for i in range(groups.n):
+                                if i not in groups.silent:
+                                    send(i, "birth")
+                    continue
+                if not isinstance(msg, ApiRequest):
+                    continue
+                parts = message.topic.value.split("/")
+                i = index[parts[6]]
+                now = int(time.time() * 1000)
+                lease = Lease(
+                    lease_id=f"l-{msg.txid}",
+                    task_id=str(msg.params["task_id"]),
+                    node=f"n{i}",
+                    resources=[ResourceSpec(type=ResourceType.COMPUTE_CPU, capacity=4.0, unit="cores")],
+                    start_ms=now,
+                    end_ms=now + 3_600_000,
+                    rate_micro_per_hour=0,
+                )
+                resp = ApiResponse(
+                    txid=msg.txid,
+                    method="region-task",
+                    ok=True,
+                    result={"lease": groups.signers[i].seal(lease, now)},
+                )
+                topic = topics.unit_api(
+                    topics.Kind.UNIT_API_RESP, SITE, REGION, parts[5], parts[6], "region-task", msg.requester
+                )
+                await listener.publish(topic, groups.signers[i].seal(resp, now), qos=1)
+
+        answering = asyncio.create_task(answer())
+        tick = 0.05
+        while not stop.is_set():
+            now = time.time()
+            for i in range(groups.n):
+                if i in groups.silent:
+                    continue
+                if groups.due[i] <= now:
+                    groups.due[i] += groups.interval
+                    send(i, "periodic")
+            # Claim changes: visible at the group's next coordinator tick (Group.tick, 1 s).
+            for _ in range(int(change_rate * tick + groups.rng.random())):
+                i = groups.rng.randrange(groups.n)
+                if i not in groups.silent:
+                    delay = groups.rng.uniform(0, 1.0)
+                    asyncio.get_running_loop().call_later(delay, send, i, f"change@{now:.3f}")
+            await asyncio.sleep(tick)
+        answering.cancel()
+        for w in workers:
+            w.cancel()
+
+
+def ingest_ratio(groups: Groups, n: int = 3000) -> dict[str, float]:
+    """The sans-IO region core alone: summaries taken per second against raw Ed25519 verifies."""
+    from nacl.signing import VerifyKey
+
+    from prsm_edge.protocol.region import Region, RegionConfig
+
+    key = SigningKey(b"r" * 32)
+    region = Region(
+        RegionConfig(
+            site=SITE, region=REGION, coordinator="nregion", public_key=bytes(key.verify_key), epoch=1
+        )
+    )
+    msgs = [groups.seal(i % groups.n) for i in range(n)]
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    for topic, payload, _ in msgs:
+        region.receive(topic, payload, now)
+    ingest = n / (time.perf_counter() - t0)
+    signed = key.sign(b"x" * 300)
+    vk = VerifyKey(bytes(key.verify_key))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        vk.verify(signed)
+    raw = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        region.summary()
+    return {
+        "region_core_summaries_per_s": round(ingest),
+        "raw_ed25519_verify_per_s": round(raw),
+        "core_over_raw_verify": round(ingest / raw, 2),
+        "region_own_summary_ms": round((time.perf_counter() - t0) / 20 * 1000, 1),
+    }
+
+
+def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+        "max_queued_messages 200000\nmax_inflight_messages 100\nuser root\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, port
+        time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def spawn_region(port: int, workdir: Path, out: Path, seconds: float, tasks: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--role",
+            "region",
+            "--port",
+            str(port),
+            "--workdir",
+            str(workdir),
+            "--out",
+            str(out),
+            "--seconds",
+            str(seconds),
+            "--tasks",
+            str(tasks),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+
+
+async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="fedscale-"))
+    broker, port = start_broker(tmp)
+    rng = random.Random(7)
+    print(f"signing keys for {args.groups} groups …", file=sys.stderr)
+    groups = Groups(args.groups, args.interval, rng)
+    core = ingest_ratio(groups)
+    groups.signers = [type(s)(s._key) for s in groups.signers]  # fresh counters for the live run
+    stop, storm = asyncio.Event(), asyncio.Event()
+    steady_s = args.steady
+    region1 = spawn_region(port, tmp / "region", tmp / "r1.json", steady_s, args.tasks)
+    proc = psutil.Process(region1.pid)
+    sim = asyncio.create_task(simulate(port, groups, stop, args.change_rate, storm, args.connections))
+    try:
+        await asyncio.sleep(args.interval + 2)  # every group has published once; the region has them all
+        print("steady state: measuring …", file=sys.stderr)
+        cpu0, t0, pub0 = sum(proc.cpu_times()[:2]), time.time(), groups.published
+        rss = [proc.memory_info().rss]
+        kill_at = time.time() + 2
+        killed: set[int] = set()
+        while region1.poll() is None:
+            await asyncio.sleep(1)
+            with contextlib.suppress(psutil.Error):
+                rss.append(proc.memory_info().rss)
+                cpu1, t1, pub1 = sum(proc.cpu_times()[:2]), time.time(), groups.published
+            if not killed and time.time() >= kill_at:
+                killed = set(rng.sample(range(args.groups), args.deaths))
+                groups.silent |= killed
+                kill_time = time.time()
+        region1.wait()
+        steady = json.loads((tmp / "r1.json").read_text())
+        # Phase 2: the region restarts (new epoch): every gateway sends its birth at once.
+        print("rebirth storm: restarting the region …", file=sys.stderr)
+        groups.silent.clear()
+        region2 = spawn_region(port, tmp / "region", tmp / "r2.json", args.storm_s, 0)
+        await asyncio.to_thread(region2.wait)
+        reborn = json.loads((tmp / "r2.json").read_text())
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sim, 5)
+        broker.terminate()
+        broker.wait()
+    # ---- figures ---------------------------------------------------------------------------------
+    wall = t1 - t0
+    accept_at = {(g, seq): when for g, seq, when in steady["accepted"]}
+    sent = [(g, seq, when, why) for g, seq, when, why in groups.sent if (g, seq) in accept_at]
+    transit = [accept_at[(g, s)] - w for g, s, w, _ in sent if w >= t0]
+    claim_vis = [accept_at[(g, s)] - float(why[7:]) for g, s, w, why in sent if why.startswith("change@")]
+    # Telemetry changes: at a random instant, visible with the group's next periodic summary.
+    periodic: dict[str, list[tuple[float, float]]] = {}
+    for g, s, w, why in sent:
+        if why == "periodic":
+            periodic.setdefault(g, []).append((w, accept_at[(g, s)]))
+    tele_vis = []
+    for rows in periodic.values():
+        rows.sort()
+        for _ in range(3):
+            if len(rows) < 2:
+                break
+            change = rng.uniform(rows[0][0], rows[-1][0])
+            nxt = next(a for w, a in rows if w >= change)
+            tele_vis.append(nxt - change)
+    death = [when - kill_time for g, when in steady["deaths"] if groups.names.index(g) in killed]
+    births = sorted(reborn["births"])
+    storm_accept = {(g, seq): when for g, seq, when in reborn["accepted"]}
+    storm_sent = [storm_accept.get((g, s)) for g, s, w, why in groups.sent if why == "birth"]
+    storm_done = max((a for a in storm_sent if a is not None), default=float("nan")) - reborn["online_at"]
+    absorb = births[-1] - reborn["online_at"] if len(births) >= args.groups else float("nan")
+    return core | {
+        "groups": args.groups,
+        "nodes": args.groups * NODES_PER_GROUP,
+        "interval_s": args.interval,
+        "steady_window_s": round(wall, 1),
+        "region_cpu_pct_of_one_core": round(100 * (cpu1 - cpu0) / wall, 1),
+        "region_rss_mib_max": round(max(rss) / 2**20, 1),
+        "region_tier_msgs_per_s": round((pub1 - pub0) / wall, 1),
+        "group_tier_msgs_per_s_stated": args.groups * NODES_PER_GROUP / 10.0,
+        "transit_p50_ms": round(1000 * pct(transit, 0.5), 1),
+        "transit_p99_ms": round(1000 * pct(transit, 0.99), 1),
+        "claim_change_visibility_p50_s": round(pct(claim_vis, 0.5), 2),
+        "claim_change_visibility_p99_s": round(pct(claim_vis, 0.99), 2),
+        "telemetry_visibility_p50_s": round(pct(tele_vis, 0.5), 2),
+        "telemetry_visibility_p99_s": round(pct(tele_vis, 0.99), 2),
+        "deaths_seen": f"{len(death)}/{args.deaths}",
+        "death_visible_max_s": round(max(death), 1) if death else None,
+        "death_visible_p50_s": round(pct(death, 0.5), 1) if death else None,
+        "rebirth_units": len(births),
+        "rebirth_all_units_known_s": round(absorb, 2),
+        "rebirth_storm_absorb_s": round(storm_done, 2),
+        "rebirth_births_accepted": f"{sum(a is not None for a in storm_sent)}/{len(storm_sent)}",
+        "restarted_region_cpu_s_total": round(reborn["cpu_s"], 2),
+        "alloc_e2e_p50_ms": round(pct(steady["alloc_ms"], 0.5), 1),
+        "alloc_e2e_p99_ms": round(pct(steady["alloc_ms"], 0.99), 1),
+        "alloc_route_decision_p99_ms": round(pct(steady["route_ms"], 0.99), 2),
+        "alloc_route_decision_cpu_p99_ms": round(pct(steady["route_cpu_ms"], 0.99), 3),
+        "tasks_leased": f"{len(steady['alloc_ms'])}/{args.tasks}",
+        "rejected_at_region": steady["rejected"],
+        "median_of": len(transit),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=("bench", "region"), default="bench")
+    parser.add_argument("--groups", type=int, default=5000)
+    parser.add_argument("--interval", type=float, default=10.0, help="summary interval (s)")
+    parser.add_argument("--steady", type=float, default=60.0, help="steady-state phase length (s)")
+    parser.add_argument("--storm-s", type=float, default=20.0, help="how long the restarted region runs")
+    parser.add_argument("--deaths", type=int, default=20, help="groups that fall silent")
+    parser.add_argument("--tasks", type=int, default=200, help="tasks submitted at the region")
+    parser.add_argument(
+        "--change-rate", type=float, default=20.0, help="claim changes per second, all groups"
+    )
+    parser.add_argument("--connections", type=int, default=8, help="MQTT connections standing in for bridges")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    if args.role == "region":
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        asyncio.run(
+            region_main(f"mqtt://127.0.0.1:{args.port}", args.workdir, args.out, args.seconds, args.tasks)
+        )
+        return
+    result = asyncio.run(orchestrate(args))
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()

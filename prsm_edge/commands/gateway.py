@@ -1,0 +1,137 @@
+"""``prsm-edge gateway``: connect this group's broker to its region's broker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from prsm_edge import paths, settings
+from prsm_edge.errors import ConfigError
+from prsm_edge.gateway.bridge import render_bridge, write_bridge
+from prsm_edge.gateway.service import Gateway, GatewayOptions
+from prsm_edge.identity import load_or_create
+
+
+def register(sub: Any) -> None:
+    """Add the ``gateway`` command."""
+    parser = sub.add_parser(
+        "gateway",
+        help="carry this group's summary, leases and evidence up to its region (and tasks down)",
+        description=(
+            "Run a group's gateway: the group's signed summary goes up as retained state, lease reports "
+            "and evidence as an ordered stream kept on disk (SQLite) while the region is unreachable, "
+            "and the gateway's own link state is published on both brokers. Task and drill-down "
+            "requests come down through a Mosquitto bridge; --bridge-conf writes that bridge's "
+            "configuration for the group's broker to include."
+        ),
+    )
+    parser.add_argument("--site", default=None, help="this group's site (default: from settings)")
+    parser.add_argument("--group", default="g1", help="this group's name (default g1)")
+    parser.add_argument(
+        "--local", default="mqtt://127.0.0.1:1883", help="the group's broker (default mqtt://127.0.0.1:1883)"
+    )
+    parser.add_argument(
+        "--uplink",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="the region's broker, mqtt://HOST:PORT; repeat for a standby (tried in order)",
+    )
+    parser.add_argument("--region-site", default="region", help="the region's site segment (default region)")
+    parser.add_argument("--region", default="r1", help="the region's name (default r1)")
+    parser.add_argument("--region-key", default=None, help="pin the region coordinator's public key (hex)")
+    parser.add_argument(
+        "--ttl-s", type=float, default=86_400, help="lifetime of a stream item (default 1 day)"
+    )
+    parser.add_argument(
+        "--max-buffered", type=int, default=100_000, help="items kept on disk while down (oldest dropped)"
+    )
+    parser.add_argument("--replay-rate", type=float, default=50.0, help="records/s when replaying a backlog")
+    parser.add_argument("--uplink-username", default=None, help="login on the region's broker")
+    parser.add_argument("--uplink-password", default=None, help="password on the region's broker")
+    parser.add_argument(
+        "--bridge-conf",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the Mosquitto bridge section for the group's broker to FILE (then keep running)",
+    )
+    parser.add_argument("--bridge-only", action="store_true", help="only write --bridge-conf, then exit")
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    site = args.site or settings.load().site
+    uplinks = tuple(args.uplink or ["mqtt://127.0.0.1:1884"])
+    workdir = (args.workdir or paths.data_dir()) / "gateway" / args.group
+    identity = load_or_create(workdir)
+    if args.bridge_conf is not None:
+        text = render_bridge(
+            site=site,
+            group=args.group,
+            gateway=identity.node_id,
+            region_site=args.region_site,
+            region=args.region,
+            uplinks=uplinks,
+            username=args.uplink_username,
+            password=args.uplink_password,
+        )
+        write_bridge(args.bridge_conf, text)
+        print(f"wrote the bridge configuration to {args.bridge_conf}", file=sys.stderr)
+        if args.bridge_only:
+            return 0
+    elif args.bridge_only:
+        raise ConfigError("--bridge-only needs --bridge-conf FILE")
+    if args.ttl_s <= 0 or args.max_buffered < 1 or args.replay_rate <= 0:
+        raise ConfigError("--ttl-s, --max-buffered and --replay-rate must be positive")
+    try:
+        region_key = bytes.fromhex(args.region_key) if args.region_key else None
+    except ValueError:
+        raise ConfigError("--region-key must be the region coordinator's public key in hex") from None
+    options = GatewayOptions(
+        site=site,
+        group=args.group,
+        local_url=args.local,
+        uplink_urls=uplinks,
+        region_site=args.region_site,
+        region=args.region,
+        workdir=workdir,
+        ttl_ms=int(args.ttl_s * 1000),
+        max_buffered=args.max_buffered,
+        replay_rate=args.replay_rate,
+        region_key=region_key,
+        uplink_username=args.uplink_username,
+        uplink_password=args.uplink_password,
+    )
+    gateway = Gateway(identity, options)
+    print(f"gateway {gateway.gateway_id}: {site}/{args.group} -> {' | '.join(uplinks)}", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(gateway, args.seconds))
+    return 0
+
+
+async def _serve(gateway: Gateway, seconds: float | None) -> None:
+    task = asyncio.create_task(gateway.run())
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
+    try:
+        while deadline is None or loop.time() < deadline:
+            await asyncio.sleep(min(5.0, seconds or 5.0))
+            link = gateway.link
+            up = "up" if gateway.uplink.connected.is_set() and link.region_online else "down"
+            print(
+                f"uplink {up}, coordinator {link.coordinator}, bridge {link.bridge}, "
+                f"buffered {len(gateway.buffer)}, sent {link.sent} (replayed {link.replayed}), "
+                f"dropped {gateway.buffer.dropped}, expired {gateway.buffer.expired}",
+                flush=True,
+            )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,344 @@
+"""The regional coordinator's rules, in memory: pinned keys, newest wins, death, the stream, routing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from nacl.signing import SigningKey
+
+from prsm_edge.errors import Reason
+from prsm_edge.protocol import topics as t
+from prsm_edge.protocol.envelope import Signer
+from prsm_edge.protocol.group import Publish, Rejection
+from prsm_edge.protocol.messages import (
+    ApiRequest,
+    ApiResponse,
+    GatewayState,
+    GroupSummary,
+    Lease,
+    NodeCommand,
+    ResourceSpec,
+    ResourceType,
+    UplinkRecord,
+    VerificationLevel,
+)
+from prsm_edge.protocol.placement import TaskSpec
+from prsm_edge.protocol.region import (
+    LeaseGranted,
+    PinUnit,
+    Region,
+    RegionConfig,
+    StreamItem,
+    TaskRefused,
+    UnitChange,
+)
+
+RS, R = "eu", "r1"
+NOW = 1_800_000_000_000
+
+
+class FakeGroup:
+    """A group coordinator and its gateway, signing what a real one sends up."""
+
+    def __init__(self, site: str, group: str, cpu: float = 8.0, level: str = "benchmarked") -> None:
+        self.site, self.group = site, group
+        self.coord = Signer(SigningKey.generate())
+        self.gw = Signer(SigningKey.generate())
+        self.cpu, self.level = cpu, level
+        self.stream_seq = 0
+
+    def summary(self, now: int, epoch: int = 1, **kw: object) -> tuple[str, bytes]:
+        fields: dict[str, object] = {
+            "site": self.site,
+            "group": self.group,
+            "epoch": epoch,
+            "tier": 1,
+            "members": 10,
+            "online": 9,
+            "capacity": {"compute_cpu": self.cpu},
+            "trust": {self.level: 9},
+            "utilization": 0.25,
+        }
+        fields.update(kw)
+        msg = GroupSummary(**fields)  # type: ignore[arg-type]
+        return t.unit(t.Kind.UNIT_SUMMARY, RS, R, self.site, self.group), self.coord.seal(msg, now)
+
+    def record(
+        self, now: int, item: bytes, *, seq: int | None = None, skipped: int = 0, ttl: int = 60_000
+    ) -> tuple[str, bytes]:
+        if seq is None:
+            self.stream_seq += 1
+            seq = self.stream_seq
+        rec = UplinkRecord(
+            site=self.site,
+            group=self.group,
+            gateway=self.gw.node_id,
+            stream_seq=seq,
+            kind="lease",
+            expires_ms=now + ttl,
+            item=item,
+            skipped=skipped,
+        )
+        return t.unit(t.Kind.UNIT_STREAM, RS, R, self.site, self.group), self.gw.seal(rec, now)
+
+    def lease(self, now: int, task_id: str = "t1", node: str = "nabc") -> bytes:
+        lease = Lease(
+            lease_id="l-" + task_id,
+            task_id=task_id,
+            node=node,
+            resources=[ResourceSpec(type=ResourceType.COMPUTE_CPU, capacity=1, unit="cores")],
+            start_ms=now,
+            end_ms=now + 1000,
+            rate_micro_per_hour=0,
+        )
+        return self.coord.seal(lease, now)
+
+    def gateway_state(
+        self, now: int, status: str, bdseq: int, coordinator: str = "online"
+    ) -> tuple[str, bytes]:
+        msg = GatewayState(
+            site=self.site,
+            group=self.group,
+            gateway=self.gw.node_id,
+            status=status,
+            bdseq=bdseq,  # type: ignore[arg-type]
+            coordinator=coordinator,
+        )
+        return t.gateway_state(self.site, self.gw.node_id), self.gw.seal(msg, now)
+
+
+def region(**kw: object) -> Region:
+    key = SigningKey.generate()
+    base: dict[str, object] = {
+        "site": RS,
+        "region": R,
+        "coordinator": Signer(key).node_id,
+        "public_key": bytes(key.verify_key),
+        "epoch": 1,
+        "dead_after_ms": 25_000,
+    }
+    base.update(kw)
+    return Region(RegionConfig(**base))  # type: ignore[arg-type]
+
+
+def reasons(effects: list[object]) -> list[Reason]:
+    return [e.reason for e in effects if isinstance(e, Rejection)]
+
+
+def test_first_summary_pins_the_key_and_a_forgery_is_refused() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    effects = r.receive(*g.summary(NOW), NOW)
+    assert effects == [UnitChange("lab", "g1", True, "birth"), PinUnit("lab", "g1", g.coord.public_key)]
+    forger = FakeGroup("lab", "g1", cpu=4096)
+    assert reasons(r.receive(*forger.summary(NOW + 10), NOW + 10)) == [Reason.UNKNOWN_KEY]
+    assert r.units[("lab", "g1")].summary.capacity == {"compute_cpu": 8.0}
+
+
+def test_pins_of_an_earlier_run_hold_after_a_restart() -> None:
+    g, forger = FakeGroup("lab", "g1"), FakeGroup("lab", "g1", cpu=4096)
+    first = region()
+    pins = {(e.site, e.group): e.key for e in first.receive(*g.summary(NOW), NOW) if isinstance(e, PinUnit)}
+    restarted = region(epoch=2)
+    restarted.restore_pins(pins)
+    # The forger's summary arrives first after the restart: the old pin still refuses it.
+    assert reasons(restarted.receive(*forger.summary(NOW + 10), NOW + 10)) == [Reason.UNKNOWN_KEY]
+    assert reasons(restarted.receive(*g.summary(NOW + 20), NOW + 20)) == []
+
+
+def test_operator_pins_refuse_unlisted_groups_and_other_keys() -> None:
+    g, stranger = FakeGroup("lab", "g1"), FakeGroup("lab", "g2")
+    r = region(pinned={("lab", "g1"): g.coord.public_key})
+    assert reasons(r.receive(*stranger.summary(NOW), NOW)) == [Reason.UNKNOWN_KEY]
+    assert reasons(r.receive(*g.summary(NOW), NOW)) == []
+
+
+def test_newest_summary_wins_and_a_replayed_one_is_refused() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    old = g.summary(NOW)
+    r.receive(*old, NOW)
+    r.receive(*g.summary(NOW + 1000, online=5), NOW + 1000)
+    assert reasons(r.receive(*old, NOW + 2000)) == [Reason.REPLAY]
+    assert r.units[("lab", "g1")].summary.online == 5
+    # The held summary sent again (a birth) is neither news nor a refusal.
+    again = r.receive(
+        t.unit(t.Kind.UNIT_SUMMARY, RS, R, "lab", "g1"), r.units[("lab", "g1")].envelope, NOW + 3000
+    )
+    assert again == []
+    # A restarted coordinator (higher epoch) takes over even with a lower sequence number.
+    restarted = Signer(SigningKey(bytes(g.coord._key)), lambda: 1)
+    g.coord = restarted
+    assert reasons(r.receive(*g.summary(NOW + 4000, epoch=2), NOW + 4000)) == []
+    assert r.units[("lab", "g1")].summary.epoch == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"utilization": float("nan")}, Reason.IMPLAUSIBLE),
+        ({"capacity": {"compute_cpu": -1.0}}, Reason.IMPLAUSIBLE),
+        ({"capacity": {"warp_drive": 1.0}}, Reason.IMPLAUSIBLE),
+        ({"online": 11}, Reason.IMPLAUSIBLE),
+        ({"tier": 2}, Reason.MALFORMED),
+        ({"group": "g2"}, Reason.MALFORMED),
+    ],
+)
+def test_implausible_or_misplaced_summaries_are_refused(fields: dict[str, object], reason: Reason) -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    assert reasons(r.receive(*g.summary(NOW, **fields), NOW)) == [reason]
+    assert not r.units
+
+
+def test_a_stale_summary_is_refused() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    assert reasons(r.receive(*g.summary(NOW - 10 * 60_000), NOW)) == [Reason.STALE]
+
+
+def test_silent_group_dies_and_a_new_summary_revives_it() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    r.receive(*g.summary(NOW), NOW)
+    assert not [e for e in r.tick(NOW + 25_000) if isinstance(e, UnitChange)]
+    dead = [e for e in r.tick(NOW + 25_001) if isinstance(e, UnitChange)]
+    assert dead == [UnitChange("lab", "g1", False, "silent")]
+    assert r.summary().online == 0
+    assert r.receive(*g.summary(NOW + 26_000), NOW + 26_000) == [UnitChange("lab", "g1", True, "summary")]
+
+
+def test_gateway_will_kills_only_its_own_session() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    r.receive(*g.summary(NOW), NOW)
+    r.receive(*g.gateway_state(NOW, "online", bdseq=4), NOW)
+    assert r.receive(*g.gateway_state(NOW, "offline", bdseq=3), NOW + 1) == []  # a late Will
+    assert r.receive(*g.gateway_state(NOW, "offline", bdseq=4), NOW + 2) == [
+        UnitChange("lab", "g1", False, "gateway offline")
+    ]
+
+
+def test_coordinator_offline_reported_by_the_gateway_kills_the_group() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    r.receive(*g.summary(NOW), NOW)
+    effects = r.receive(*g.gateway_state(NOW, "online", bdseq=1, coordinator="offline"), NOW)
+    assert effects == [UnitChange("lab", "g1", False, "coordinator offline")]
+
+
+def test_stream_before_any_summary_asks_for_a_rebirth_once() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    effects = r.receive(*g.record(NOW, g.lease(NOW)), NOW)
+    (pub,) = effects
+    assert isinstance(pub, Publish) and isinstance(pub.message, NodeCommand)
+    assert pub.topic == t.unit(t.Kind.UNIT_REBIRTH, RS, R, "lab", "g1") and pub.message.verb == "rebirth"
+    assert r.receive(*g.record(NOW + 1, g.lease(NOW)), NOW + 1) == []  # not again within the gap
+
+
+def test_stream_is_ordered_deduplicated_and_a_loss_asks_for_rebirth() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    r.receive(*g.summary(NOW), NOW)
+    first = g.record(NOW, g.lease(NOW, "a"))
+    assert [type(e) for e in r.receive(*first, NOW)] == [StreamItem]
+    # The same record again (a redelivery, re-signed by the gateway): dropped.
+    again = g.record(NOW + 1, g.lease(NOW, "a"), seq=1)
+    assert r.receive(*again, NOW + 1) == []
+    # Two dropped on purpose by the gateway (declared): no loss.
+    assert [type(e) for e in r.receive(*g.record(NOW + 2, g.lease(NOW, "b"), seq=4, skipped=2), NOW + 2)] == [
+        StreamItem
+    ]
+    # One lost on the way (undeclared): counted, and the gateway is asked to rebirth.
+    effects = r.receive(*g.record(NOW + 3, g.lease(NOW, "c"), seq=6), NOW + 3)
+    assert isinstance(effects[0], Publish) and isinstance(effects[1], StreamItem)
+    stats = r.stream.stats(g.gw.node_id)
+    assert (stats.accepted, stats.duplicates, stats.skipped, stats.lost) == (3, 1, 2, 1)
+    # An expired record is not delivered.
+    late = g.record(NOW + 4, g.lease(NOW, "d"), seq=7, ttl=-1)
+    assert reasons(r.receive(*late, NOW + 4)) == [Reason.STALE]
+
+
+def test_stream_item_must_be_signed_by_the_groups_coordinator() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    r.receive(*g.summary(NOW), NOW)
+    other = Signer(SigningKey.generate())
+    forged = other.seal(
+        Lease(lease_id="x", task_id="x", node="n", resources=[], start_ms=0, end_ms=1, rate_micro_per_hour=0),
+        NOW,
+    )
+    assert reasons(r.receive(*g.record(NOW, forged), NOW)) == [Reason.UNKNOWN_KEY]
+    # And a second gateway key for the same group is not accepted.
+    g.gw = Signer(SigningKey.generate())
+    assert reasons(r.receive(*g.record(NOW, g.lease(NOW)), NOW)) == [Reason.UNKNOWN_KEY]
+
+
+def _answer(r: Region, g: FakeGroup, pub: Publish, now: int, ok: bool = True) -> list[object]:
+    assert isinstance(pub.message, ApiRequest)
+    parsed = t.parse(pub.topic)
+    assert (parsed.unit_site, parsed.unit_group) == (g.site, g.group)
+    result = {"lease": g.lease(now, pub.message.params["task_id"])} if ok else {}
+    resp = ApiResponse(
+        txid=pub.message.txid, method="region-task", ok=ok, result=result, error="" if ok else "full"
+    )
+    topic = t.unit_api(t.Kind.UNIT_API_RESP, RS, R, g.site, g.group, "region-task", r.config.coordinator)
+    return list(r.receive(topic, g.coord.seal(resp, now), now))
+
+
+def test_task_goes_to_own_site_first_then_the_next_candidate_on_refusal() -> None:
+    r = region()
+    near, near2, far = FakeGroup("lab", "g1"), FakeGroup("lab", "g2", cpu=16), FakeGroup("far", "g3", cpu=64)
+    for g in (near, near2, far):
+        r.receive(*g.summary(NOW), NOW)
+    task = TaskSpec(task_id="t1", resources={ResourceType.COMPUTE_CPU: 6.0}, origin_site="lab")
+    (ask,) = r.submit(task, NOW, random.Random(1))
+    assert isinstance(ask, Publish)
+    first = t.parse(ask.topic).unit_group
+    assert first in ("g1", "g2")  # own site, though far has more capacity
+    group = near if first == "g1" else near2
+    (ask2,) = _answer(r, group, ask, NOW + 5, ok=False)
+    assert isinstance(ask2, Publish) and t.parse(ask2.topic).unit_group not in (first,)
+    other = {"g1": near, "g2": near2, "g3": far}[t.parse(ask2.topic).unit_group]
+    (granted,) = _answer(r, other, ask2, NOW + 10)
+    assert isinstance(granted, LeaseGranted) and granted.task_id == "t1" and granted.via == "response"
+    assert r.units[(other.site, other.group)].reserved == {"compute_cpu": 6.0}
+    assert r.pending_tasks() == 0
+
+
+def test_task_needing_more_trust_or_capacity_than_any_group_is_refused() -> None:
+    r = region()
+    g = FakeGroup("lab", "g1", level="self_reported")
+    r.receive(*g.summary(NOW), NOW)
+    trusted = TaskSpec(
+        task_id="t", resources={ResourceType.COMPUTE_CPU: 1}, min_level=VerificationLevel.BENCHMARKED
+    )
+    assert [type(e) for e in r.submit(trusted, NOW, random.Random(0))] == [TaskRefused]
+    big = TaskSpec(task_id="u", resources={ResourceType.COMPUTE_CPU: 100})
+    assert [type(e) for e in r.submit(big, NOW, random.Random(0))] == [TaskRefused]
+
+
+def test_unanswered_task_moves_on_after_the_timeout_and_a_stream_lease_settles_it() -> None:
+    r = region(task_timeout_ms=1000)
+    a, b = FakeGroup("lab", "g1"), FakeGroup("lab", "g2")
+    r.receive(*a.summary(NOW), NOW)
+    r.receive(*b.summary(NOW), NOW)
+    (ask,) = r.submit(TaskSpec(task_id="t9", resources={ResourceType.COMPUTE_CPU: 1}), NOW, random.Random(3))
+    asks = [e for e in r.tick(NOW + 1001) if isinstance(e, Publish) and isinstance(e.message, ApiRequest)]
+    assert len(asks) == 1 and t.parse(asks[0].topic).unit_group != t.parse(ask.topic).unit_group
+    second = a if t.parse(asks[0].topic).unit_group == "g1" else b
+    effects = r.receive(*second.record(NOW + 1100, second.lease(NOW + 1100, "t9")), NOW + 1100)
+    granted = [e for e in effects if isinstance(e, LeaseGranted)]
+    assert granted and granted[0].via == "stream"
+
+
+def test_region_summary_nests_one_tier_up() -> None:
+    r = region()
+    groups = [FakeGroup("lab", f"g{i}") for i in range(3)]
+    for g in groups:
+        r.receive(*g.summary(NOW), NOW)
+    pubs = [e for e in r.tick(NOW + 1000) if isinstance(e, Publish) and isinstance(e.message, GroupSummary)]
+    (pub,) = pubs
+    s = pub.message
+    assert isinstance(s, GroupSummary)
+    assert (s.tier, s.members, s.online, s.claims) == (2, 30, 27, 3)
+    assert s.capacity == {"compute_cpu": 24.0} and s.trust == {"benchmarked": 27}
+    # A tier-3 coordinator takes the region's summary as its unit, with the same code.
+    top = region(site="world", region="w", tier=3)
+    signer = Signer(SigningKey.generate())
+    topic = t.unit(t.Kind.UNIT_SUMMARY, "world", "w", RS, R)
+    births = top.receive(topic, signer.seal(s, NOW + 1000), NOW + 1000)
+    assert births[0] == UnitChange(RS, R, True, "birth")
+    assert top.summary().online == 27
