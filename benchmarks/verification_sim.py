@@ -55,6 +55,7 @@ from pathlib import Path
 import msgspec
 from nacl.signing import SigningKey
 
+from prsm_edge.node.agent import SEAT_WATCH_S
 from prsm_edge.node.prover import ProofWork, calibrate_cpu_rate, calibrate_table_rate
 from prsm_edge.protocol import proofs, topics
 from prsm_edge.protocol.envelope import Signer, open_envelope
@@ -207,6 +208,9 @@ class Sim:
         self.stats = Stats()
         self.outage: tuple[int, int] | None = None
         self.panels: dict[str, set[str]] = {}  # challenge id → panel (as the verify commands said)
+        # subject node id → {seated agent: until}: an agent watches its subject's proof topic while seated
+        # (node/agent.py Agent._watch_subject, for SEAT_WATCH_S after each seat)
+        self.watching: dict[str, dict[str, int]] = {}
         self.challenges: dict[str, BenchmarkChallenge] = {}
         # What survives a coordinator restart.
         self.store_members: dict[str, Member] = {}
@@ -366,7 +370,7 @@ class Sim:
         self.stats.panel_bytes += len(payload) * (receivers if needed is None else needed)
 
     def node_publish(self, node: SimNode, kind: topics.Kind, msg: Message, extra_bytes: int = 0) -> None:
-        """A node publishes on its own topic: the coordinator gets it; proof topics go to every agent."""
+        """A node publishes on its own topic: the coordinator gets it; watchers get its proof topic."""
         payload = node.signer.seal(msg, self.now + node.skew)
         if self.down(self.now):
             return
@@ -376,8 +380,12 @@ class Sim:
             name = type(msg).__name__
             sig = {"BenchmarkProof": "proof", "ProofOpening": "opening"}.get(name, "vote")
             cid = getattr(msg, "challenge_id", "")
-            # Every other agent subscribes to node/+/proof, and so does the coordinator.
-            self.count(payload + bytes(extra_bytes), sig, len(self.nodes), len(self.panels.get(cid, ())) + 1)
+            # The coordinator subscribes to node/+/proof; agents watch this node's topic while seated for it.
+            watchers = self.watching.get(node.node_id, {})
+            receivers = 1 + sum(
+                1 for seat, until in watchers.items() if until > self.now and seat != node.name
+            )
+            self.count(payload + bytes(extra_bytes), sig, receivers, len(self.panels.get(cid, ())) + 1)
             for seat in self.panels.get(cid, ()):
                 if seat != node.name:
                     peer = self.nodes[seat]
@@ -553,6 +561,7 @@ class Sim:
         elif cmd.verb == "verify":
             ch = msgspec.convert(cmd.args["challenge"], BenchmarkChallenge)
             self.panels.setdefault(ch.challenge_id, set()).add(node.name)
+            self.watching.setdefault(ch.node, {})[node.name] = self.now + int(SEAT_WATCH_S * 1000)
             node.work.sit(cmd.args)
         elif cmd.verb == "open":
             if node.kind == "withhold":
@@ -737,7 +746,7 @@ class Sim:
         s, n, hours = self.stats, len(self.nodes), self.args.cycles * ROUND_MS / 3_600_000
         print(
             f"traffic over the run: {s.msgs / n / hours:.0f} msgs and {s.bytes / n / hours / 1024:.0f} KB "
-            f"per node per hour received; if proof-topic messages reached only the panel and coordinator: "
+            f"per node per hour received; the part the check's own panel and coordinator needed: "
             f"{s.panel_msgs / n / hours:.0f} msgs and {s.panel_bytes / n / hours / 1024:.0f} KB"
         )
         print(

@@ -64,11 +64,11 @@ from prsm_edge.protocol.offer import Guardrails, Readings
 from prsm_edge.protocol.replay import CommandGuard
 from prsm_edge.protocol.verifier import claim_hash
 
-__all__ = ["Agent", "AgentOptions", "Redirected", "Sample"]
+__all__ = ["SEAT_WATCH_S", "Agent", "AgentOptions", "Redirected", "Sample"]
 
 log = logging.getLogger(__name__)
 
-_SEAT_WATCH_S: Final = 120.0  # how long a panel seat keeps its subject's proof topic (covers a check)
+SEAT_WATCH_S: Final = 120.0  # how long a panel seat keeps its subject's proof topic (covers a check)
 _MAX_WATCHED: Final = 64  # subjects watched at once (a node sits on a few panels a round)
 
 _MAX_PROVING = 2  # challenges proved at once; more wait their turn or miss their deadline
@@ -275,7 +275,7 @@ class Agent:
         task.add_done_callback(self._tasks.discard)
 
     async def _unwatch_later(self, subject: str) -> None:
-        await asyncio.sleep(_SEAT_WATCH_S)
+        await asyncio.sleep(SEAT_WATCH_S)
         count = self._watching.get(subject, 0) - 1
         if count > 0:
             self._watching[subject] = count
