@@ -68,8 +68,8 @@ NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bench/ec
 # ... and the coordinator API methods it calls. A new method must be added here, or members' requests
 # for it are dropped by the broker.
 # (lease, earnings and ledger are the economy branch's member methods, listed ahead of its merge.)
-# Methods a member calls on its coordinator: its own protocol calls, and every API method the coordinator
-# answers (the agent relays its owner's reads there), derived from the API's method table.
+# Methods a member calls on its coordinator: its own protocol calls, and every API method (the agent asks
+# the coordinator for reads, and for the market picture behind optimize and verify), from the API's table.
 NODE_API_METHODS: Final = tuple(
     dict.fromkeys(
         (
@@ -79,7 +79,7 @@ NODE_API_METHODS: Final = tuple(
             "ledger",
             tpm_registration.REGISTER,
             tpm_registration.ACTIVATE,
-            *(name for name, spec in api.METHODS.items() if spec.server is not api.Server.AGENT),
+            *api.METHODS,
         )
     )
 )
