@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from prsm_edge.errors import StorageError
+from prsm_edge.io.store import connect
 from prsm_edge.protocol.replay import ReplayGuard
 
 __all__ = ["PersistentReplayGuard"]
@@ -23,10 +24,7 @@ class PersistentReplayGuard(ReplayGuard):
         super().__init__(window_ms=window_ms, max_signers=max_signers)
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(path)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS seen (signer TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
                 "ts INTEGER NOT NULL)"

@@ -21,12 +21,13 @@ from prsm_edge.protocol.group import Member, member_from_record, member_to_dict
 from prsm_edge.protocol.ledger import seal_entry
 from prsm_edge.protocol.messages import LedgerEntry
 
-__all__ = ["EvidenceStore", "LedgerStore", "Outbox", "OutboxItem", "RosterStore"]
+__all__ = ["EvidenceStore", "LedgerStore", "Outbox", "OutboxItem", "RosterStore", "connect"]
 
 log = logging.getLogger(__name__)
 
 
-def _connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open (creating its folder) a SQLite file in WAL mode, autocommit; StorageError if it cannot."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
@@ -50,7 +51,7 @@ class RosterStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = _connect(path)
+        self._db = connect(path)
         with _errors(path):
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS members (node TEXT PRIMARY KEY, record BLOB NOT NULL)"
@@ -115,7 +116,7 @@ class Outbox:
         self.path = path
         self.max_items = max_items
         self.dropped = 0
-        self._db = _connect(path)
+        self._db = connect(path)
         with _errors(path):
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -174,7 +175,7 @@ class LedgerStore:
     def __init__(self, path: Path, signer: Signer | None = None) -> None:
         self.path = path
         self.signer = signer
-        self._db = _connect(path, check_same_thread=False)
+        self._db = connect(path, check_same_thread=False)
         self._lock = threading.Lock()
         self._pending: list[LedgerEntry] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -296,7 +297,7 @@ class EvidenceStore:
     def __init__(self, path: Path, max_rows: int = 20_000) -> None:
         self.path = path
         self.max_rows = max_rows
-        self._db = _connect(path)
+        self._db = connect(path)
         with _errors(path):
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS evidence (node TEXT NOT NULL, claim BLOB NOT NULL, "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prsm_edge.errors import StorageError
+from prsm_edge.io.store import connect
 
 __all__ = ["BufferedItem", "StreamBuffer"]
 
@@ -40,10 +41,7 @@ class StreamBuffer:
         self.path = path
         self.max_items = max_items
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(path)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS stream (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
                 "expires_ms INTEGER NOT NULL, enqueued_ms INTEGER NOT NULL, item BLOB NOT NULL)"
