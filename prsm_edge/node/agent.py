@@ -239,8 +239,6 @@ class Agent:
         return ConnectParams(username, password, will)
 
     async def _on_connect(self) -> None:
-        # Agents before 2026-12 watched every peer's proofs; a persistent session may still hold that.
-        await self.session.unsubscribe(topics.node_filter(self.options.site, self.options.group, "proof"))
         log.debug("%s connected (bdseq %d); waiting for the coordinator", self.node_id, self.bdseq)
 
     def _goodbye(self) -> list[tuple[str, bytes]]:
