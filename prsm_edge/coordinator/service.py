@@ -238,6 +238,7 @@ class Coordinator:
             goodbye=self._goodbye,
             clean_session=False,
             max_queued=20_000,
+            send_queue=10_000,  # publishing never waits for a PUBACK: arrivals are stamped as they come
         )
         self.federation = RegionRequests(
             self.group, self.signer, self.session, options.region, engine=self._place_for_region
