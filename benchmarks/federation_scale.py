@@ -497,9 +497,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "region":
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        asyncio.run(
-            region_main(f"mqtt://127.0.0.1:{args.port}", args.workdir, args.out, args.seconds, args.tasks)
-        )
+        run = region_main(f"mqtt://127.0.0.1:{args.port}", args.workdir, args.out, args.seconds, args.tasks)
+        profile = os.environ.get("FEDSCALE_PROFILE")  # a path: write the region's cProfile there
+        if profile and args.tasks:
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                asyncio.run(run)
+            prof.dump_stats(profile)
+        else:
+            asyncio.run(run)
         return
     result = asyncio.run(orchestrate(args))
     width = max(len(k) for k in result)
