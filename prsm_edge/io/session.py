@@ -247,6 +247,8 @@ class Session:
                 max_inflight_messages=self.send_window if self._outgoing is not None else None,
                 timeout=10,
             )
+            if self._outgoing is not None:
+                client.pending_calls_threshold = self.send_window + 10  # the window is expected
             try:
                 async with client:
                     await self._connected(client)
