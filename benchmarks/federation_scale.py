@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import os
 import random
@@ -72,9 +73,26 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
         on_message(self, client, userdata, message)
 
     aiomqtt.Client._on_message = stamp  # type: ignore[method-assign]
+    gc_pauses: list[tuple[int, float]] = []  # generation, seconds: a stall of the whole event loop
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(gc_watch)
     coord = RegionCoordinator(
         load_or_create(workdir),
-        RegionOptions(site=SITE, region=REGION, broker_url=url, workdir=workdir, max_units=50_000),
+        RegionOptions(
+            site=SITE,
+            region=REGION,
+            broker_url=url,
+            workdir=workdir,
+            max_units=50_000,
+            quiet_heap=os.environ.get("FEDSCALE_GC") != "default",  # as `prsm-edge region` runs it
+        ),
     )
     accepted: list[tuple[str, int, float, float, float]] = []  # group, seq, arrived, handled, accepted
     submits: list[tuple[float, float, float]] = []  # a client's submit: arrived, handled, decided
@@ -138,6 +156,7 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
                 "rejected": {k.value: v for k, v in coord.region.rejected.items()},
                 "units": len(coord.region.units),
                 "send_refused": coord.session.refused_outgoing + coord.tasks.refused_outgoing,
+                "gc_pauses": gc_pauses,
             }
         )
     )
@@ -617,6 +636,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             f"{len(submitted['placed_ms'])}/{len(submitted['leased_ms'])}/{submitted['refused']}"
             f" of {submitted['sent']}"
         ),
+        "region_gc_full_collections_max_ms": round(
+            1000 * max((t for g, t in steady["gc_pauses"] if g == 2), default=0.0), 1
+        ),
+        "region_gc_collections_over_20ms": sum(t > 0.02 for _, t in steady["gc_pauses"]),
         "rejected_at_region": steady["rejected"],
         "region_send_queue_refused": steady["send_refused"],
         "median_of": len(transit),

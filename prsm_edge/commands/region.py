@@ -91,6 +91,7 @@ async def _region(args: argparse.Namespace) -> None:
             tier=args.tier,
             dead_after_s=args.dead_after_s,
             pinned=pins,
+            quiet_heap=True,  # this process is the coordinator's own: keep full collections rare
         )
         coord = RegionCoordinator(load_or_create(workdir), options)
         task = asyncio.create_task(coord.run())

@@ -25,6 +25,7 @@ import aiomqtt
 from prsm_edge.errors import Reason, TopicError
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io.clock import now_ms
+from prsm_edge.io.heap import QuietHeap
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import RosterStore
 from prsm_edge.io.unit_pins import PinStore
@@ -77,6 +78,7 @@ class RegionOptions:
     pinned: dict[tuple[str, str], bytes] | None = None
     username: str | None = None
     password: str | None = None
+    quiet_heap: bool = False  # freeze long-lived objects each tick (io/heap.py): for a process of its own
 
 
 class RegionCoordinator:
@@ -115,6 +117,7 @@ class RegionCoordinator:
         self._tasks: dict[str, asyncio.Future[LeaseGranted | TaskRefused]] = {}
         self._drills: dict[tuple[str, str], asyncio.Future[DrillVerdict]] = {}
         self._logged: set[tuple[Reason, str]] = set()
+        self.heap = QuietHeap() if options.quiet_heap else None
         o = options
         tree = f"{topics.ROOT}/{o.site}/{o.region}"
         self.session = Session(
@@ -251,6 +254,8 @@ class RegionCoordinator:
             await self._run()
         finally:
             self.pins.close()
+            if self.heap is not None:
+                self.heap.close()
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -263,3 +268,5 @@ class RegionCoordinator:
             await asyncio.sleep(self.options.tick_s)
             if self.session.connected.is_set():
                 await self._apply(self.region.tick(now_ms()))
+            if self.heap is not None:
+                self.heap.tick()
