@@ -59,6 +59,7 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
     """Run the real RegionCoordinator; log when each message reached it, was handled and was taken."""
     from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
     from prsm_edge.identity import load_or_create
+    from prsm_edge.protocol.envelope import open_envelope
     from prsm_edge.protocol.region import LeaseGranted, TaskPlaced, UnitChange
 
     # Stamp each message as paho hands it over (it then waits in the session's incoming queue, in order).
@@ -95,7 +96,7 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
         ),
     )
     accepted: list[tuple[str, int, float, float, float]] = []  # group, seq, arrived, handled, accepted
-    submits: list[tuple[float, float, float]] = []  # a client's submit: arrived, handled, decided
+    submits: list[tuple[str, float, float, float]] = []  # a client's submit: txid, arrived, handled, decided
     deaths: list[tuple[str, float]] = []
     births: list[float] = []
     route_ms: list[float] = []
@@ -115,7 +116,8 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
             if unit is not None and unit.envelope == payload:  # accepted, or the held one again
                 accepted.append((parts[-2], unit.summary.seq, arrived, handled, time.time()))
         elif "/api/submit/req/" in topic:  # decided: placed (or refused) and the answer queued
-            submits.append((arrived, handled, time.time()))
+            request = open_envelope(payload).message
+            submits.append((getattr(request, "txid", ""), arrived, handled, time.time()))
             route_ms.append((time.perf_counter() - t0) * 1000)
         return effects
 
@@ -211,6 +213,8 @@ async def submitter_main(port: int, out: Path, tasks: int, start_after: float) -
                 "leased_ms": [1000 * (leased[t] - sent[t]) for t in sent if t in leased],
                 "refused": refused,
                 "sent": len(sent),
+                "sent_at": sent,
+                "placed_at": placed,
             }
         )
     )
@@ -578,8 +582,15 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         hop.append(arrived - out)
         queued.append(handled - arrived)
         handling.append(when - handled)
-    submit_queued = [handled - arrived for arrived, handled, _ in steady["submits"]]
-    decision = [decided - arrived for arrived, _, decided in steady["submits"]]
+    submit_queued = [handled - arrived for _, arrived, handled, _ in steady["submits"]]
+    decision = [decided - arrived for _, arrived, _, decided in steady["submits"]]
+    # The client's round trip, split: to the region (broker hop in), the decision, back (hop out).
+    hop_in, hop_out = [], []
+    for txid, arrived, _, decided in steady["submits"]:
+        if txid in submitted["sent_at"]:
+            hop_in.append(arrived - submitted["sent_at"][txid])
+        if txid in submitted["placed_at"]:
+            hop_out.append(submitted["placed_at"][txid] - decided)
     claim_vis = [
         accept_at[(g, s)] - float(why[7:]) for g, s, w, why in sent if why.startswith("change@") and w >= t0
     ]
@@ -631,6 +642,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "summary_stage_region_queue_p50_p99_ms": stages(queued),
         "summary_stage_region_handling_p50_p99_ms": stages(handling),
         "alloc_region_decision_p50_p99_ms": stages(decision),
+        "alloc_client_to_region_p50_p99_ms": stages(hop_in),
+        "alloc_region_to_client_p50_p99_ms": stages(hop_out),
         "alloc_placed_answer_p50_ms": round(pct(submitted["placed_ms"], 0.5), 1),
         "alloc_placed_answer_p99_ms": round(pct(submitted["placed_ms"], 0.99), 1),
         "alloc_lease_confirmed_p50_ms": round(pct(submitted["leased_ms"], 0.5), 1),
