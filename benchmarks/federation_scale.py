@@ -531,11 +531,13 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     region1 = spawn_region(port, tmp / "region", tmp / "r1.json", steady_s, args.tasks)
     submitter = spawn_submitter(port, tmp / "submit.json", args.tasks, min(15.0, steady_s / 3))
     proc = psutil.Process(region1.pid)
+    broker_proc = psutil.Process(broker.pid)
     sim = asyncio.create_task(simulate(port, groups, stop, args.change_rate, storm, args.connections))
     try:
         await asyncio.sleep(args.interval + 2)  # every group has published once; the region has them all
         print("steady state: measuring …", file=sys.stderr)
         cpu0, t0, pub0 = sum(proc.cpu_times()[:2]), time.time(), groups.published
+        bcpu0, load0 = sum(broker_proc.cpu_times()[:2]), os.getloadavg()[0]
         rss = [proc.memory_info().rss]
         kill_at = time.time() + 2
         killed: set[int] = set()
@@ -544,6 +546,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(psutil.Error):
                 rss.append(proc.memory_info().rss)
                 cpu1, t1, pub1 = sum(proc.cpu_times()[:2]), time.time(), groups.published
+                bcpu1, load1 = sum(broker_proc.cpu_times()[:2]), os.getloadavg()[0]
             if not killed and time.time() >= kill_at:
                 killed = set(rng.sample(range(args.groups), args.deaths))
                 groups.silent |= killed
@@ -621,6 +624,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "steady_window_s": round(wall, 1),
         "region_cpu_pct_of_one_core": round(100 * (cpu1 - cpu0) / wall, 1),
         "region_rss_mib_max": round(max(rss) / 2**20, 1),
+        "broker_cpu_pct_of_one_core": round(100 * (bcpu1 - bcpu0) / wall, 1),
+        "load_average_start_end": f"{load0:.1f} / {load1:.1f}",
         "region_tier_msgs_per_s": round((pub1 - pub0) / wall, 1),
         "group_tier_msgs_per_s_stated": args.groups * NODES_PER_GROUP / 10.0,
         "transit_p50_ms": round(1000 * pct(transit, 0.5), 1),
