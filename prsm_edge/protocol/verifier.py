@@ -37,6 +37,13 @@ When the verdict is in and every panelist voted (or the time is up) the check is
 * with a registered attestation key the challenge asks for a TPM quote (:class:`VerifyQuote`);
 * stake comes from the node's ledger balance through the ``stake`` API call.
 
+Credit by measurement (:mod:`~prsm_edge.protocol.credit`): each settled check's rate, measured on the
+coordinator's clock, goes into the claim's evidence. What the group counts and the economy pays is
+:meth:`Verifier.credited` — per checked resource ``min(claimed, estimate)`` — not the raw claim, so an
+overclaim inside the noise band gains nothing; a persistent one is also recorded as evidence (the
+overclaim test), without a slash. The sampler's records are persisted too (:class:`RecordSampling`), so
+a restart does not re-check every long-verified node.
+
 A broker outage or a restart voids the open checks (:meth:`Verifier.void`): nobody is failed for the
 coordinator's absence. Fraud flags expire after ``flag_ttl_ms``; detectors look at online members only.
 """
@@ -55,7 +62,7 @@ from typing import Any, Final
 import msgspec
 
 from prsm_edge.errors import LocalError
-from prsm_edge.protocol import cbor, fraud, peers, proofs, topics
+from prsm_edge.protocol import cbor, credit, fraud, peers, proofs, topics
 from prsm_edge.protocol import stake as stake_mod
 from prsm_edge.protocol.group import Member, Publish
 from prsm_edge.protocol.ledger import Ledger, LedgerError
@@ -72,13 +79,14 @@ from prsm_edge.protocol.messages import (
     VerificationVote,
 )
 from prsm_edge.protocol.reputation import LevelPolicy, Reputation, TrustEvidence
-from prsm_edge.protocol.sampling import AdaptiveSampler
+from prsm_edge.protocol.sampling import AdaptiveSampler, NodeRecord
 
 __all__ = [
     "CPU_RATE_KEY",
     "LevelChange",
     "RecordEvidence",
     "RecordLedger",
+    "RecordSampling",
     "RecordSlashEvidence",
     "RunCheck",
     "Verifier",
@@ -157,6 +165,7 @@ class VerifierConfig:
     spread: float = 0.6  # challenges are spread over this share of the round, with jitter
     max_open_checks: int = 24  # checks in flight at once; the rest wait their turn
     flag_ttl_ms: int = 24 * 3_600_000  # a fraud flag not raised again within this expires
+    overclaim: credit.OverclaimTest = field(default_factory=credit.OverclaimTest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +190,14 @@ class RecordEvidence:
     node: str
     claim: bytes
     record: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSampling:
+    """Persist ``node``'s sampling record (its run of verified results), so a restart keeps it."""
+
+    node: str
+    record: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +249,14 @@ class RunCheck:
 
 
 VerifierEffect = (
-    Publish | LevelChange | RecordLedger | RecordEvidence | RecordSlashEvidence | VerifyQuote | RunCheck
+    Publish
+    | LevelChange
+    | RecordLedger
+    | RecordEvidence
+    | RecordSampling
+    | RecordSlashEvidence
+    | VerifyQuote
+    | RunCheck
 )
 
 
@@ -368,6 +392,66 @@ class Verifier:
         _, ev = self._see(member, now)
         return ev.covers(now, self.config.policy)
 
+    # ---- credit by measurement ---------------------------------------------------------------
+    def estimates(self, member: Member) -> dict[str, float]:
+        """Workload → the rate the member's recent accepted checks on its current claim support."""
+        _, ev = self._see(member, self._clock)
+        return {w: e for w, m in ev.measured.items() if (e := m.estimate()) > 0}
+
+    def credited_rates(self, member: Member) -> dict[str, float]:
+        """Workload → ``min(claimed, estimate)`` for every resource the claim can be checked on."""
+        return credit.credited_rates(member.resources, self.estimates(member))
+
+    def credited(self, member: Member) -> list[ResourceSpec]:
+        """The member's resources as counted and paid: each checked one at most what was measured."""
+        return credit.credited_resources(member.resources, self.estimates(member))
+
+    def overclaims(self, member: Member) -> dict[str, int]:
+        """Workload → when the overclaim test recorded a persistent overclaim on the current claim."""
+        _, ev = self._see(member, self._clock)
+        return {w: m.flagged_ms for w, m in sorted(ev.measured.items()) if m.flagged_ms is not None}
+
+    def measured_per_lane(self, node: str, workload: str = "cpu") -> float:
+        """The credited rate of ``workload`` per lane (per core for CPU) on the claim last seen (0: none)."""
+        state = self.nodes.get(node)
+        if state is None or state.claim_of is None:
+            return 0.0
+        claim = proofs.claims(state.claim_of).get(workload)
+        ev = state.evidence_by_claim.get(state.claim)
+        if claim is None or ev is None or workload not in ev.measured:
+            return 0.0
+        est = ev.measured[workload].estimate()
+        return min(claim.rate, est) / claim.lanes if est > 0 else 0.0
+
+    def _measure(
+        self, ev: TrustEvidence, check: _Check, verdict: proofs.Verdict, node: str, now_ms: int
+    ) -> None:
+        """Keep the rate a settled check measured; run the overclaim test on it."""
+        rate, ch = verdict.measured_rate, check.challenge
+        timed = verdict.reason in (proofs.VerdictReason.OK, proofs.VerdictReason.SLOW)
+        if not (timed and math.isfinite(rate) and rate > 0 and ch.claimed_rate > 0):
+            return
+        measured = ev.measured.setdefault(ch.workload, credit.Measured())
+        if verdict.accepted:
+            measured.accept(rate)
+        null = credit.null_ratio(proofs.expected_ms(ch), self.config.network_ms)
+        if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
+            est = measured.estimate()
+            share = f"{est / ch.claimed_rate:.0%}" if est > 0 else "less"
+            ev.history.append(
+                (
+                    now_ms,
+                    f"claim corrected: {ch.workload} measures {share} of the claim; credited as measured",
+                )
+            )
+            log.info("%s overclaims %s: credited as measured, not as claimed", node, ch.workload)
+
+    def restore_sampling(self, records: Iterable[tuple[str, object]]) -> None:
+        """Load sampling records persisted by an earlier run."""
+        for node, record in records:
+            self.sampler.restore(node, NodeRecord.from_record(record))
+        self.sampler.changed.clear()
+
     def level_of(self, node: str) -> VerificationLevel:
         """The level last reported for ``node`` (on the claim last seen)."""
         state = self.nodes.get(node)
@@ -392,6 +476,9 @@ class Verifier:
             if state is not None and claim in state.evidence_by_claim:
                 effects.append(RecordEvidence(node, claim, state.evidence_by_claim[claim].to_record()))
         self._dirty.clear()
+        for node in sorted(self.sampler.changed):
+            effects.append(RecordSampling(node, self.sampler.record_of(node).to_record()))
+        self.sampler.changed.clear()
         return effects
 
     def _level(self, member: Member, now_ms: int) -> list[VerifierEffect]:
@@ -445,7 +532,7 @@ class Verifier:
         for f in flags:
             self._node(f.node, now_ms).flags[f.kind] = now_ms
             log.info("fraud flag on %s: %s", f.node, f.kind)
-        return self._refresh(members, now_ms)
+        return self._flush() + self._refresh(members, now_ms)
 
     def _verified(self, member: Member, now_ms: int) -> bool:
         state = self.nodes.get(member.node)
@@ -834,7 +921,7 @@ class Verifier:
             self.sampler.flag(node, checks=1)
             ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
             self.contained += 1
-            return self._level(member, now_ms) if member is not None else []
+            return self._flush() + (self._level(member, now_ms) if member is not None else [])
         if verdict.accepted:
             state.contained = False
         result = peers.tally(
@@ -857,6 +944,7 @@ class Verifier:
                     honest = vote.accept == verdict.accepted and voter not in result.equivocators
                     voter_state.reputation.observe_vote(honest, now_ms)
         ev.record_proof(verdict.accepted, now_ms, check.challenge.workload)
+        self._measure(ev, check, verdict, node, now_ms)
         self._touch(node, check.claim)
         state.reputation.observe_check(verdict.accepted, now_ms)
         self.sampler.record(node, verdict.accepted)

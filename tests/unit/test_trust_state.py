@@ -9,6 +9,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
+from prsm_edge.protocol import proofs
 from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.group import Group, GroupConfig
 from prsm_edge.protocol.ledger import Ledger
@@ -166,3 +167,30 @@ def test_group_holds_no_level_of_its_own() -> None:
     assert group.level("a") is L.SELF_REPORTED
     assert group.level("nobody") is L.SELF_REPORTED
     assert [e for e in net.v.tick(net.members, T0) if isinstance(e, LevelChange)] == []
+
+
+async def test_a_failed_check_is_not_outlived_by_the_panel_evidence(tmp_path: Path) -> None:
+    # A node that failed its latest check of a resource must not sit at peer_verified for it, even
+    # when the panel of the failed check said nothing (so the earlier quorum is still fresh).
+    net = Net([f"n{i}" for i in range(6)])
+    shell = Shell(tmp_path)
+    shell.apply(await net.round(T0))
+    assert net.v.level(net.members["n0"]) is L.BENCHMARKED
+    net.works["n0"].prover = junk_prover
+    effects = await net.round(T0 + 300_000, silent=True, settle_at=20_000)  # no votes: inconclusive
+    shell.apply(effects)
+    assert any(n == "n0" and not v.accepted for n, v in net.v.verdicts)
+    assert net.v.nodes["n0"].evidence.quorum_ms is not None  # round 1's quorum, still within 24 h
+    assert ("n0", L.SELF_REPORTED) in levels(effects)
+    assert net.v.level(net.members["n0"]) is L.SELF_REPORTED
+    assert net.v.level(net.members["n1"]) is L.BENCHMARKED
+    shell.close()
+    # The failure is evidence: a restart does not bring peer_verified back.
+    v, group, shell = _restart(net, tmp_path, T0 + 301_000)
+    group.members.update(net.members)
+    assert v.level(net.members["n0"], T0 + 301_000) is L.SELF_REPORTED
+    shell.close()
+    # Passing that workload again restores the levels.
+    net.works["n0"].prover = proofs.prove
+    effects = await net.round(T0 + 600_000)
+    assert ("n0", L.BENCHMARKED) in levels(effects)
