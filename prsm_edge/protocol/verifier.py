@@ -302,7 +302,9 @@ class _Node:
     fingerprint: str = ""
     fingerprint_since_ms: int = 0
     reported: VerificationLevel = VerificationLevel.SELF_REPORTED  # last LevelChange sent
-    contained: bool = False  # its last check was late or slow: the next one decides
+    # Workloads whose last check was late or slow: the next check of the same workload decides (a pass
+    # of another workload does not clear it, or a node late on one resource every round never counts).
+    contained: set[str] = field(default_factory=set)
     window_start_ms: int = 0
     observed_ms: int = 0
     online_ms: int = 0
@@ -914,16 +916,17 @@ class Verifier:
         self.verdicts.append((node, verdict))
         self.settled += 1
         performance = not on_time or verdict.reason in (proofs.VerdictReason.LATE, proofs.VerdictReason.SLOW)
-        if not verdict.accepted and performance and not state.contained:
+        workload = check.challenge.workload
+        if not verdict.accepted and performance and workload not in state.contained:
             # Containment (as Storj audits): a first late or slow result may be a busy moment on an
             # honest device, so it is checked again before it counts. A second one in a row counts.
-            state.contained = True
+            state.contained.add(workload)
             self.sampler.flag(node, checks=1)
             ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
             self.contained += 1
             return self._flush() + (self._level(member, now_ms) if member is not None else [])
         if verdict.accepted:
-            state.contained = False
+            state.contained.discard(workload)
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )
