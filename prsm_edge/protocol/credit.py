@@ -4,13 +4,14 @@ Theory of operation. Timing one proof cannot tell a node that claims 1.2× its r
 node having a slow moment: proofs vary ±15 % around the prover's own calibration, so the verifier's
 threshold (``proofs.PARAMS``: ``min_rate_ratio`` 0.74) lets overclaims up to ~1.35× pass. So the claim
 is not what counts. For each workload a claim is checked with, the evidence keeps the rates the
-verifier measured on its own clock in its recent accepted checks (:class:`Measured`, at most
-:data:`WINDOW`), and the *credited* figure of that workload is ``min(claimed, estimate)``, where the
-estimate is the lower quartile of those rates (the lowest while there are four or fewer): what the
-node has delivered in at least three of four recent checks. A node that claims more than it delivers
-gains nothing by it; an honest node is credited a little under its claim (the network's share of the
-timed interval and the low side of its noise), and more as its checks accumulate. A workload never
-checked keeps its claim (it earns no level above self-reported either).
+verifier measured on its own clock in its recent checks whose work was verified (:class:`Measured`, at
+most :data:`WINDOW`): accepted ones, and those rejected only as too slow (leaving those out would
+credit a node near the threshold from its lucky runs alone). The *credited* figure of that workload is
+``min(claimed, estimate)``, where the estimate is the lower quartile of those rates (the lowest while
+there are four or fewer): what the node has delivered in at least three of four recent checks. A node
+that claims more than it delivers gains nothing by it; an honest node is credited a little under its
+claim (the network's share of the timed interval and the low side of its noise), and more as its checks
+accumulate. A workload never checked keeps its claim (it earns no level above self-reported either).
 
 :func:`credited_resources` maps the credited rates back onto the resources: where the claimed capacity
 sets the rate (CPU: cores × per-core rate; bandwidth: Mbit/s) the capacity is scaled; where it does not
@@ -80,7 +81,7 @@ class OverclaimTest:
 class Measured:
     """What the verifier measured of one workload of one claim."""
 
-    rates: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # accepted checks
+    rates: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # verified work, timed
     n: int = 0  # timed checks seen by the test
     sum_d: float = 0.0  # running sums of d = 1 − min(x, 1) / null, for the next bet
     sum_d2: float = 0.0
@@ -91,8 +92,8 @@ class Measured:
         """The rate credited from measurement (0: none yet)."""
         return estimate(self.rates)
 
-    def accept(self, rate: float) -> None:
-        """An accepted check measured ``rate``."""
+    def add(self, rate: float) -> None:
+        """A check whose work was verified (accepted, or only too slow) measured ``rate``."""
         if math.isfinite(rate) and rate > 0:
             self.rates.append(float(rate))
 

@@ -396,7 +396,7 @@ class Verifier:
 
     # ---- credit by measurement ---------------------------------------------------------------
     def estimates(self, member: Member) -> dict[str, float]:
-        """Workload → the rate the member's recent accepted checks on its current claim support."""
+        """Workload → the rate the member's recent verified checks on its current claim support."""
         _, ev = self._see(member, self._clock)
         return {w: e for w, m in ev.measured.items() if (e := m.estimate()) > 0}
 
@@ -428,14 +428,18 @@ class Verifier:
     def _measure(
         self, ev: TrustEvidence, check: _Check, verdict: proofs.Verdict, node: str, now_ms: int
     ) -> None:
-        """Keep the rate a settled check measured; run the overclaim test on it."""
+        """Keep the rate a settled check measured; run the overclaim test on it.
+
+        Only checks whose work was verified count: accepted, or rejected as slow (``check`` judges the
+        rate last, after the content). Slow ones count too: kept out, a node near the threshold would
+        be credited from its lucky runs only.
+        """
         rate, ch = verdict.measured_rate, check.challenge
         timed = verdict.reason in (proofs.VerdictReason.OK, proofs.VerdictReason.SLOW)
         if not (timed and math.isfinite(rate) and rate > 0 and ch.claimed_rate > 0):
             return
         measured = ev.measured.setdefault(ch.workload, credit.Measured())
-        if verdict.accepted:
-            measured.accept(rate)
+        measured.add(rate)
         null = credit.null_ratio(proofs.expected_ms(ch), self.config.network_ms)
         if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
             est = measured.estimate()
@@ -915,6 +919,7 @@ class Verifier:
             return []
         self.verdicts.append((node, verdict))
         self.settled += 1
+        self._measure(ev, check, verdict, node, now_ms)  # a first slow result is a measurement too
         performance = not on_time or verdict.reason in (proofs.VerdictReason.LATE, proofs.VerdictReason.SLOW)
         workload = check.challenge.workload
         if not verdict.accepted and performance and workload not in state.contained:
@@ -947,7 +952,6 @@ class Verifier:
                     honest = vote.accept == verdict.accepted and voter not in result.equivocators
                     voter_state.reputation.observe_vote(honest, now_ms)
         ev.record_proof(verdict.accepted, now_ms, check.challenge.workload)
-        self._measure(ev, check, verdict, node, now_ms)
         self._touch(node, check.claim)
         state.reputation.observe_check(verdict.accepted, now_ms)
         self.sampler.record(node, verdict.accepted)
