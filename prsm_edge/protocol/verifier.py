@@ -396,9 +396,20 @@ class Verifier:
 
     # ---- credit by measurement ---------------------------------------------------------------
     def estimates(self, member: Member) -> dict[str, float]:
-        """Workload → the rate the member's recent verified checks on its current claim support."""
-        _, ev = self._see(member, self._clock)
-        return {w: e for w, m in ev.measured.items() if (e := m.estimate()) > 0}
+        """Workload → the rate the member's recent verified checks support: on its current claim, or,
+        for a workload not yet measured there, on its most recent earlier claim that was (a new claim
+        does not wipe what was measured, or changing a claim would reset its credit to the claim)."""
+        state, ev = self._see(member, self._clock)
+        return self._estimates(state, ev)
+
+    @staticmethod
+    def _estimates(state: _Node, ev: TrustEvidence) -> dict[str, float]:
+        out = {w: e for w, m in ev.measured.items() if (e := m.estimate()) > 0}
+        for older in reversed(state.evidence_by_claim.values()):
+            for w, m in older.measured.items():
+                if w not in out and (e := m.estimate()) > 0:
+                    out[w] = e
+        return out
 
     def credited_rates(self, member: Member) -> dict[str, float]:
         """Workload → ``min(claimed, estimate)`` for every resource the claim can be checked on."""
@@ -420,10 +431,8 @@ class Verifier:
             return 0.0
         claim = proofs.claims(state.claim_of).get(workload)
         ev = state.evidence_by_claim.get(state.claim)
-        if claim is None or ev is None or workload not in ev.measured:
-            return 0.0
-        est = ev.measured[workload].estimate()
-        return min(claim.rate, est) / claim.lanes if est > 0 else 0.0
+        est = 0.0 if claim is None or ev is None else self._estimates(state, ev).get(workload, 0.0)
+        return min(claim.rate, est) / claim.lanes if claim is not None and est > 0 else 0.0
 
     def _measure(
         self, ev: TrustEvidence, check: _Check, verdict: proofs.Verdict, node: str, now_ms: int

@@ -153,6 +153,23 @@ async def test_the_overclaim_test_flags_a_persistent_1_2x_overclaimer_not_honest
     assert kept.measured["cpu"].estimate() == net.v.nodes["n0"].evidence.measured["cpu"].estimate()
 
 
+async def test_a_new_claim_does_not_reset_the_credit_to_the_claim() -> None:
+    net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
+    net.members["n0"].resources = claim(1.2)
+    rng = random.Random(7)
+    for r in range(2):
+        delay = {n: arrival_ms(1.2 if n == "n0" else 1.0, rng.uniform(0.97, 1.03)) for n in net.members}
+        await net.round(T0 + r * ROUND, delay=delay, settle_at=10_000)
+    cheat = net.members["n0"]
+    measured = net.v.credited_rates(cheat)["cpu"]
+    # A slightly different claim holds no evidence yet (no level), but its credit is still what was
+    # measured: tweaking the claim is no way back to being counted at the claim.
+    cheat.resources = claim(1.25)
+    assert net.v.level(cheat) is VerificationLevel.SELF_REPORTED
+    assert net.v.credited_rates(cheat)["cpu"] == measured < CORES * PER_CORE * 1.25
+    assert net.v.credited(cheat)[0].capacity < CORES
+
+
 def test_an_honest_node_at_the_worst_the_noise_model_allows_is_rarely_flagged_in_its_life() -> None:
     # Mean measured/claimed exactly at the null (noise centred on the claim, the whole network allowance
     # used every time): Ville's inequality bounds the lifetime false flags by alpha = 0.5 %.
