@@ -58,6 +58,7 @@ from prsm_edge.protocol.messages import (
     TRUST_SCORE,
     ApiRequest,
     ApiResponse,
+    BandwidthChunk,
     BenchmarkProof,
     GroupSummary,
     NodeCommand,
@@ -273,6 +274,8 @@ class Coordinator:
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         arrived = now_ms()  # stamped before any other work: a proof's lateness is judged on this
+        if topic.endswith("/bw") and not self._bandwidth_admits(topic, len(payload)):
+            return  # no bandwidth check open for that node, or past its bytes: dropped unread
         if self.homeassistant is not None and topic == self.homeassistant.status_topic:
             self.homeassistant.on_status(payload)
             return
@@ -313,8 +316,16 @@ class Coordinator:
                 case ApiReply(node=node, response=response, envelope=envelope):
                     await self._api_effects(self.api.reply(node, response, envelope))
 
+    def _bandwidth_admits(self, topic: str, size: int) -> bool:
+        parts = topic.split("/")  # prsm/v1/{site}/{group}/node/{node}/bw
+        return len(parts) == 7 and parts[4] == "node" and self.verifier.bandwidth.admits(parts[5], size)
+
     async def _verification(
-        self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote, at_ms: int, raw: bytes
+        self,
+        node: str,
+        message: BenchmarkProof | ProofOpening | VerificationVote | BandwidthChunk,
+        at_ms: int,
+        raw: bytes,
     ) -> None:
         member = self.group.members.get(node)
         if member is None or not self.options.verify:
@@ -325,6 +336,8 @@ class Coordinator:
                 await self._apply_verifier(self.verifier.on_proof(member, message, at_ms, raw))
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
+            case BandwidthChunk():
+                await self._apply_verifier(self.verifier.on_chunk(message, at_ms))
             case VerificationVote():
                 if self.homeassistant is not None:
                     self.homeassistant.on_vote(message)

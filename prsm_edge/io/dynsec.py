@@ -64,7 +64,7 @@ ROLE_HOMEASSISTANT: Final = "prsm-homeassistant"
 GROUP_JOINER: Final = "prsm-joiner"
 _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the shared one
 # The topics a member publishes on: its own leaves (and the network benchmark's echo) ...
-NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bench/echo")
+NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bw", "bench/echo")
 # ... and the coordinator API methods it calls. A new method must be added here, or members' requests
 # for it are dropped by the broker.
 # (lease, earnings and ledger are the economy branch's member methods, listed ahead of its merge.)

@@ -49,6 +49,7 @@ from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
+    BandwidthChunk,
     BenchmarkChallenge,
     CoordState,
     Heartbeat,
@@ -453,6 +454,11 @@ class Agent:
                 task = asyncio.create_task(self._prove(cmd.args))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            case "bandwidth":  # move the challenge's chunks through the broker at the claimed rate
+                if self._new_challenge(cmd.args):
+                    task = asyncio.create_task(self.work.send_bandwidth(cmd.args, self._send_chunk))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             case "open":
                 opening = self.work.open(cmd.args)
                 if opening is not None:
@@ -615,6 +621,11 @@ class Agent:
 
     def _send(self, kind: topics.Kind, msg: Message, *, retain: bool = False) -> None:
         self.session.enqueue(self._topic(kind), self.signer.seal(msg, now_ms()), retain=retain)
+
+    async def _send_chunk(self, chunk: BandwidthChunk) -> bool:
+        """Publish one bandwidth chunk now (QoS 0, not through the outbox: it is measured live)."""
+        payload = self.signer.seal(chunk, now_ms())
+        return await self.session.publish(self._topic(topics.Kind.NODE_BANDWIDTH), payload)
 
     def _birth(self) -> None:
         o = self.options

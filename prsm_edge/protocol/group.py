@@ -43,6 +43,7 @@ from prsm_edge.protocol.messages import (
     TRUST_SCORE,
     ApiRequest,
     ApiResponse,
+    BandwidthChunk,
     BenchmarkProof,
     CoordState,
     GroupSummary,
@@ -182,7 +183,7 @@ class Verification:
     arrived (the coordinator's clock) and the raw signed envelope, which slash evidence carries."""
 
     node: str
-    message: BenchmarkProof | ProofOpening | VerificationVote
+    message: BenchmarkProof | ProofOpening | VerificationVote | BandwidthChunk
     at_ms: int = 0
     raw: bytes = b""
 
@@ -402,6 +403,11 @@ class Group:
                 self._fresh(member.node, msg, now_ms)
                 member.last_seen_ms = now_ms
                 return [Verification(member.node, msg, now_ms, payload)]
+            case topics.Kind.NODE_BANDWIDTH, BandwidthChunk():
+                # No replay check: chunks go out directly while older messages may still wait in the
+                # node's outbox, so their sequence numbers must not advance the guard; a replayed chunk
+                # is a duplicate index, which the bandwidth meter ignores.
+                return [Verification(self._member(owner).node, msg, now_ms)]
         raise RejectedMessage(Reason.MALFORMED, f"a {type(msg).__name__} does not belong on {kind.value}")
 
     def _fresh(self, node: str, msg: Message, now_ms: int, *, birth: bool = False) -> int:

@@ -13,6 +13,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/node/{node}/claim              signed claim updates
     prsm/v1/{site}/{group}/node/{node}/proof              benchmark proofs and verification votes
     prsm/v1/{site}/{group}/node/{node}/telemetry          heartbeats
+    prsm/v1/{site}/{group}/node/{node}/bw                 bandwidth-check chunks (to the coordinator)
     prsm/v1/{site}/{group}/node/{node}/cmd/{verb}         coordinator → node
     prsm/v1/{site}/{group}/node/{node}/reply              the node's signed answer to a relayed API call
     prsm/v1/{site}/{group}/node/{node}/bench/{leaf}       the node's own network-benchmark echo
@@ -47,7 +48,7 @@ __all__ = ["ROOT", "Kind", "Topic", "parse", "valid_segment"]
 
 ROOT: Final = "prsm/v1"
 _SEGMENT = re.compile(r"[a-z0-9_-]{1,64}")
-_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "reply")
+_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "reply", "bw")
 
 
 class Kind(enum.StrEnum):
@@ -65,6 +66,7 @@ class Kind(enum.StrEnum):
     NODE_PROOF = "proof"
     NODE_TELEMETRY = "telemetry"
     NODE_REPLY = "reply"
+    NODE_BANDWIDTH = "bw"
     NODE_CMD = "cmd"
     NODE_BENCH = "bench"
     API_REQ = "req"
