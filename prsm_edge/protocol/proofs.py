@@ -470,7 +470,7 @@ def _shape(
         return max(2, min(MAX_LINES, int(size // LINE_BYTES))), LINE_BYTES
     size = min(budget, max_bytes or math.inf)  # bandwidth
     chunk = max(1, min(MAX_CHUNK, math.ceil(size / 16)))
-    return max(1, min(MAX_SEGMENTS, math.ceil(size / chunk))), chunk
+    return max(1, min(MAX_SEGMENTS, int(size // chunk))), chunk  # whole chunks, never past max_bytes
 
 
 def make_challenge(
