@@ -91,6 +91,10 @@ def _allow(acltype: str, topic: str, priority: int = 0) -> Acl:
     return {"acltype": acltype, "topic": topic, "priority": priority, "allow": True}
 
 
+def _deny(acltype: str, topic: str, priority: int = 0) -> Acl:
+    return {"acltype": acltype, "topic": topic, "priority": priority, "allow": False}
+
+
 def _check(name: str, value: str) -> str:
     if not topics.valid_segment(value):
         raise BrokerError(f"{name} {value!r} must be 1–64 characters of a-z, 0-9, '_' or '-'")
@@ -155,6 +159,8 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
         ],
         ROLE_VIEWER: [
             _allow("subscribePattern", f"{base}/#"),
+            # Bandwidth-check chunks (megabytes a check) are for the coordinator only: not delivered.
+            _deny("publishClientReceive", f"{base}/node/+/bw", priority=1),
             _allow("subscribePattern", gateways),
             _allow("subscribePattern", "$SYS/broker/#"),
             _allow("subscribePattern", "homeassistant/#"),
