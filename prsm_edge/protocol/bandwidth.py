@@ -9,23 +9,26 @@ stamps each chunk when its bytes arrive and feeds it to the challenge's
 :class:`~prsm_edge.protocol.proofs.BandwidthMeter`, which spot-checks ``opens`` chunks chosen by a salt
 only the coordinator knows, counts the bytes and times the last arrival on the coordinator's clock.
 
-What bounds the cost (a 200-node group shares one broker):
+What bounds the cost (a 200-node group shares one broker; the caps were halved from 8 MiB a check when
+two full-size checks failed honest nodes on a loaded 2-core machine, ``benchmarks/README.md``):
 
-* a check moves at most ``PARAMS["bandwidth"].max_bytes`` (8 MiB) in ``target_ms`` (2 s), so the rate a
-  check can confirm is at most 4 MiB/s ≈ 33.5 Mbit/s; a larger claim is confirmed up to that figure
+* a check moves at most ``PARAMS["bandwidth"].max_bytes`` (4 MiB) in ``target_ms`` (2 s), so the rate a
+  check can confirm is at most 2 MiB/s ≈ 16.8 Mbit/s; a larger claim is confirmed up to that figure
   (the verdict's ``measured_rate``), never failed for the broker's limit;
-* at most :data:`MAX_OPEN` bandwidth checks run at once in a group (the others wait their turn), so the
-  broker carries at most ``MAX_OPEN × 4 MiB/s`` of check traffic at any moment;
+* the checks running at once in a group move at most :data:`MAX_RATE` together (4 MiB/s: two checks at
+  the cap, or more smaller ones, never more than :data:`MAX_OPEN`); the others wait their turn, so the
+  broker carries at most 4 MiB/s of check traffic at any moment, whatever the group's size;
 * chunks are at most :data:`~prsm_edge.protocol.proofs.MAX_CHUNK` (48 KiB), inside the 64 KiB message
   limit;
 * :meth:`BandwidthDesk.admits` is asked *before* a chunk is decoded: a node with no open bandwidth check,
   or one sending more than its check's bytes, is dropped unread, so a node flooding its ``bw`` topic costs
   the coordinator a topic split per message, not a signature check.
 
-A node that claims 100 MB/s but has 1 MB/s delivers 1/100 of the bytes by the deadline (``late``) or
-all of them too slowly (``slow``); one that sends someone else's (or made-up) bytes fails a spot check
-(``wrong_result``, fraud) unless it guesses which four chunks are checked; junk of the right size costs
-the same bandwidth as the real payload, so sending it gains nothing.
+A node that claims 100 MB/s but has 1 MB/s is checked at the cap and delivers under 80 % of its 4 MiB
+by the deadline (``late``); one with 1/1.6 of its claim delivers all of them too slowly (``slow``); one
+that sends someone else's (or made-up) bytes fails a spot check (``wrong_result``, fraud) unless it
+guesses which four chunks are checked; junk of the right size costs the same bandwidth as the real
+payload, so sending it gains nothing.
 
 The figure is a lower bound of the path node → broker → coordinator (the broker and the coordinator's
 own link included): it says what the node can move through its group's broker, not its WAN uplink.
@@ -39,9 +42,11 @@ from typing import Final
 from prsm_edge.protocol import proofs
 from prsm_edge.protocol.messages import BandwidthChunk, ResourceSpec
 
-__all__ = ["ENVELOPE_ALLOWANCE", "MAX_OPEN", "BandwidthDesk", "first_workloads"]
+__all__ = ["ENVELOPE_ALLOWANCE", "MAX_OPEN", "MAX_RATE", "BandwidthDesk", "checked_rate", "first_workloads"]
 
-MAX_OPEN: Final = 2  # bandwidth checks in flight at once in a group
+_P: Final = proofs.PARAMS["bandwidth"]
+MAX_RATE: Final = 2 * _P.max_bytes * 1000 / _P.target_ms  # bytes/s of all open checks together
+MAX_OPEN: Final = 16  # bandwidth checks in flight at once in a group, however small
 ENVELOPE_ALLOWANCE: Final = 1024  # bytes of CBOR and COSE around one chunk's data
 
 
@@ -56,11 +61,21 @@ def first_workloads(todo: list[str], room: bool) -> list[str] | None:
     return ["bandwidth"] if room else None
 
 
-class BandwidthDesk:
-    """The open bandwidth checks of one group, by challenge id (at most ``max_open``)."""
+def checked_rate(resources: list[ResourceSpec]) -> float:
+    """The rate a bandwidth check of this claim runs at (bytes/s): the claim, at most the cap; 0: none."""
+    claim = proofs.claims(resources, ("bandwidth",)).get("bandwidth")
+    return 0.0 if claim is None else min(claim.rate, _P.max_bytes * 1000 / _P.target_ms)
 
-    def __init__(self, max_open: int = MAX_OPEN, min_rate_ratio: float | None = None) -> None:
+
+class BandwidthDesk:
+    """The open bandwidth checks of one group, by challenge id (at most ``max_open``, ``max_rate`` bytes/s
+    together)."""
+
+    def __init__(
+        self, max_open: int = MAX_OPEN, min_rate_ratio: float | None = None, max_rate: float = MAX_RATE
+    ) -> None:
         self.max_open = max(1, max_open)
+        self.max_rate = max_rate
         p = proofs.PARAMS["bandwidth"]
         self.min_rate_ratio = p.min_rate_ratio if min_rate_ratio is None else min_rate_ratio
         self._meters: dict[str, proofs.BandwidthMeter] = {}
@@ -69,9 +84,15 @@ class BandwidthDesk:
         self.dropped = 0  # chunks dropped unread (no open check, or past the check's bytes)
 
     @property
-    def room(self) -> bool:
-        """Whether another bandwidth check may start now."""
-        return len(self._meters) < self.max_open
+    def rate(self) -> float:
+        """Bytes/s the open checks move together (at their checked rates)."""
+        return sum(m.challenge.claimed_rate for m in self._meters.values())
+
+    def room_for(self, resources: list[ResourceSpec]) -> bool:
+        """Whether a bandwidth check of this claim may start now (the first one always may)."""
+        if len(self._meters) >= self.max_open:
+            return False
+        return not self._meters or self.rate + checked_rate(resources) <= self.max_rate * (1 + 1e-9)
 
     def __len__(self) -> int:
         return len(self._meters)
@@ -82,7 +103,7 @@ class BandwidthDesk:
         """A bandwidth challenge for ``node``'s claim, its meter opened; None if it claims no bandwidth,
         has a bandwidth check open already, or no check may start now."""
         claim = proofs.claims(resources, ("bandwidth",)).get("bandwidth")
-        if claim is None or not self.room or node in self._node:
+        if claim is None or not self.room_for(resources) or node in self._node:
             return None
         issued = proofs.make_challenge(coordinator, node, "bandwidth", claim.rate, rng, now_ms)
         cid = issued.challenge.challenge_id

@@ -197,9 +197,9 @@ PARAMS: Final[dict[str, Params]] = {
     "cpu": Params(segments=1024, opens=16),
     "memory": Params(max_bytes=1 << 30),
     "storage": Params(target_ms=4_000, max_bytes=1 << 30),
-    # Bandwidth: 8 MiB in 2 s at most (≤ 33.5 Mbit/s confirmed per check; protocol/bandwidth.py says why),
-    # judged by the noise of paced transfers through a loopback Mosquitto (benchmarks/proof_noise.py).
-    "bandwidth": Params(opens=4, target_ms=2_000, max_bytes=8 << 20),
+    # Bandwidth: 4 MiB in 2 s at most (≤ 16.8 Mbit/s confirmed per check; protocol/bandwidth.py says why),
+    # judged by the noise of paced transfers through a loopback Mosquitto (benchmarks/bandwidth_noise.py).
+    "bandwidth": Params(opens=4, target_ms=2_000, max_bytes=4 << 20),
 }
 
 

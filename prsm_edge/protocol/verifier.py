@@ -567,7 +567,7 @@ class Verifier:
             todo = [
                 w for w in (slot.workloads if slot.workloads is not None else sorted(rates)) if w in rates
             ]
-            order = bandwidth.first_workloads(todo, self.bandwidth.room)
+            order = bandwidth.first_workloads(todo, self.bandwidth.room_for(member.resources))
             if order is None:  # only bandwidth left, and the broker's share is taken: wait a tick
                 self._queue.append(_Pending(slot.due_ms, slot.node, slot.round, slot.panel, ("bandwidth",)))
                 continue

@@ -114,7 +114,7 @@ def test_chunks_replayed_from_another_challenge_are_fraud() -> None:
     v, members = setup({"a": [egress(16)], "b": [egress(16)]})
     effects = v.start_round(list(members.values()), T0, random.Random(3))
     cmds = {c.node: c for c in commands(effects, "bandwidth")}
-    assert set(cmds) == {"a", "b"}  # two at once: within MAX_OPEN
+    assert set(cmds) == {"a", "b"}  # two at once: 4 MB/s together, within MAX_RATE
     cid = {c.challenge.node: cid for cid, c in v.checks.items()}
     # "a" sends "b"'s payload (what it might have seen, or precomputed for another nonce) as its own.
     theirs = list(ProofWork("b").bandwidth(cmds["b"].args))
@@ -130,20 +130,33 @@ def test_chunks_replayed_from_another_challenge_are_fraud() -> None:
 
 
 def test_concurrent_bandwidth_checks_are_bounded_and_wait_their_turn() -> None:
-    offers = {f"n{i}": [egress(16)] for i in range(6)}
+    offers = {f"n{i}": [egress(80)] for i in range(6)}  # each checked at the 2 MiB/s cap
     v, members = setup(offers)
     rng = random.Random(4)
     effects = v.start_round(list(members.values()), T0, rng)
     first = commands(effects, "bandwidth")
-    assert len(first) == bandwidth.MAX_OPEN == len(v.bandwidth)
+    assert len(first) == 2 == len(v.bandwidth)  # 4 MiB/s of checks at once, the broker's share
+    assert v.bandwidth.rate <= bandwidth.MAX_RATE
     assert not commands(v.tick(members, T0 + 100, rng), "bandwidth")  # still full: the rest wait
     for cmd in first:
         deliver(v, cmd, 10 * MB, T0 + 100)
     now = T0 + 5_000
     later = commands(v.tick(members, now, rng), "bandwidth")
-    assert len(later) == bandwidth.MAX_OPEN  # the first two settled, the next two started
+    assert len(later) == 2  # the first two settled, the next two started
     assert {c.node for c in later}.isdisjoint({c.node for c in first})
     assert sum(v.accepted for _, v in v.verdicts) == 2
+
+
+def test_small_claims_share_the_budget_up_to_a_count() -> None:
+    v, members = setup({f"n{i:02d}": [egress(1)] for i in range(40)})  # 125 kB/s each
+    first = commands(v.start_round(list(members.values()), T0, random.Random(10)), "bandwidth")
+    assert len(first) == bandwidth.MAX_OPEN  # the message rate is bounded too, not only the bytes
+    assert v.bandwidth.rate <= bandwidth.MAX_RATE
+    desk = bandwidth.BandwidthDesk()
+    rng = random.Random(11)
+    for i in range(3):  # 3 MB/s, then 6, then 9 would pass the 8.39 MB/s budget: refused
+        issued = desk.issue("coord", f"m{i}", [egress(24)], rng, T0)
+        assert (issued is None) == (i == 2)
 
 
 def test_bandwidth_goes_after_the_other_workloads() -> None:
