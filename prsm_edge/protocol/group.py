@@ -355,6 +355,7 @@ class Group:
             topics.Kind.COORD_ROSTER,
             topics.Kind.COORD_BEACON,
             topics.Kind.COORD_LEDGER,
+            topics.Kind.COORD_ROLLUP,
             topics.Kind.MARKET_LISTING,
             topics.Kind.SUMMARY,
         ):

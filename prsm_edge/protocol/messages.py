@@ -395,6 +395,25 @@ class ApiResponse(Message, frozen=True, tag="apiresp"):
     code: str = ""
 
 
+class RollupSeries(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One resolution of a group rollup: ``count`` slots of ``step_s`` seconds from ``start_s``; each
+    column packs one big-endian unsigned integer per slot (all ones: no sample), see protocol/rollups.py."""
+
+    step_s: int
+    start_s: int
+    count: int
+    columns: dict[str, bytes] = {}
+
+
+class GroupRollup(Message, frozen=True, tag="rollup"):
+    """The coordinator's retained trend rollup of its group (utilization, earnings, trust, nodes)."""
+
+    site: str
+    group: str
+    at_ms: int
+    series: list[RollupSeries] = []
+
+
 AnyMessage = (
     NodeBirth
     | NodeState
@@ -418,6 +437,7 @@ AnyMessage = (
     | MarketListing
     | ApiRequest
     | ApiResponse
+    | GroupRollup
 )
 
 MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
@@ -443,6 +463,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     MarketListing,
     ApiRequest,
     ApiResponse,
+    GroupRollup,
 )
 
 
