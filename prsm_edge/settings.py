@@ -118,6 +118,10 @@ class Settings(BaseModel):
     homeassistant_discovery: bool = Field(
         default=False, description="when coordinating, announce members to Home Assistant (MQTT discovery)"
     )
+    homeassistant_controls: bool = Field(
+        default=False,
+        description="let Home Assistant change this node's allocations and pause it (set here, by the owner)",
+    )
     electricity_price_per_kwh: Decimal = Field(
         default=Decimal("0"),
         ge=0,

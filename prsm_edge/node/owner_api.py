@@ -233,6 +233,11 @@ class NodeApi:
             "resources": to_json_safe(agent.resources),
             "settings": _contribution(self.settings),
             "owners": len(self.owners.owners()),
+            "homeassistant_controls": {
+                "enabled": agent.ha_controls.enabled,
+                "applied": agent.ha_controls.applied,
+                "refused": agent.ha_controls.refused,
+            },
         }
         try:
             out["trust"] = await self.ask_coordinator("status", {"node": agent.node_id})

@@ -104,6 +104,7 @@ class NodeBirth(Message, frozen=True, tag="nbirth"):
     priority_level: int = 5
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
+    ha_controls: bool = False  # the owner lets Home Assistant change allocations and pause
 
 
 class NodeState(Message, frozen=True, tag="nstate"):

@@ -43,6 +43,7 @@ AGENT_DEFAULTS = {
     "heartbeat_interval_s": 10.0,
     "device_class": None,
     "homeassistant_discovery": False,
+    "homeassistant_controls": False,
     "electricity_price_per_kwh": Decimal("0"),
 }
 MEMBERSHIP_DEFAULTS = {
