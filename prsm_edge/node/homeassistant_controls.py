@@ -99,11 +99,19 @@ class HaControls:
         """One command from Home Assistant: check it, apply it or refuse it, and answer."""
         entity = topic.rsplit("/", 1)[-1][:64]
         value = payload[:32].decode("ascii", "replace")
+        if self.enabled and not self._allow():
+            # A flood is dropped without answers (each answer would be two more messages on the broker).
+            self.refused += 1
+            log.debug(
+                "%s: over %d Home Assistant commands a minute; dropped %s",
+                self.agent.node_id,
+                COMMANDS_PER_MINUTE,
+                entity,
+            )
+            return
         try:
             if not self.enabled:
                 raise CommandRefused(OFF_REASON)
-            if not self._allow():
-                raise CommandRefused(f"more than {COMMANDS_PER_MINUTE} commands a minute; wait")
             command = parse_command(self.topics, topic, payload)
             api = self.agent.owner_api
             if command.entity == PAUSE:

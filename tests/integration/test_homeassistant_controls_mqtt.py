@@ -2,7 +2,8 @@
 nodes, one whose owner turned the controls on and one who did not. The first applies the command (its
 settings change, the answer says so, the controls' state follows), refuses an out-of-range value with
 the reason, and pauses on ON; the second changes nothing and answers nothing. A viewer's command to the
-first is dropped by the broker (only Home Assistant's login may command)."""
+first is dropped by the broker (only Home Assistant's login may command), and a flood beyond the rate
+limit goes unanswered."""
 
 from __future__ import annotations
 
@@ -123,6 +124,14 @@ async def test_a_command_is_applied_only_where_the_owner_allowed_it(tmp_path: Pa
                 assert closed.owner_api.settings.cpu_allocation_percentage == before_off
                 assert not closed.owner_api.paused and closed.ha_controls.applied == 0
                 assert acks(off) == [] and last(off.controls) is None
+
+                # A flood of commands: beyond 30 a minute they are dropped, unanswered.
+                for _ in range(40):
+                    await ha.publish(on.command("pause"), b"OFF", qos=1)
+                handled = lambda: allowed.ha_controls.applied + allowed.ha_controls.refused  # noqa: E731
+                await eventually(lambda: handled() == 43, 15, "every command handled")
+                await asyncio.sleep(0.3)
+                assert 3 + 20 <= len(acks(on)) < 43 and not allowed.owner_api.paused
             finally:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
