@@ -28,6 +28,7 @@ from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_perfo
 from prsm_edge.coordinator.federation import REGION_METHODS, RegionRequests
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.coordinator.membership import Admissions, MembershipStore
+from prsm_edge.coordinator.rollups import RollupOptions, RollupPublisher, RollupStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest, tpm_registration
@@ -125,6 +126,7 @@ class CoordinatorOptions:
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     region: str | None = None  # the region coordinator's node id; None: the first one that asks
     http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
+    rollup: RollupOptions = dataclasses.field(default_factory=RollupOptions)  # trend rollup cadence
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -213,6 +215,11 @@ class Coordinator:
         self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
         self.api = CoordinatorApi(self.group, self.verifier, self._member_view)
         self.api.economy = self.economy  # earnings, analytics and advice (coordinator/economy.py)
+        # Trend rollups (coordinator/rollups.py): sampled from the group, published retained, stored.
+        self.rollup_store = RollupStore(options.workdir / "rollups.sqlite")
+        self.rollups = RollupPublisher(
+            options.site, options.group, self.rollup_store, options.rollup, self.ledger
+        )
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
         self._warmup_s = min(5.0, vconfig.round_ms / 4000)
         self._started = time.monotonic()
@@ -549,6 +556,7 @@ class Coordinator:
             self.replay_guard.close()
             self.evidence_store.close()
             self.registrar.close()
+            self.rollup_store.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -567,6 +575,10 @@ class Coordinator:
                     await self.session.publish(ha.topic, ha.payload, qos=1, retain=ha.retain)
             await self._api_effects(self.api.tick(now))
             await self._apply(list(await self.economy.tick(self.group.members, now)))
+            rollup = self.rollups.tick(
+                self.group.members, now, level_of=self.group.level, market=self.economy.market
+            )
+            await self._apply(list(rollup))
             if not self.options.verify:
                 continue
             try:

@@ -34,6 +34,7 @@ from prsm_edge.errors import BrokerError
 from prsm_edge.io import tpm_registration
 from prsm_edge.io.broker import RunningBroker
 from prsm_edge.protocol import api, topics
+from prsm_edge.protocol.homeassistant import node_topics
 
 __all__ = [
     "CONTROL_TOPIC",
@@ -119,8 +120,12 @@ def node_role_acls(site: str, group: str, node_id: str) -> list[Acl]:
     base, node = _base(site, group), _check("node id", node_id)
     own = [f"{base}/node/{node}/{leaf}" for leaf in NODE_LEAVES]
     api = [f"{base}/api/{method}/req/{node}" for method in NODE_API_METHODS]
+    # Home Assistant controls (used only when the node's owner turned them on): the node answers and
+    # shows the controls' values, and reads the commands Home Assistant sends it.
+    ha = node_topics(site, group, node)
     return [
-        *(_allow("publishClientSend", topic) for topic in own + api),
+        *(_allow("publishClientSend", topic) for topic in own + api + [ha.controls, ha.ack]),
+        _allow("subscribePattern", ha.commands),
         _allow("subscribePattern", f"{base}/node/{node}/cmd/#"),
         _allow("subscribePattern", f"{base}/node/{node}/bench/#"),  # the network benchmark's echo
         _allow("subscribePattern", f"{base}/api/+/resp/{node}"),
@@ -147,7 +152,9 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("publishClientSend", gateways),
             _allow("subscribePattern", gateways),
             _allow("publishClientSend", "homeassistant/device/#"),
-            _allow("publishClientSend", ha_states),
+            # its plain-JSON states, never the nodes' command topics (only Home Assistant sends those)
+            _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/state"),
+            _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/availability"),
             _allow("subscribePattern", "homeassistant/status"),
         ],
         ROLE_JOINER: [
@@ -166,11 +173,13 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("subscribePattern", "homeassistant/#"),
             _allow("subscribePattern", ha_states),
         ],
-        # Home Assistant's own login: read the discovery and states, announce itself (its birth/Will).
+        # Home Assistant's own login: read the discovery and states, announce itself (its birth/Will), and
+        # command nodes' controls (each node applies a command only if its owner turned controls on).
         ROLE_HOMEASSISTANT: [
             _allow("subscribePattern", "homeassistant/#"),
             _allow("subscribePattern", ha_states),
             _allow("publishClientSend", "homeassistant/status"),
+            _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/set/+"),
         ],
     }
 

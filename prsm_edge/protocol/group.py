@@ -139,6 +139,7 @@ class Member:
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
     claim_envelope: bytes = b""  # the signed birth/claim its resources came from (for drill-downs)
+    ha_controls: bool = False  # its owner lets Home Assistant change allocations and pause (its birth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +357,7 @@ class Group:
             topics.Kind.COORD_ROSTER,
             topics.Kind.COORD_BEACON,
             topics.Kind.COORD_LEDGER,
+            topics.Kind.COORD_ROLLUP,
             topics.Kind.MARKET_LISTING,
             topics.Kind.SUMMARY,
         ):
@@ -518,6 +520,7 @@ class Group:
             priority_level=msg.priority_level,
             max_temperature_c=msg.max_temperature_c,
             max_power_w=msg.max_power_w,
+            ha_controls=msg.ha_controls,
         )
         self.members[msg.node] = member
         self.accepted["birth"] += 1

@@ -6,6 +6,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/coord/roster                R  signed member list of the epoch
     prsm/v1/{site}/{group}/coord/beacon                R  verification round beacon (reveal + next commit)
     prsm/v1/{site}/{group}/coord/ledger                R  FTNS ledger chain head (count + last hash)
+    prsm/v1/{site}/{group}/coord/rollup                R  trend rollup (utilization, earnings, trust)
     prsm/v1/{site}/{group}/summary                     R  signed group summary (carried upward)
     prsm/v1/{site}/{group}/market/{node}               R  a member's market listing (coordinator-signed)
     prsm/v1/{site}/{group}/node/{node}/state           R  node online/offline + bdseq (its Will: offline)
@@ -58,6 +59,7 @@ class Kind(enum.StrEnum):
     COORD_ROSTER = "coord/roster"
     COORD_BEACON = "coord/beacon"
     COORD_LEDGER = "coord/ledger"
+    COORD_ROLLUP = "coord/rollup"
     MARKET_LISTING = "market"
     SUMMARY = "summary"
     NODE_STATE = "state"
@@ -87,6 +89,7 @@ RETAINED: Final = frozenset(
         Kind.COORD_ROSTER,
         Kind.COORD_BEACON,
         Kind.COORD_LEDGER,
+        Kind.COORD_ROLLUP,
         Kind.MARKET_LISTING,
         Kind.SUMMARY,
         Kind.NODE_STATE,
@@ -143,7 +146,14 @@ class Topic:
         match self.kind:
             case Kind.FED_REPORT:
                 return f"{base}/{self.kind.value}"
-            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.COORD_BEACON | Kind.COORD_LEDGER | Kind.SUMMARY:
+            case (
+                Kind.COORD_STATE
+                | Kind.COORD_ROSTER
+                | Kind.COORD_BEACON
+                | Kind.COORD_LEDGER
+                | Kind.COORD_ROLLUP
+                | Kind.SUMMARY
+            ):
                 return f"{base}/{self.kind.value}"
             case Kind.MARKET_LISTING:
                 return f"{base}/market/{_seg('node', self.node)}"
@@ -175,6 +185,11 @@ def coord_beacon(site: str, group: str) -> str:
 def coord_ledger(site: str, group: str) -> str:
     """The coordinator's retained FTNS ledger chain head."""
     return str(Topic(Kind.COORD_LEDGER, site, group))
+
+
+def coord_rollup(site: str, group: str) -> str:
+    """The coordinator's retained trend rollup."""
+    return str(Topic(Kind.COORD_ROLLUP, site, group))
 
 
 def market_listing(site: str, group: str, node_id: str) -> str:
@@ -306,6 +321,8 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.COORD_BEACON, site, group)
         case [group, "coord", "ledger"]:
             return Topic(Kind.COORD_LEDGER, site, group)
+        case [group, "coord", "rollup"]:
+            return Topic(Kind.COORD_ROLLUP, site, group)
         case [group, "market", node_id]:
             return Topic(Kind.MARKET_LISTING, site, group, node=node_id)
         case [group, "summary"]:
