@@ -47,6 +47,7 @@ __all__ = [
     "credited_rates",
     "credited_resources",
     "estimate",
+    "implied_rate",
     "null_ratio",
 ]
 
@@ -59,6 +60,21 @@ def estimate(rates: Sequence[float]) -> float:
     if not values:
         return 0.0
     return values[(len(values) - 1) // 4]
+
+
+def implied_rate(measured: float, checked: float, claimed: float) -> float:
+    """The rate one check supports for the whole claim.
+
+    A check asks for the claimed rate, or less where the claim is above what one check can confirm
+    (``checked`` < ``claimed``: a table larger than ``max_bytes``, a bandwidth claim above the broker's
+    share, paced at the checked rate). Where the node outran the checked rate the measurement is its
+    own; where it met ``x`` of it, the claim above the cap is taken as claimed (it is not checked, as a
+    table's capacity beyond the checked bytes is not) and the whole is credited ``x`` of the claim.
+    """
+    if not (math.isfinite(measured) and measured > 0 and math.isfinite(checked) and checked > 0):
+        return 0.0
+    claimed = claimed if math.isfinite(claimed) and claimed > checked else checked
+    return max(measured, claimed * min(1.0, measured / checked))
 
 
 def null_ratio(expected_ms: float, network_ms: float) -> float:

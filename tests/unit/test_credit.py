@@ -234,3 +234,16 @@ def test_credited_never_exceeds_the_claim_and_is_finite(
             old = before.details[key]
             assert isinstance(value, (int, float)) and isinstance(old, (int, float))
             assert math.isfinite(value) and value <= old
+
+
+def test_a_check_capped_below_the_claim_credits_the_claim_in_proportion() -> None:
+    mbit = 125_000.0
+    cap = 4 * 2**20 * 1000 / 2_000  # a bandwidth check confirms at most 2 MiB/s (16.8 Mbit/s)
+    # 100 Mbit/s claimed, the check paced at the cap and met at 95 %: credited 95 % of the claim, not
+    # the cap (the part above it is not checked, as a table's capacity beyond the checked bytes).
+    assert math.isclose(credit.implied_rate(0.95 * cap, cap, 100 * mbit), 95 * mbit)
+    # A table capped by max_bytes that the node built faster than asked: its own, measured rate.
+    assert credit.implied_rate(3 * cap, cap, 2.5 * cap) == 3 * cap
+    # Uncapped (CPU, and any check that asked the whole claim): the measured rate.
+    assert credit.implied_rate(0.8, 1.0, 1.0) == 0.8
+    assert credit.implied_rate(math.nan, 1.0, 1.0) == 0.0 == credit.implied_rate(1.0, 0.0, 1.0)
