@@ -17,9 +17,12 @@ accumulate. A workload never checked keeps its claim (it earns no level above se
 sets the rate (CPU: cores × per-core rate; bandwidth: Mbit/s) the capacity is scaled; where it does not
 (memory and storage tables: GB held, with a separate fill rate) the rate detail is scaled and the
 capacity kept (it is checked up to ``min(capacity, rate × target, max_bytes)``, what the level covers).
+A check that asked for less than the claim (a cap) supports the claim in proportion to the share of the
+checked rate that was met (:func:`implied_rate`).
 
 The overclaim test. Credit bounds the gain; evidence of a persistent overclaim is recorded too, without
-a slash. Over every timed check (accepted or slow) the statistic is ``x = measured / claimed``. Under
+a slash. Over every check whose work was verified (accepted or only slow) the statistic is
+``x = measured / checked`` (the rate the check asked for). Under
 the noise model an honest node has ``E[x] ≥ null``, where ``null = expected / (expected + network)``:
 noise centred on its calibration, and at most the published network allowance added to the
 ``expected`` time of the challenge (0.857 for a 3 s challenge with 500 ms). The test is a betting
