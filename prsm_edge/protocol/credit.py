@@ -20,16 +20,16 @@ capacity kept (it is checked up to ``min(capacity, rate × target, max_bytes)``,
 A check that asked for less than the claim (a cap) supports the claim in proportion to the share of the
 checked rate that was met (:func:`implied_rate`).
 
-The overclaim test. Credit bounds the gain; evidence of a persistent overclaim is recorded too, without
-a slash. Over every check whose work was verified (accepted or only slow) the statistic is
-``x = measured / checked`` (the rate the check asked for). Under
-the noise model an honest node has ``E[x] ≥ null``, where ``null = expected / (expected + network)``:
-noise centred on its calibration, and at most the published network allowance added to the
-``expected`` time of the challenge (0.857 for a 3 s challenge with 500 ms). The test is a betting
-martingale (testing by betting): wealth ``W_n = Π (1 + λ_i (1 − min(x_i, 1) / null_i))`` with each
-bet ``λ_i`` fixed from earlier values only. Under the null ``W`` is a non-negative supermartingale, so
-by Ville's inequality the chance that it *ever* reaches ``1 / alpha`` is at most ``alpha`` (0.5 %):
-over an honest node's whole life, however many checks it gets. Reaching it records the overclaim.
+The overclaim test. Credit bounds the gain; evidence of a persistent overclaim is recorded too, without a
+slash. Over every check whose work was verified (accepted or only slow) the statistic is ``x = measured /
+checked`` (the rate the check asked for). Under the noise model an honest node has ``E[x] ≥ null``, where
+``null = expected / (expected + network)``: noise centred on its calibration, and at most the published
+network allowance added to the ``expected`` time of the challenge (0.857 for a 3 s challenge with 500
+ms). The test is a betting martingale (testing by betting): wealth ``W_n = Π (1 + λ_i (1 − min(x_i, 1) /
+null_i))`` with each bet ``λ_i`` fixed from earlier values only. Under the null ``W`` is a non-negative
+supermartingale, so by Ville's inequality the chance that it *ever* reaches ``1 / alpha`` is at most
+``alpha`` (0.5 %): over an honest node's whole life, however many checks it gets. Reaching it records the
+overclaim.
 """
 
 from __future__ import annotations
