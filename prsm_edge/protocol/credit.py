@@ -54,7 +54,8 @@ __all__ = [
     "null_ratio",
 ]
 
-WINDOW: Final = 8  # accepted measurements kept per workload and claim
+WINDOW: Final = 8  # measurements kept per workload and claim
+CAPPED: Final = 1.02  # a check asking this much less than the claim was capped (not rounded down)
 
 
 def estimate(rates: Sequence[float]) -> float:
@@ -76,7 +77,8 @@ def implied_rate(measured: float, checked: float, claimed: float) -> float:
     """
     if not (math.isfinite(measured) and measured > 0 and math.isfinite(checked) and checked > 0):
         return 0.0
-    claimed = claimed if math.isfinite(claimed) and claimed > checked else checked
+    if not (math.isfinite(claimed) and claimed > checked * CAPPED):
+        return measured  # asked for the whole claim (whole table lines round it down a little)
     return max(measured, claimed * min(1.0, measured / checked))
 
 

@@ -247,3 +247,5 @@ def test_a_check_capped_below_the_claim_credits_the_claim_in_proportion() -> Non
     # Uncapped (CPU, and any check that asked the whole claim): the measured rate.
     assert credit.implied_rate(0.8, 1.0, 1.0) == 0.8
     assert credit.implied_rate(math.nan, 1.0, 1.0) == 0.0 == credit.implied_rate(1.0, 0.0, 1.0)
+    # A table rounded down to whole lines is not a cap: the measured rate, as for CPU.
+    assert credit.implied_rate(0.9, 0.99, 1.0) == 0.9
