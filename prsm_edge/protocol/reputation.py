@@ -15,7 +15,8 @@ average); between observations every dimension decays towards the ``prior`` (0.5
 highest level whose evidence, and the evidence of every level below it, is current:
 
 * ``self_reported`` (0.6): always;
-* ``peer_verified`` (0.8): a peer quorum accepted its claim within ``peer_validity_ms`` (24 h);
+* ``peer_verified`` (0.8): a peer quorum accepted its claim within ``peer_validity_ms`` (24 h), and no
+  workload's latest check failed;
 * ``benchmarked`` (0.85): and a benchmark proof passed within ``proof_validity_ms`` (6 h);
 * ``economically_staked`` (0.9): and its stake is at least the required stake;
 * ``hardware_attested`` (0.95): and a hardware attestation verified within ``attestation_validity_ms``.
