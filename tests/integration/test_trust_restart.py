@@ -13,6 +13,7 @@ from prsm_edge.node.agent import Agent
 from prsm_edge.node.prover import calibrate_cpu_rate
 from prsm_edge.protocol.messages import VerificationLevel
 from prsm_edge.protocol.reputation import LevelPolicy
+from prsm_edge.protocol.verifier import claimed_rates
 from tests.conftest import Mosquitto
 from tests.integration.groupkit import agent_options, coordinator, eventually, fast_rounds, running
 from tests.integration.test_verification import junk_after_half
@@ -88,4 +89,10 @@ async def test_a_restart_keeps_each_nodes_run_of_verified_results(
         after = {n: second.verifier.sampler.probability(n) for n in ids}
         assert all(after[n] <= before[n] + 1e-9 for n in ids), (before, after)
         assert all(second.verifier.sampler.record_of(n).run > threshold for n in ids)
+        # What the API's status says a node is credited with comes from the restored measurements.
+        member = second.group.members[ids[0]]
+        measured = second.verifier.estimates(member)["cpu"]
+        status = second._trust_status(member)
+        assert status["credited"]["cpu"] == round(min(measured, claimed_rates(member.resources)["cpu"]), 3)
+        assert status["overclaims"] == {}
         second.evidence_store.close()
