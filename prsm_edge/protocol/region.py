@@ -20,7 +20,9 @@ and calls :meth:`Region.tick` about once a second. Rules, in order, each refusal
    ``(epoch, seq)`` only rises, so the newest wins and a replayed old summary is refused (``replay``).
    A forged one (another key) is refused (``unknown_key``). Numbers are range-checked (``implausible``).
 2. A unit silent for ``dead_after_ms`` is marked dead; so is one whose gateway reports its coordinator
-   offline, or whose gateway's Will arrives. A new summary revives it.
+   offline, or whose gateway's Will arrives. A new summary revives it. Each unit's standing (alive or
+   dead and why, the coordinator key pinned for it, the gateway bound to it) is published retained and
+   signed at ``unit/…/state`` whenever it changes, so viewers verify what the region verified.
 3. The gateway's stream (``unit/…/stream``) is checked by :class:`~prsm_edge.protocol.uplink.StreamReceiver`
    (ordered, de-duplicated, expired items refused); the gateway's key is pinned per unit; each item
    inside must be signed by the unit's coordinator key. A loss in the stream, or a stream or link state
@@ -55,6 +57,7 @@ from prsm_edge.protocol.messages import (
     Lease,
     NodeCommand,
     ResourceType,
+    UnitState,
     UplinkRecord,
     VerificationLevel,
 )
@@ -252,6 +255,7 @@ class Region:
         self._drills: OrderedDict[str, _Drill] = OrderedDict()
         self._rebirths: OrderedDict[UnitKey, int] = OrderedDict()
         self._txn = 0
+        self._touched: dict[UnitKey, None] = {}  # units whose retained UnitState is due
         self._dirty = True
         self._last_summary_ms = -(10**15)
 
@@ -285,10 +289,11 @@ class Region:
     def receive(self, topic: str, payload: bytes, now_ms: int) -> list[RegionEffect]:
         """Handle one MQTT message of the region's tree."""
         try:
-            return self._receive(topic, payload, now_ms)
+            effects = self._receive(topic, payload, now_ms)
         except RejectedMessage as exc:
             self.rejected[exc.reason] += 1
-            return [Rejection(exc.reason, _topic_unit(topic), exc.detail)]
+            effects = [Rejection(exc.reason, _topic_unit(topic), exc.detail)]
+        return effects + self._unit_states()
 
     def _receive(self, topic: str, payload: bytes, now_ms: int) -> list[RegionEffect]:
         c = self.config
@@ -365,6 +370,7 @@ class Region:
             self._order.append(key)
             self._by_site.setdefault(key[0], []).append(key)
             effects.append(UnitChange(key[0], key[1], True, "birth"))
+            self._touched[key] = None
             if self.known_keys.get(key) != opened.kid:
                 self.known_keys[key] = opened.kid
                 effects.append(PinUnit(key[0], key[1], opened.kid))
@@ -374,6 +380,7 @@ class Region:
         unit.summary, unit.envelope, unit.last_seen_ms = msg, payload, now_ms
         if not unit.alive:
             unit.alive, unit.why = True, ""
+            self._touched[key] = None
             effects.append(UnitChange(key[0], key[1], True, "summary"))
         return effects
 
@@ -407,12 +414,38 @@ class Region:
     def _bind_gateway(self, unit: Unit, opened: Opened) -> bool:
         if not unit.gateway_key:
             unit.gateway_key, unit.gateway = opened.kid, opened.signer
+            self._touched[unit.key_id] = None
         return unit.gateway_key == opened.kid
 
     def _kill(self, unit: Unit, why: str) -> UnitChange:
         unit.alive, unit.why = False, why
         self._dirty = True
+        self._touched[unit.key_id] = None
         return UnitChange(unit.site, unit.group, False, why)
+
+    def unit_state(self, unit: Unit) -> Publish:
+        """The region's retained word on ``unit`` (alive or dead, the keys it pinned), for viewers."""
+        c = self.config
+        msg = UnitState(
+            site=unit.site,
+            group=unit.group,
+            region=c.region,
+            region_epoch=c.epoch,
+            alive=unit.alive,
+            why=unit.why,
+            public_key=unit.key,
+            gateway=unit.gateway,
+            gateway_key=unit.gateway_key,
+        )
+        topic = topics.unit(topics.Kind.UNIT_STATE, c.site, c.region, unit.site, unit.group)
+        return Publish(topic, msg, retain=True)
+
+    def _unit_states(self) -> list[RegionEffect]:
+        if not self._touched:
+            return []
+        due = [self.unit_state(self.units[key]) for key in self._touched if key in self.units]
+        self._touched.clear()
+        return list(due)
 
     def _stream(self, key: UnitKey, opened: Opened, now_ms: int) -> list[RegionEffect]:
         rec = opened.message
@@ -656,6 +689,7 @@ class Region:
         for pending in [p for p in self._pending.values() if now_ms - p.sent_ms > timeout]:
             key = pending.candidates[pending.attempt]
             effects.extend(self._next(pending, now_ms, f"{key[0]}/{key[1]} did not answer"))
+        effects.extend(self._unit_states())
         c = self.config
         since = now_ms - self._last_summary_ms
         if since >= c.summary_interval_ms or (self._dirty and since >= 1000):
