@@ -6,8 +6,9 @@ with the time now, and reads :meth:`RegionView.snapshot`. The rules (the browser
 applies the same ones):
 
 1. every payload is opened with :func:`~prsm_edge.protocol.envelope.open_envelope`;
-2. ``coord/state`` must be a tier ≥ 2 :class:`CoordState` signed by the key it names, for the
-   coordinator id derived from it; that key is pinned (given by the caller, else the first seen);
+2. ``coord/state`` must be a :class:`CoordState` signed by the key it names, for the coordinator id
+   derived from it; that key is pinned (given by the caller, else the first seen); a tier-1 state is a
+   group's (the broker is not a region's) and is left alone;
 3. the region's summary and each unit's standing (``unit/{site}/{group}/state``: alive or dead, the
    coordinator key the region pinned for the group, the gateway it bound) must be signed by the pinned
    region key; they wait (bounded) until the region's state has arrived;
@@ -130,8 +131,7 @@ class RegionView:
             self._fail(topic, "coordinator state not signed by the key it names", now_ms)
             return
         if msg.tier < 2:
-            self._fail(topic, f"a tier-{msg.tier} coordinator is a group's, not a region's", now_ms)
-            return
+            return  # a group's coordinator: this broker is a group's (GroupView's business)
         if self.pinned_key is not None and opened.kid != self.pinned_key:
             self._fail(topic, f"region key {opened.kid.hex()[:16]}… is not the pinned key", now_ms)
             return

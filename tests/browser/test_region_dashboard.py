@@ -1,0 +1,154 @@
+"""The operator dashboard against a real region in headless Chromium: three groups, each its own
+Mosquitto (with the rendered bridge), coordinator, agent and gateway, reaching one regional Mosquitto and
+regional coordinator (the federation test's rig); the page served by the regional Mosquitto's WebSocket
+listener (http_dir).
+
+What it proves: the page shows every group of the region with the region's signed word on it (alive, the
+pinned key) and its gateway's link; a group whose coordinator stops is shown dead; a gateway going away
+is shown as its link down; a forged group summary is flagged and not believed; and no request leaves
+loopback. A screenshot of the region view is saved beside the group dashboard's.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import pytest
+from nacl.signing import SigningKey
+
+from prsm_edge.io.clock import now_ms
+from prsm_edge.protocol import topics as t
+from prsm_edge.protocol.envelope import Signer
+from prsm_edge.protocol.messages import GroupSummary
+from tests.browser.conftest import CHROMIUM_FLAGS, REPO, chromium_path
+from tests.conftest import free_port, require_mosquitto
+from tests.integration.test_federation import REGION, RSITE, region_of_three
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
+
+LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
+DIST = REPO / "gateway" / "dashboard" / "dist"
+
+
+async def wait_for(page: Any, script: str, timeout_s: float) -> float:
+    """Wait until ``script`` is true in the page; return how long it took (reported, not asserted)."""
+    start = time.monotonic()
+    await page.wait_for_function(f"() => {script}", timeout=timeout_s * 1000)
+    return time.monotonic() - start
+
+
+def row(group: str, attr: str) -> str:
+    return f"document.querySelector('#region-groups tr[data-group=\"{group}\"]')?.dataset.{attr}"
+
+
+async def forge_summary(port: int) -> str:
+    """Another key's summary for lab/g1, retained on the region's broker (anonymous: anyone may publish)."""
+    forged = GroupSummary(
+        site="lab", group="g1", epoch=9, tier=1, members=500, online=500, capacity={"compute_cpu": 4096.0},
+        trust={"hardware_attested": 500}, utilization=0.0,
+    )  # fmt: skip
+    topic = t.unit(t.Kind.UNIT_SUMMARY, RSITE, REGION, "lab", "g1")
+    async with aiomqtt.Client("127.0.0.1", port, identifier="forger") as c:
+        await c.publish(topic, Signer(SigningKey.generate()).seal(forged, now_ms()), qos=1, retain=True)
+    return topic
+
+
+async def test_region_dashboard_shows_every_group_their_links_deaths_and_forgeries(
+    tmp_path: Path, artifacts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_mosquitto()
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    if not (DIST / "index.html").is_file():
+        pytest.fail("gateway/dashboard/dist/index.html is missing: run scripts/build-dashboard")
+    ws = free_port()
+    web = f"listener {ws} 127.0.0.1\nprotocol websockets\nhttp_dir {DIST}\n"
+    requests: list[str] = []
+    outside: list[str] = []
+    errors: list[str] = []
+    async with region_of_three(tmp_path, region_broker_extra=web) as rig, async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
+        context = await browser.new_context(viewport={"width": 1500, "height": 1000})
+
+        async def record(route: Any) -> None:
+            target = route.request.url
+            requests.append(target)
+            if target.startswith(("blob:", "data:")) or (urlsplit(target).hostname or "") in LOOPBACK:
+                await route.continue_()
+            else:
+                outside.append(target)
+                await route.abort()
+
+        await context.route("**/*", record)
+        page = await context.new_page()
+        page.on("websocket", lambda socket: requests.append(socket.url))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        key = rig.region.identity.public_key.hex()
+        await page.goto(f"http://127.0.0.1:{ws}/#site={RSITE}&group={REGION}&key={key}")
+
+        # Every group, alive by the region's signed word, its link up, nothing unverified.
+        shown_s = await wait_for(
+            page, "document.querySelectorAll('#region-groups tr[data-status=\"alive\"]').length === 3", 30
+        )
+        await wait_for(
+            page, "document.querySelectorAll('#region-groups tr[data-link=\"up\"]').length === 3", 15
+        )
+        assert await page.locator('[data-test="region-unverified"]').inner_text() == "0"
+        assert await page.locator('[data-test="region-alive"]').inner_text() == "3/3"
+        g1_key = rig.groups["g1"].coordinator.identity.public_key.hex()
+        assert await page.evaluate("window.prsmRegion.units.get('lab/g1').standing.public_key.length") == 32
+        assert g1_key[:12] in await page.locator('#region-groups tr[data-group="lab/g1"]').inner_text()
+        assert not await page.locator("#roster").is_visible()  # the group-only cards are hidden
+        # The region's totals: three groups of one 4-core member each.
+        await wait_for(page, "window.prsmRegion.summary?.online === 3", 10)
+        # Drill-down: a click shows the group's details and where to open its roster, key included.
+        await page.locator('#region-groups tr[data-group="far/g3"]').click()
+        await wait_for(page, "!!document.querySelector('[data-test=\"drill-fragment\"]')", 5)
+        fragment = await page.locator('[data-test="drill-fragment"]').inner_text()
+        assert fragment == f"#site=far&group=g3&key={rig.groups['g3'].coordinator.identity.public_key.hex()}"
+        await page.screenshot(path=str(artifacts / "dashboard-region.png"), full_page=True)
+
+        # A forged summary for lab/g1 (another key): flagged and counted, the capacity unchanged.
+        topic = await forge_summary(rig.broker.port)
+        flagged_s = await wait_for(page, f"Number({row('lab/g1', 'unverifiedCount')}) >= 1", 15)
+        assert topic in await page.locator('[data-test="region-failures"]').inner_text()
+        assert (
+            await page.evaluate("window.prsmRegion.units.get('lab/g1').summary.capacity.compute_cpu") == 4.0
+        )
+
+        # lab/g2's coordinator (and member) stop; its gateway stays and reports it: the group is dead.
+        for task in rig.groups["g2"].tasks[:2]:
+            task.cancel()
+        dead_s = await wait_for(page, f"{row('lab/g2', 'status')} === 'dead'", 20)
+        assert await page.evaluate(row("lab/g2", "link")) == "up"
+
+        # far/g3's gateway goes away: its link is shown down (and the region calls the group dead).
+        rig.groups["g3"].tasks[2].cancel()
+        down_s = await wait_for(page, f"{row('far/g3', 'link')} === 'down'", 20)
+        await wait_for(page, f"{row('far/g3', 'status')} === 'dead'", 10)
+        assert await page.evaluate(row("lab/g1", "status")) == "alive"
+        await page.screenshot(path=str(artifacts / "dashboard-region-down.png"), full_page=True)
+        await context.close()
+        await browser.close()
+
+    assert errors == []
+    assert outside == [], f"requests left loopback: {outside}"
+    assert requests and all(
+        (urlsplit(r).hostname or "") in LOOPBACK or r.startswith("blob:") for r in requests
+    )
+    assert any(r.startswith(f"ws://127.0.0.1:{ws}") for r in requests)
+    figures = (
+        f"region dashboard: 3 groups shown {shown_s:.1f} s after load, forged summary flagged in "
+        f"{flagged_s:.1f} s, a stopped group shown dead in {dead_s:.1f} s, a gateway's link down in "
+        f"{down_s:.1f} s\n"
+    )
+    (artifacts / "timings-region.txt").write_text(figures)
+    with capsys.disabled():
+        sys.stdout.write("\n" + figures)
