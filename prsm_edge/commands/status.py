@@ -146,18 +146,25 @@ async def _status(args: argparse.Namespace, url: str, view: GroupView, region: R
 async def _read(
     client: aiomqtt.Client, view: GroupView, region: RegionView, limit_s: float, settle_s: float | None
 ) -> None:
-    """Fold messages in for ``limit_s`` (or until ``settle_s`` pass without one, once state is known)."""
+    """Fold messages in for ``limit_s`` (or, once state is known, until ``settle_s`` pass without a
+    retained one: live traffic, such as a region's stream of summaries, never goes quiet)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     messages = aiter(client.messages)
+    last_retained = loop.time()
     while (left := deadline - loop.time()) > 0:
-        wait = left if settle_s is None or view.coord is None else min(left, settle_s)
+        settled = settle_s is not None and view.coord is not None
+        wait = min(left, last_retained + settle_s - loop.time()) if settle_s is not None and settled else left
+        if wait <= 0:
+            return
         try:
             message = await asyncio.wait_for(anext(messages), wait)
         except TimeoutError:
-            if settle_s is not None and view.coord is not None:
+            if settled:
                 return
             continue
+        if message.retain:
+            last_retained = loop.time()
         if isinstance(message.payload, bytes | bytearray):
             now = _now_ms()
             view.receive(str(message.topic), bytes(message.payload), now)
