@@ -22,11 +22,14 @@ import pytest
 from nacl.signing import SigningKey
 
 from prsm_edge.io.clock import now_ms
+from prsm_edge.protocol import messages as m
 from prsm_edge.protocol import topics as t
 from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.messages import GroupSummary
+from prsm_edge.protocol.uplink import Pacer
 from tests.browser.conftest import CHROMIUM_FLAGS, REPO, chromium_path
 from tests.conftest import free_port, require_mosquitto
+from tests.integration.groupkit import cpu, eventually
 from tests.integration.test_federation import REGION, RSITE, region_of_three
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
@@ -152,3 +155,59 @@ async def test_region_dashboard_shows_every_group_their_links_deaths_and_forgeri
     (artifacts / "timings-region.txt").write_text(figures)
     with capsys.disabled():
         sys.stdout.write("\n" + figures)
+
+
+async def test_region_dashboard_shows_a_gateway_replaying_its_backlog_after_an_outage(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    """The regional broker goes away and comes back: the page reconnects and shows g1's gateway replaying
+    what it buffered meanwhile (buffered count falling), then the replayed records flagged historical."""
+    require_mosquitto()
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    ws = free_port()
+    web = f"listener {ws} 127.0.0.1\nprotocol websockets\nhttp_dir {DIST}\n"
+    errors: list[str] = []
+    async with region_of_three(tmp_path, region_broker_extra=web) as rig, async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
+        page = await browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        key = rig.region.identity.public_key.hex()
+        await page.goto(f"http://127.0.0.1:{ws}/#site={RSITE}&group={REGION}&key={key}")
+        await wait_for(
+            page, "document.querySelectorAll('#region-groups tr[data-link=\"up\"]').length === 3", 30
+        )
+
+        g1 = rig.groups["g1"]
+        g1.gateway.pacer = Pacer(2.0, 1)  # replay slowly enough to watch
+        rig.broker.stop()  # the uplink is cut (and the page's broker is gone too)
+        await eventually(lambda: not g1.gateway.uplink.connected.is_set(), what="gateway sees the cut")
+        coord = g1.coordinator
+        for i in range(15):  # lease reports the gateway must buffer on disk meanwhile
+            lease = m.Lease(
+                lease_id=f"l{i}", task_id=f"task{i}", node=g1.agent.node_id, resources=cpu(1.0),
+                start_ms=now_ms(), end_ms=now_ms() + 3_600_000, rate_micro_per_hour=0,
+            )  # fmt: skip
+            await coord.session.publish(t.fed_report("lab", "g1"), coord.signer.seal(lease, now_ms()), qos=1)
+        await eventually(lambda: len(g1.gateway.buffer) == 15, what="15 items buffered on disk")
+        rig.broker.restart()
+
+        await wait_for(page, f"{row('lab/g1', 'link')} === 'replaying'", 30)
+        cell = "document.querySelector('#region-groups tr[data-group=\"lab/g1\"] td:nth-child(10)')"
+        assert (
+            int(await page.evaluate(f"{cell}.textContent")) > 0
+        )  # the buffered count, from the signed state
+        await page.locator('#region-groups tr[data-group="lab/g1"]').click()
+        await wait_for(page, "!!document.querySelector('#region-detail h3')", 5)
+        await page.screenshot(path=str(artifacts / "dashboard-region-replay.png"), full_page=True)
+        await wait_for(page, f"{row('lab/g1', 'link')} === 'up'", 30)
+        # The replayed records the page saw (the first may go by before its own reconnect) are historical.
+        seen = await page.evaluate(
+            "((u) => [u.records, u.historical])(window.prsmRegion.units.get('lab/g1'))"
+        )
+        assert seen[0] >= 5 and seen[1] == seen[0], seen
+        assert await page.evaluate("window.prsmRegion.counts.unverified") == 0
+        await browser.close()
+    assert errors == []
