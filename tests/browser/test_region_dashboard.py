@@ -61,6 +61,25 @@ async def forge_summary(port: int) -> str:
     return topic
 
 
+async def forge_standing(port: int) -> tuple[str, str]:
+    """On the (anonymous) regional broker: a standing for lab/g1 that pins a forger's key, signed by the
+    forger, and a summary signed with that key. Neither may be believed: the standing is not the region's."""
+    forger = Signer(SigningKey.generate())
+    standing = m.UnitState(
+        site="lab", group="g1", region=REGION, region_epoch=1, alive=True, public_key=forger.public_key
+    )
+    summary = GroupSummary(
+        site="lab", group="g1", epoch=9, tier=1, members=7, online=7, capacity={"compute_cpu": 777.0},
+        trust={}, utilization=0.0,
+    )  # fmt: skip
+    state_topic = t.unit(t.Kind.UNIT_STATE, RSITE, REGION, "lab", "g1")
+    summary_topic = t.unit(t.Kind.UNIT_SUMMARY, RSITE, REGION, "lab", "g1")
+    async with aiomqtt.Client("127.0.0.1", port, identifier="forger2") as c:
+        await c.publish(state_topic, forger.seal(standing, now_ms()), qos=1, retain=True)
+        await c.publish(summary_topic, forger.seal(summary, now_ms()), qos=1, retain=True)
+    return state_topic, summary_topic
+
+
 async def test_region_dashboard_shows_every_group_their_links_deaths_and_forgeries(
     tmp_path: Path, artifacts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -122,9 +141,20 @@ async def test_region_dashboard_shows_every_group_their_links_deaths_and_forgeri
         topic = await forge_summary(rig.broker.port)
         flagged_s = await wait_for(page, f"Number({row('lab/g1', 'unverifiedCount')}) >= 1", 15)
         assert topic in await page.locator('[data-test="region-failures"]').inner_text()
+        g1_cpu = "window.prsmRegion.units.get('lab/g1').summary.capacity.compute_cpu"
+        assert await page.evaluate(g1_cpu) == 4.0
+        # A forged standing that would pin the forger's key for lab/g1, then a summary under that key.
+        state_topic, _ = await forge_standing(rig.broker.port)
+        await wait_for(page, f"Number({row('lab/g1', 'unverifiedCount')}) >= 3", 15)
+        failures = await page.locator('[data-test="region-failures"]').inner_text()
+        assert state_topic in failures and "not by the region's coordinator" in failures
+        g1_pin = "window.prsmRegion.units.get('lab/g1').standing.public_key"
         assert (
-            await page.evaluate("window.prsmRegion.units.get('lab/g1').summary.capacity.compute_cpu") == 4.0
+            await page.evaluate(f"Array.from({g1_pin}, (b) => b.toString(16).padStart(2, '0')).join('')")
+            == g1_key
         )
+        assert await page.evaluate(g1_cpu) == 4.0
+        assert await page.evaluate(row("lab/g1", "status")) == "alive"
 
         # lab/g2's coordinator (and member) stop; its gateway stays and reports it: the group is dead.
         for task in rig.groups["g2"].tasks[:2]:
