@@ -109,6 +109,7 @@ class RegionCoordinator:
             subscriptions=[
                 (topics.unit_filter(o.site, o.region, "summary"), 1),
                 (topics.unit_filter(o.site, o.region, "stream"), 1),
+                (topics.unit_filter(o.site, o.region, "state"), 1),  # to restate an overwritten one
                 (f"{tree}/unit/+/+/api/+/resp/{identity.node_id}", 1),
                 (f"{tree}/api/submit/req/+", 1),
                 (f"{topics.ROOT}/+/gw/+/state", 1),

@@ -254,6 +254,7 @@ class Region:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._drills: OrderedDict[str, _Drill] = OrderedDict()
         self._rebirths: OrderedDict[UnitKey, int] = OrderedDict()
+        self._restated: OrderedDict[UnitKey, int] = OrderedDict()
         self._txn = 0
         self._touched: dict[UnitKey, None] = {}  # units whose retained UnitState is due
         self._dirty = True
@@ -314,6 +315,8 @@ class Region:
                 return self._summary(key, payload, now_ms)
             case topics.Kind.UNIT_STREAM:
                 return self._stream(key, open_envelope(payload), now_ms)
+            case topics.Kind.UNIT_STATE:
+                return self._standing_seen(key, payload, now_ms)
             case topics.Kind.UNIT_API_RESP if parsed.client == c.coordinator:
                 return self._response(key, parsed.method, open_envelope(payload), now_ms)
             case topics.Kind.API_REQ if parsed.method == "submit":
@@ -439,6 +442,33 @@ class Region:
         )
         topic = topics.unit(topics.Kind.UNIT_STATE, c.site, c.region, unit.site, unit.group)
         return Publish(topic, msg, retain=True)
+
+    def _standing_seen(self, key: UnitKey, payload: bytes, now_ms: int) -> list[RegionEffect]:
+        """A unit's retained standing as the broker holds it. If it is not what this region says now (on
+        an open broker anyone may overwrite it, or replay an old one of ours: older than
+        ``rebirth_gap_ms``, unlike the echo of our own last-but-one), say it again, at most once per
+        ``rebirth_gap_ms`` per unit, so viewers that connect later read the truth."""
+        unit = self.units.get(key)
+        if unit is None:
+            return []
+        current = self.unit_state(unit)
+        try:
+            opened: Opened | None = open_envelope(payload)
+        except RejectedMessage:
+            opened = None
+        if opened is not None and opened.kid == self.config.public_key:
+            said = opened.message
+            if _standing(said) == _standing(current.message) or now_ms - said.ts < self.config.rebirth_gap_ms:
+                return []  # what we say now, or the echo of what we said a moment ago
+        last = self._restated.get(key)
+        if last is not None and now_ms - last < self.config.rebirth_gap_ms:
+            return []
+        self._restated[key] = now_ms
+        self._restated.move_to_end(key)
+        while len(self._restated) > self.config.max_units:
+            self._restated.popitem(last=False)
+        self.accepted["standing_restated"] += 1
+        return [current]
 
     def _unit_states(self) -> list[RegionEffect]:
         if not self._touched:
@@ -732,6 +762,16 @@ class Region:
             claims_root=self.claims.root,
             claims=len(self.claims),
         )
+
+
+def _standing(msg: object) -> tuple[object, ...] | None:
+    """What a UnitState says, without its sequence number and timestamp."""
+    if not isinstance(msg, UnitState):
+        return None
+    return (
+        msg.site, msg.group, msg.region, msg.region_epoch, msg.alive, msg.why, msg.public_key, msg.gateway,
+        msg.gateway_key,
+    )  # fmt: skip
 
 
 def _topic_unit(topic: str) -> str:

@@ -17,7 +17,8 @@ applies the same ones):
    the group, by that one; a gateway's stream record likewise. What comes before the group's standing
    waits (bounded, the newest per topic);
 5. a standing from another region epoch, or while the region's coordinator is offline, is shown as
-   unconfirmed, never as alive.
+   unconfirmed, never as alive; one older than the standing held (region epoch, then sequence number)
+   is a replay and refused.
 
 Whatever fails is counted (per group where it names one) and listed, never folded into the view.
 """
@@ -164,6 +165,10 @@ class RegionView:
                 return
             unit = self._unit(key)
             if unit is None:
+                return
+            old = unit.standing
+            if old is not None and (msg.region_epoch, msg.seq) < (old.region_epoch, old.seq):
+                self._fail(topic, "an older standing of the region's, replayed", now_ms, key)
                 return
             self.verified += 1
             unit.standing = msg

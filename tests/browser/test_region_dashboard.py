@@ -11,6 +11,7 @@ loopback. A screenshot of the region view is saved beside the group dashboard's.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.browser.conftest import CHROMIUM_FLAGS, REPO, chromium_path
 from tests.conftest import free_port, require_mosquitto
 from tests.integration.groupkit import cpu, eventually
 from tests.integration.test_federation import REGION, RSITE, region_of_three
+from tests.integration.test_region_status import prsm
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -168,6 +170,19 @@ async def test_region_dashboard_shows_every_group_their_links_deaths_and_forgeri
         await wait_for(page, f"{row('far/g3', 'status')} === 'dead'", 10)
         assert await page.evaluate(row("lab/g1", "status")) == "alive"
         await page.screenshot(path=str(artifacts / "dashboard-region-down.png"), full_page=True)
+        # The terminal's view (Python, PyNaCl) and the page's (JavaScript) agree on every group.
+        code, out, err = await prsm(
+            tmp_path / "cli", "status", "--broker", rig.broker.url, "--site", RSITE, "--group", REGION,
+            "--key", key, "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        terminal = {f"{g['site']}/{g['group']}": (g["status"], g["link"]) for g in json.loads(out)["groups"]}
+        page_view = await page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('#region-groups tr')]"
+            ".map((r) => [r.dataset.group, [r.dataset.status, r.dataset.link]]))"
+        )
+        assert terminal == {k: tuple(v) for k, v in page_view.items()}, json.loads(out)["failures"]
+        assert terminal == {"lab/g1": ("alive", "up"), "lab/g2": ("dead", "up"), "far/g3": ("dead", "down")}
         await context.close()
         await browser.close()
 

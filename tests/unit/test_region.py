@@ -370,3 +370,28 @@ def test_each_units_standing_is_published_signed_and_retained_when_it_changes() 
     assert (dead.alive, dead.why) == (False, "silent")
     (alive,) = states(r.receive(*g.summary(NOW + 28_000), NOW + 28_000))
     assert alive.alive and alive.why == ""
+
+
+def test_an_overwritten_or_replayed_standing_is_restated() -> None:
+    g, signer = FakeGroup("lab", "g1"), Signer(SigningKey.generate())  # signer: the region's key
+    r = region(coordinator=signer.node_id, public_key=signer.public_key)
+    (born,) = [e for e in r.receive(*g.summary(NOW), NOW) if isinstance(e, Publish)]
+    topic = born.topic
+    # Our own current standing coming back from the broker: nothing to do.
+    assert r.receive(topic, signer.seal(born.message, NOW), NOW + 1) == []
+    # Someone else's in its place (an open broker): said again, at most once per gap.
+    stranger = Signer(SigningKey.generate())
+    forged = UnitState(site="lab", group="g1", region=R, region_epoch=1, alive=False, why="forged")
+    (again,) = r.receive(topic, stranger.seal(forged, NOW + 2), NOW + 2)
+    assert isinstance(again, Publish) and again.retain and again.message == born.message
+    assert r.receive(topic, stranger.seal(forged, NOW + 3), NOW + 3) == []
+    # The echo of a standing we published a moment ago, since superseded (the gateway got bound): no news.
+    bound = [
+        e for e in r.receive(*g.gateway_state(NOW + 4, "online", bdseq=1), NOW + 4) if isinstance(e, Publish)
+    ]
+    assert len(bound) == 1
+    assert r.receive(topic, signer.seal(born.message, NOW + 4), NOW + 5) == []
+    # An old standing of ours replayed after the unit changed (its timestamp gives it away): said again.
+    r.tick(NOW + 30_000)  # silent: dead
+    (restated,) = r.receive(topic, signer.seal(born.message, NOW), NOW + 31_000)
+    assert isinstance(restated.message, UnitState) and not restated.message.alive

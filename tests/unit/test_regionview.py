@@ -196,3 +196,19 @@ def test_standing_from_an_earlier_region_run_is_unconfirmed() -> None:
     assert {g["status"] for g in snap["groups"]} == {"unconfirmed"}  # type: ignore[union-attr]
     restarted.send(*rig.groups["g1"].summary(NOW + 4000, epoch=1, online=3), NOW + 4000)
     assert rig.group(view.snapshot(NOW + 4000), "g1")["status"] == "alive"
+
+
+def test_an_older_standing_replayed_is_refused() -> None:
+    rig = Rig()
+    rig.start()
+    topic = t.unit(t.Kind.UNIT_STATE, RS, R, "lab", "g2")
+    old = rig.wire[topic]  # the region's first word on g2: alive
+    for at in (NOW + 10_000, NOW + 20_000):
+        for name in ("g1", "g3"):
+            rig.send(*rig.groups[name].summary(at), at)
+    rig.publish(rig.region.tick(NOW + 26_000), NOW + 26_000)  # g2 silent: dead
+    rig.view.receive(topic, old, NOW + 27_000)  # an attacker replays the old, validly signed standing
+    snap = rig.view.snapshot(NOW + 27_000)
+    g2 = rig.group(snap, "g2")
+    assert g2["status"] == "dead" and g2["unverified"] == 1
+    assert "replayed" in snap["failures"][0]["reason"]  # type: ignore[index]

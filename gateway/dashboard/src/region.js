@@ -11,6 +11,7 @@
 //   gateway's link state (prsm/v1/{site}/gw/{gateway}/state) must be signed by the gateway it names and
 //   by the one the region bound to the group; they wait (bounded) for the group's standing;
 // - a standing from another region epoch, or while the region's coordinator is offline, is unconfirmed;
+//   one older than the standing held (region epoch, then sequence number) is a replay, refused;
 // - anything else is marked unverified, counted (per group where it names one), never shown as fact.
 import { openEnvelope, sameBytes, hex } from './wire.js'
 
@@ -134,6 +135,10 @@ export class RegionModel {
       if (b.t !== 'ustate' || `${b.site}/${b.group}` !== key || b.region !== this.region) return this.fail(topic, "not this group's standing", key)
       const u = this.unit(key)
       if (!u) return
+      const old = u.standing
+      if (old && (b.region_epoch < old.region_epoch || (b.region_epoch === old.region_epoch && (b.seq ?? 0) < (old.seq ?? 0)))) {
+        return this.fail(topic, "an older standing of the region's, replayed", key)
+      }
       u.standing = b
       u.bad.delete(topic)
       for (const [tp, [k, pl, rt]] of [...this.waitingUnit.entries()]) {
