@@ -9,12 +9,14 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from prsm_edge import paths
 from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
 from prsm_edge.errors import ConfigError
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import start_broker
+from prsm_edge.io.brokerinfo import dashboard_dir
 
 
 def register(sub: Any) -> None:
@@ -34,6 +36,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--tier", type=int, default=2, help="this coordinator's tier (default 2)")
     parser.add_argument("--host", default="0.0.0.0", help="address the broker listens on (default all)")
     parser.add_argument("--port", type=int, default=1884, help="MQTT port (default 1884; 0 picks one)")
+    parser.add_argument(
+        "--ws-port",
+        type=int,
+        default=9002,
+        help="WebSocket port serving the operator dashboard (Mosquitto; default 9002; 0 picks one)",
+    )
     parser.add_argument(
         "--external", default=None, metavar="URL", help="start no broker: use this one (mqtt://HOST:PORT)"
     )
@@ -75,14 +83,29 @@ def _run(args: argparse.Namespace) -> int:
 async def _region(args: argparse.Namespace) -> None:
     workdir = (args.workdir or paths.data_dir()) / "region" / args.region
     pins = _pins(args.pins)
+    identity = load_or_create(workdir)
     async with contextlib.AsyncExitStack() as stack:
         url = args.external
         if url is None:
             broker = await stack.enter_async_context(
-                start_broker(workdir / "broker", host=args.host, port=args.port, ws_port=None, acl=False)
+                start_broker(
+                    workdir / "broker",
+                    host=args.host,
+                    port=args.port,
+                    ws_port=args.ws_port,
+                    acl=False,
+                    http_dir=dashboard_dir(),
+                )
             )
             url = broker.url
             print(f"{broker.kind} broker for the region at {url}", file=sys.stderr, flush=True)
+            if broker.kind == "mosquitto" and broker.ws_port and dashboard_dir() is not None:
+                fragment = urlencode(
+                    {"site": args.site, "group": args.region, "key": identity.public_key.hex()}
+                )
+                print(
+                    f"dashboard: http://127.0.0.1:{broker.ws_port}/#{fragment}", file=sys.stderr, flush=True
+                )
         options = RegionOptions(
             site=args.site,
             region=args.region,
@@ -93,7 +116,7 @@ async def _region(args: argparse.Namespace) -> None:
             pinned=pins,
             quiet_heap=True,  # this process is the coordinator's own: keep full collections rare
         )
-        coord = RegionCoordinator(load_or_create(workdir), options)
+        coord = RegionCoordinator(identity, options)
         task = asyncio.create_task(coord.run())
         stack.callback(task.cancel)
         loop = asyncio.get_running_loop()

@@ -127,6 +127,7 @@ class RegionCoordinator:
             subscriptions=[
                 (topics.unit_filter(o.site, o.region, "summary"), 1),
                 (topics.unit_filter(o.site, o.region, "stream"), 1),
+                (topics.unit_filter(o.site, o.region, "state"), 1),  # to restate an overwritten one
                 (f"{topics.ROOT}/+/gw/+/state", 1),
             ],
             prepare=self._prepare,
@@ -165,6 +166,8 @@ class RegionCoordinator:
         await self.tasks.connected.wait()  # allocation answers need their connection before we are online
         topic, online = self.region.state_message("online")
         await self.session.publish(topic, self.signer.seal(online, now_ms()), qos=1, retain=True)
+        # The units' retained standing again, in case the broker lost its retained store.
+        await self._apply([self.region.unit_state(u) for u in list(self.region.units.values())])
         log.info(
             "region coordinator %s online for %s/%s (tier %d, epoch %d)",
             self.identity.node_id,

@@ -43,6 +43,7 @@ from prsm_edge.protocol.messages import (
     TRUST_SCORE,
     ApiRequest,
     ApiResponse,
+    BandwidthChunk,
     BenchmarkProof,
     CoordState,
     GroupSummary,
@@ -138,6 +139,7 @@ class Member:
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
     claim_envelope: bytes = b""  # the signed birth/claim its resources came from (for drill-downs)
+    ha_controls: bool = False  # its owner lets Home Assistant change allocations and pause (its birth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,7 @@ class Verification:
     arrived (the coordinator's clock) and the raw signed envelope, which slash evidence carries."""
 
     node: str
-    message: BenchmarkProof | ProofOpening | VerificationVote
+    message: BenchmarkProof | ProofOpening | VerificationVote | BandwidthChunk
     at_ms: int = 0
     raw: bytes = b""
 
@@ -238,6 +240,7 @@ class _Dirty:
 
 
 LevelView = Callable[[Member], VerificationLevel]
+CreditView = Callable[[Member], list[ResourceSpec]]  # the resources as counted (credit by measurement)
 
 
 def _self_reported(member: Member) -> VerificationLevel:
@@ -248,7 +251,8 @@ class Group:
     """The coordinator's view of its group, fed with messages and time.
 
     Verification levels are not kept here: ``levels`` reads them from their one owner (the verifier),
-    so the roster and summary always show what current evidence supports.
+    so the roster and summary always show what current evidence supports. Likewise ``credited`` gives
+    the resources the summary counts: what the verifier measured, not the raw claim.
     """
 
     def __init__(
@@ -256,9 +260,11 @@ class Group:
         config: GroupConfig,
         levels: LevelView = _self_reported,
         guard: ReplayGuard | None = None,
+        credited: CreditView | None = None,
     ) -> None:
         self.config = config
         self.levels = levels
+        self.credited: CreditView = credited or (lambda m: m.resources)
         self._clock_warned: dict[str, int] = {}
         self.members: dict[str, Member] = {}
         self.rejected: Counter[Reason] = Counter()
@@ -355,6 +361,7 @@ class Group:
             topics.Kind.COORD_ROSTER,
             topics.Kind.COORD_BEACON,
             topics.Kind.COORD_LEDGER,
+            topics.Kind.COORD_ROLLUP,
             topics.Kind.MARKET_LISTING,
             topics.Kind.SUMMARY,
         ):
@@ -402,6 +409,11 @@ class Group:
                 self._fresh(member.node, msg, now_ms)
                 member.last_seen_ms = now_ms
                 return [Verification(member.node, msg, now_ms, payload)]
+            case topics.Kind.NODE_BANDWIDTH, BandwidthChunk():
+                # No replay check: chunks go out directly while older messages may still wait in the
+                # node's outbox, so their sequence numbers must not advance the guard; a replayed chunk
+                # is a duplicate index, which the bandwidth meter ignores.
+                return [Verification(self._member(owner).node, msg, now_ms)]
         raise RejectedMessage(Reason.MALFORMED, f"a {type(msg).__name__} does not belong on {kind.value}")
 
     def _fresh(self, node: str, msg: Message, now_ms: int, *, birth: bool = False) -> int:
@@ -512,6 +524,7 @@ class Group:
             priority_level=msg.priority_level,
             max_temperature_c=msg.max_temperature_c,
             max_power_w=msg.max_power_w,
+            ha_controls=msg.ha_controls,
         )
         self.members[msg.node] = member
         self.accepted["birth"] += 1
@@ -606,7 +619,7 @@ class Group:
             trust[self.levels(m).value] += 1
             if not m.offering:
                 continue
-            for spec in m.resources:
+            for spec in self.credited(m):
                 capacity[spec.type.value] = capacity.get(spec.type.value, 0.0) + spec.capacity
         util = sum(m.cpu_util for m in online) / len(online) if online else 0.0
         offered = [(m.node, m.claim_envelope) for m in online if m.offering and m.claim_envelope]

@@ -104,6 +104,7 @@ class NodeBirth(Message, frozen=True, tag="nbirth"):
     priority_level: int = 5
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
+    ha_controls: bool = False  # the owner lets Home Assistant change allocations and pause
 
 
 class NodeState(Message, frozen=True, tag="nstate"):
@@ -325,6 +326,21 @@ class GatewayState(Message, frozen=True, tag="gwstate"):
     replayed: int = 0
 
 
+class UnitState(Message, frozen=True, tag="ustate"):
+    """A region's retained word on one of its units: alive or dead (and why), the coordinator key it
+    pinned for the unit and the gateway it bound, in the region's epoch ``region_epoch``."""
+
+    site: str
+    group: str
+    region: str
+    region_epoch: int
+    alive: bool
+    why: str = ""
+    public_key: bytes = b""
+    gateway: str = ""
+    gateway_key: bytes = b""
+
+
 class Lease(Message, frozen=True, tag="lease"):
     """Resources of one node granted to one task for a time, at a rate."""
 
@@ -395,6 +411,25 @@ class ApiResponse(Message, frozen=True, tag="apiresp"):
     code: str = ""
 
 
+class RollupSeries(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One resolution of a group rollup: ``count`` slots of ``step_s`` seconds from ``start_s``; each
+    column packs one big-endian unsigned integer per slot (all ones: no sample), see protocol/rollups.py."""
+
+    step_s: int
+    start_s: int
+    count: int
+    columns: dict[str, bytes] = {}
+
+
+class GroupRollup(Message, frozen=True, tag="rollup"):
+    """The coordinator's retained trend rollup of its group (utilization, earnings, trust, nodes)."""
+
+    site: str
+    group: str
+    at_ms: int
+    series: list[RollupSeries] = []
+
+
 AnyMessage = (
     NodeBirth
     | NodeState
@@ -412,12 +447,14 @@ AnyMessage = (
     | GroupSummary
     | UplinkRecord
     | GatewayState
+    | UnitState
     | Lease
     | LedgerEntry
     | LedgerHead
     | MarketListing
     | ApiRequest
     | ApiResponse
+    | GroupRollup
 )
 
 MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
@@ -437,12 +474,14 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     GroupSummary,
     UplinkRecord,
     GatewayState,
+    UnitState,
     Lease,
     LedgerEntry,
     LedgerHead,
     MarketListing,
     ApiRequest,
     ApiResponse,
+    GroupRollup,
 )
 
 

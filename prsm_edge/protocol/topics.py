@@ -6,6 +6,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/coord/roster                R  signed member list of the epoch
     prsm/v1/{site}/{group}/coord/beacon                R  verification round beacon (reveal + next commit)
     prsm/v1/{site}/{group}/coord/ledger                R  FTNS ledger chain head (count + last hash)
+    prsm/v1/{site}/{group}/coord/rollup                R  trend rollup (utilization, earnings, trust)
     prsm/v1/{site}/{group}/summary                     R  signed group summary (carried upward)
     prsm/v1/{site}/{group}/market/{node}               R  a member's market listing (coordinator-signed)
     prsm/v1/{site}/{group}/node/{node}/state           R  node online/offline + bdseq (its Will: offline)
@@ -13,6 +14,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/node/{node}/claim              signed claim updates
     prsm/v1/{site}/{group}/node/{node}/proof              benchmark proofs and verification votes
     prsm/v1/{site}/{group}/node/{node}/telemetry          heartbeats
+    prsm/v1/{site}/{group}/node/{node}/bw                 bandwidth-check chunks (to the coordinator)
     prsm/v1/{site}/{group}/node/{node}/cmd/{verb}         coordinator → node
     prsm/v1/{site}/{group}/node/{node}/reply              the node's signed answer to a relayed API call
     prsm/v1/{site}/{group}/node/{node}/bench/{leaf}       the node's own network-benchmark echo
@@ -26,6 +28,7 @@ One tier up the same shape repeats: a regional coordinator's units are the group
 ``unit/{unit_site}/{unit_group}`` of the region's own tree (the bridge remaps a group's ``api`` there)::
 
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/summary             R  the group's signed summary
+    prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/state               R  the region's word on the group
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/stream                 the gateway's ordered stream
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/rebirth                region → gateway: send birth again
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/api/{method}/req|resp/{client}   bridged API calls
@@ -47,7 +50,7 @@ __all__ = ["ROOT", "Kind", "Topic", "parse", "valid_segment"]
 
 ROOT: Final = "prsm/v1"
 _SEGMENT = re.compile(r"[a-z0-9_-]{1,64}")
-_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "reply")
+_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "reply", "bw")
 
 
 class Kind(enum.StrEnum):
@@ -57,6 +60,7 @@ class Kind(enum.StrEnum):
     COORD_ROSTER = "coord/roster"
     COORD_BEACON = "coord/beacon"
     COORD_LEDGER = "coord/ledger"
+    COORD_ROLLUP = "coord/rollup"
     MARKET_LISTING = "market"
     SUMMARY = "summary"
     NODE_STATE = "state"
@@ -65,6 +69,7 @@ class Kind(enum.StrEnum):
     NODE_PROOF = "proof"
     NODE_TELEMETRY = "telemetry"
     NODE_REPLY = "reply"
+    NODE_BANDWIDTH = "bw"
     NODE_CMD = "cmd"
     NODE_BENCH = "bench"
     API_REQ = "req"
@@ -75,6 +80,7 @@ class Kind(enum.StrEnum):
     UNIT_SUMMARY = "unit/summary"
     UNIT_STREAM = "unit/stream"
     UNIT_REBIRTH = "unit/rebirth"
+    UNIT_STATE = "unit/state"
     UNIT_API_REQ = "unit/req"
     UNIT_API_RESP = "unit/resp"
 
@@ -85,6 +91,7 @@ RETAINED: Final = frozenset(
         Kind.COORD_ROSTER,
         Kind.COORD_BEACON,
         Kind.COORD_LEDGER,
+        Kind.COORD_ROLLUP,
         Kind.MARKET_LISTING,
         Kind.SUMMARY,
         Kind.NODE_STATE,
@@ -92,6 +99,7 @@ RETAINED: Final = frozenset(
         Kind.GATEWAY_STATE,
         Kind.GATEWAY_BRIDGE,
         Kind.UNIT_SUMMARY,
+        Kind.UNIT_STATE,
     }
 )
 
@@ -141,7 +149,14 @@ class Topic:
         match self.kind:
             case Kind.FED_REPORT:
                 return f"{base}/{self.kind.value}"
-            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.COORD_BEACON | Kind.COORD_LEDGER | Kind.SUMMARY:
+            case (
+                Kind.COORD_STATE
+                | Kind.COORD_ROSTER
+                | Kind.COORD_BEACON
+                | Kind.COORD_LEDGER
+                | Kind.COORD_ROLLUP
+                | Kind.SUMMARY
+            ):
                 return f"{base}/{self.kind.value}"
             case Kind.MARKET_LISTING:
                 return f"{base}/market/{_seg('node', self.node)}"
@@ -173,6 +188,11 @@ def coord_beacon(site: str, group: str) -> str:
 def coord_ledger(site: str, group: str) -> str:
     """The coordinator's retained FTNS ledger chain head."""
     return str(Topic(Kind.COORD_LEDGER, site, group))
+
+
+def coord_rollup(site: str, group: str) -> str:
+    """The coordinator's retained trend rollup."""
+    return str(Topic(Kind.COORD_ROLLUP, site, group))
 
 
 def market_listing(site: str, group: str, node_id: str) -> str:
@@ -225,8 +245,8 @@ def fed_report(site: str, group: str) -> str:
 
 
 def unit(kind: Kind, site: str, group: str, unit_site: str, unit_group: str) -> str:
-    """A unit's topic in a tier's tree (summary, stream or rebirth)."""
-    if kind not in (Kind.UNIT_SUMMARY, Kind.UNIT_STREAM, Kind.UNIT_REBIRTH):
+    """A unit's topic in a tier's tree (summary, state, stream or rebirth)."""
+    if kind not in (Kind.UNIT_SUMMARY, Kind.UNIT_STREAM, Kind.UNIT_REBIRTH, Kind.UNIT_STATE):
         raise TopicError(f"{kind} is not a unit topic")
     return str(Topic(kind, site, group, unit_site=unit_site, unit_group=unit_group))
 
@@ -284,7 +304,7 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.GATEWAY_BRIDGE, site, gateway=gateway)
         case [group, "fed", "report"]:
             return Topic(Kind.FED_REPORT, site, group)
-        case [group, "unit", usite, ugroup, ("summary" | "stream" | "rebirth") as leaf]:
+        case [group, "unit", usite, ugroup, ("summary" | "state" | "stream" | "rebirth") as leaf]:
             return Topic(Kind("unit/" + leaf), site, group, unit_site=usite, unit_group=ugroup)
         case [group, "unit", usite, ugroup, "api", method, ("req" | "resp") as direction, client]:
             return Topic(
@@ -304,6 +324,8 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.COORD_BEACON, site, group)
         case [group, "coord", "ledger"]:
             return Topic(Kind.COORD_LEDGER, site, group)
+        case [group, "coord", "rollup"]:
+            return Topic(Kind.COORD_ROLLUP, site, group)
         case [group, "market", node_id]:
             return Topic(Kind.MARKET_LISTING, site, group, node=node_id)
         case [group, "summary"]:

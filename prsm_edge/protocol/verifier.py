@@ -37,6 +37,13 @@ When the verdict is in and every panelist voted (or the time is up) the check is
 * with a registered attestation key the challenge asks for a TPM quote (:class:`VerifyQuote`);
 * stake comes from the node's ledger balance through the ``stake`` API call.
 
+Credit by measurement (:mod:`~prsm_edge.protocol.credit`): each settled check's rate, measured on the
+coordinator's clock, goes into the claim's evidence. What the group counts and the economy pays is
+:meth:`Verifier.credited` — per checked resource ``min(claimed, estimate)`` — not the raw claim, so an
+overclaim inside the noise band gains nothing; a persistent one is also recorded as evidence (the
+overclaim test), without a slash. The sampler's records are persisted too (:class:`RecordSampling`), so
+a restart does not re-check every long-verified node.
+
 A broker outage or a restart voids the open checks (:meth:`Verifier.void`): nobody is failed for the
 coordinator's absence. Fraud flags expire after ``flag_ttl_ms``; detectors look at online members only.
 """
@@ -55,11 +62,12 @@ from typing import Any, Final
 import msgspec
 
 from prsm_edge.errors import LocalError
-from prsm_edge.protocol import cbor, fraud, peers, proofs, topics
+from prsm_edge.protocol import bandwidth, cbor, credit, fraud, peers, proofs, topics
 from prsm_edge.protocol import stake as stake_mod
 from prsm_edge.protocol.group import Member, Publish
 from prsm_edge.protocol.ledger import Ledger, LedgerError
 from prsm_edge.protocol.messages import (
+    BandwidthChunk,
     Beacon,
     BenchmarkChallenge,
     BenchmarkProof,
@@ -72,13 +80,14 @@ from prsm_edge.protocol.messages import (
     VerificationVote,
 )
 from prsm_edge.protocol.reputation import LevelPolicy, Reputation, TrustEvidence
-from prsm_edge.protocol.sampling import AdaptiveSampler
+from prsm_edge.protocol.sampling import AdaptiveSampler, NodeRecord
 
 __all__ = [
     "CPU_RATE_KEY",
     "LevelChange",
     "RecordEvidence",
     "RecordLedger",
+    "RecordSampling",
     "RecordSlashEvidence",
     "RunCheck",
     "Verifier",
@@ -157,6 +166,7 @@ class VerifierConfig:
     spread: float = 0.6  # challenges are spread over this share of the round, with jitter
     max_open_checks: int = 24  # checks in flight at once; the rest wait their turn
     flag_ttl_ms: int = 24 * 3_600_000  # a fraud flag not raised again within this expires
+    overclaim: credit.OverclaimTest = field(default_factory=credit.OverclaimTest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +191,14 @@ class RecordEvidence:
     node: str
     claim: bytes
     record: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSampling:
+    """Persist ``node``'s sampling record (its run of verified results), so a restart keeps it."""
+
+    node: str
+    record: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +250,14 @@ class RunCheck:
 
 
 VerifierEffect = (
-    Publish | LevelChange | RecordLedger | RecordEvidence | RecordSlashEvidence | VerifyQuote | RunCheck
+    Publish
+    | LevelChange
+    | RecordLedger
+    | RecordEvidence
+    | RecordSampling
+    | RecordSlashEvidence
+    | VerifyQuote
+    | RunCheck
 )
 
 
@@ -278,7 +303,9 @@ class _Node:
     fingerprint: str = ""
     fingerprint_since_ms: int = 0
     reported: VerificationLevel = VerificationLevel.SELF_REPORTED  # last LevelChange sent
-    contained: bool = False  # its last check was late or slow: the next one decides
+    # Workloads whose last check was late or slow: the next check of the same workload decides (a pass
+    # of another workload does not clear it, or a node late on one resource every round never counts).
+    contained: set[str] = field(default_factory=set)
     window_start_ms: int = 0
     observed_ms: int = 0
     online_ms: int = 0
@@ -328,6 +355,7 @@ class Verifier:
         self.settled = 0  # checks settled with a verdict (the newest are in ``verdicts``)
         self.contained = 0  # first late/slow results re-checked before counting
         self.beacon: Publish | None = None  # the latest beacon published (republished on reconnect)
+        self.bandwidth = bandwidth.BandwidthDesk()  # open bandwidth checks (protocol/bandwidth.py)
 
     # ---- trust state -------------------------------------------------------------------------
     def _tick_clock(self, now_ms: int) -> None:
@@ -368,6 +396,83 @@ class Verifier:
         _, ev = self._see(member, now)
         return ev.covers(now, self.config.policy)
 
+    # ---- credit by measurement ---------------------------------------------------------------
+    def estimates(self, member: Member) -> dict[str, float]:
+        """Workload → the rate the member's recent verified checks support: on its current claim, or,
+        for a workload not yet measured there, on its most recent earlier claim that was (a new claim
+        does not wipe what was measured, or changing a claim would reset its credit to the claim)."""
+        state, ev = self._see(member, self._clock)
+        return self._estimates(state, ev)
+
+    @staticmethod
+    def _estimates(state: _Node, ev: TrustEvidence) -> dict[str, float]:
+        out = {w: e for w, m in ev.measured.items() if (e := m.estimate()) > 0}
+        for older in reversed(state.evidence_by_claim.values()):
+            for w, m in older.measured.items():
+                if w not in out and (e := m.estimate()) > 0:
+                    out[w] = e
+        return out
+
+    def credited_rates(self, member: Member) -> dict[str, float]:
+        """Workload → ``min(claimed, estimate)`` for every resource the claim can be checked on."""
+        return credit.credited_rates(member.resources, self.estimates(member))
+
+    def credited(self, member: Member) -> list[ResourceSpec]:
+        """The member's resources as counted and paid: each checked one at most what was measured."""
+        return credit.credited_resources(member.resources, self.estimates(member))
+
+    def overclaims(self, member: Member) -> dict[str, int]:
+        """Workload → when the overclaim test recorded a persistent overclaim on the current claim."""
+        _, ev = self._see(member, self._clock)
+        return {w: m.flagged_ms for w, m in sorted(ev.measured.items()) if m.flagged_ms is not None}
+
+    def measured_per_lane(self, node: str, workload: str = "cpu") -> float:
+        """The credited rate of ``workload`` per lane (per core for CPU) on the claim last seen (0: none)."""
+        state = self.nodes.get(node)
+        if state is None or state.claim_of is None:
+            return 0.0
+        claim = proofs.claims(state.claim_of).get(workload)
+        ev = state.evidence_by_claim.get(state.claim)
+        est = 0.0 if claim is None or ev is None else self._estimates(state, ev).get(workload, 0.0)
+        return min(claim.rate, est) / claim.lanes if claim is not None and est > 0 else 0.0
+
+    def _measure(
+        self, ev: TrustEvidence, check: _Check, verdict: proofs.Verdict, node: str, now_ms: int
+    ) -> None:
+        """Keep the rate a settled check measured; run the overclaim test on it.
+
+        Only checks whose work was verified count: accepted, or rejected as slow (``check`` judges the
+        rate last, after the content). Slow ones count too: kept out, a node near the threshold would
+        be credited from its lucky runs only.
+        """
+        rate, ch = verdict.measured_rate, check.challenge
+        timed = verdict.reason in (proofs.VerdictReason.OK, proofs.VerdictReason.SLOW)
+        if not (timed and math.isfinite(rate) and rate > 0 and ch.claimed_rate > 0):
+            return
+        measured = ev.measured.setdefault(ch.workload, credit.Measured())
+        state = self._node(node, now_ms)
+        claimed = ch.claimed_rate  # the whole claim's rate, where the check asked for less (a cap)
+        if state.claim == check.claim and state.claim_of is not None:
+            claimed = claimed_rates(state.claim_of).get(ch.workload, claimed)
+        measured.add(credit.implied_rate(rate, ch.claimed_rate, claimed))
+        null = credit.null_ratio(proofs.expected_ms(ch), self.config.network_ms)
+        if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
+            est = measured.estimate()
+            share = f"{est / ch.claimed_rate:.0%}" if est > 0 else "less"
+            ev.history.append(
+                (
+                    now_ms,
+                    f"claim corrected: {ch.workload} measures {share} of the claim; credited as measured",
+                )
+            )
+            log.info("%s overclaims %s: credited as measured, not as claimed", node, ch.workload)
+
+    def restore_sampling(self, records: Iterable[tuple[str, object]]) -> None:
+        """Load sampling records persisted by an earlier run."""
+        for node, record in records:
+            self.sampler.restore(node, NodeRecord.from_record(record))
+        self.sampler.changed.clear()
+
     def level_of(self, node: str) -> VerificationLevel:
         """The level last reported for ``node`` (on the claim last seen)."""
         state = self.nodes.get(node)
@@ -392,6 +497,9 @@ class Verifier:
             if state is not None and claim in state.evidence_by_claim:
                 effects.append(RecordEvidence(node, claim, state.evidence_by_claim[claim].to_record()))
         self._dirty.clear()
+        for node in sorted(self.sampler.changed):
+            effects.append(RecordSampling(node, self.sampler.record_of(node).to_record()))
+        self.sampler.changed.clear()
         return effects
 
     def _level(self, member: Member, now_ms: int) -> list[VerifierEffect]:
@@ -445,7 +553,7 @@ class Verifier:
         for f in flags:
             self._node(f.node, now_ms).flags[f.kind] = now_ms
             log.info("fraud flag on %s: %s", f.node, f.kind)
-        return self._refresh(members, now_ms)
+        return self._flush() + self._refresh(members, now_ms)
 
     def _verified(self, member: Member, now_ms: int) -> bool:
         state = self.nodes.get(member.node)
@@ -565,6 +673,11 @@ class Verifier:
             todo = [
                 w for w in (slot.workloads if slot.workloads is not None else sorted(rates)) if w in rates
             ]
+            order = bandwidth.first_workloads(todo, self.bandwidth.room_for(member.resources))
+            if order is None:  # only bandwidth left, and the broker's share is taken: wait a tick
+                self._queue.append(_Pending(slot.due_ms, slot.node, slot.round, slot.panel, ("bandwidth",)))
+                continue
+            todo = order
             if not todo:
                 continue
             effects += self._issue(member, todo[0], rates[todo[0]], slot, now_ms, rng)
@@ -577,6 +690,8 @@ class Verifier:
         self, member: Member, workload: str, rate: float, slot: _Pending, now_ms: int, rng: random.Random
     ) -> list[VerifierEffect]:
         c = self.config
+        if workload == "bandwidth":
+            return self._issue_bandwidth(member, slot, now_ms, rng)
         shape = proofs.claims(member.resources).get(workload, proofs.Claim(rate))  # lanes, capacity
         issued = proofs.make_challenge(
             c.coordinator,
@@ -613,6 +728,24 @@ class Verifier:
         effects.append(self._cmd(member.node, "challenge", {"challenge": wire}))
         return effects
 
+    def _issue_bandwidth(
+        self, member: Member, slot: _Pending, now_ms: int, rng: random.Random
+    ) -> list[VerifierEffect]:
+        """A bandwidth check: the coordinator alone measures it (no panel: peers see none of the bytes)."""
+        issued = self.bandwidth.issue(self.config.coordinator, member.node, member.resources, rng, now_ms)
+        if issued is None:
+            return []
+        challenge = issued.challenge
+        claim = claim_hash(member.node, member.resources)
+        self.checks[challenge.challenge_id] = _Check(challenge, issued.salt, slot.round, (), now_ms, claim)
+        wire = msgspec.to_builtins(challenge, builtin_types=(bytes,))
+        return [self._cmd(member.node, "bandwidth", {"challenge": wire})]
+
+    def on_chunk(self, chunk: BandwidthChunk, now_ms: int) -> list[VerifierEffect]:
+        """A bandwidth chunk the node signed, whose bytes arrived at ``now_ms``; settled at the next tick."""
+        self.bandwidth.receive(chunk, now_ms)
+        return []
+
     def _cmd(self, node: str, verb: str, args: dict[str, Any]) -> Publish:
         c = self.config
         return Publish(
@@ -626,6 +759,7 @@ class Verifier:
             self._node(check.challenge.node, now_ms).evidence.history.append((now_ms, f"check voided: {why}"))
         self.checks.clear()
         self._queue.clear()
+        self.bandwidth.clear()
         self.voided += voided
         if voided:
             log.info("voided %d open checks: %s", voided, why)
@@ -731,6 +865,9 @@ class Verifier:
         """Issue the challenges now due, settle checks that are complete or out of time, report levels."""
         self._tick_clock(now_ms)
         effects: list[VerifierEffect] = []
+        for cid, verdict in self.bandwidth.due(now_ms):
+            if cid in self.checks:
+                self.checks[cid].verdict = verdict
         for cid, check in list(self.checks.items()):
             complete = check.verdict is not None and set(check.panel) <= set(check.votes)
             expired = now_ms - check.issued_ms > self.config.vote_timeout_ms + self._proof_time(check)
@@ -741,6 +878,7 @@ class Verifier:
                 expired = False  # its re-execution is still running: wait for the verdict
             if complete or expired:
                 del self.checks[cid]
+                self.bandwidth.close(cid)
                 effects += self._settle(check, members.get(check.challenge.node), now_ms)
         if self._queue:
             effects += self._issue_due(members, now_ms, rng or random.Random(now_ms))
@@ -818,6 +956,8 @@ class Verifier:
                 verdict = proofs.Verdict(
                     False, proofs.VerdictReason.WRONG_SEGMENTS, "withheld its opening after committing"
                 )
+        if check.challenge.workload == "bandwidth":  # no commitment: the meter says if it was in time
+            on_time = verdict.reason is not proofs.VerdictReason.LATE
         withholding = member is not None and (not member.offering or bool(member.throttle))
         if not verdict.accepted and check.proof is None and withholding:
             # Its owner's limits (heat, battery, power) took the capacity back mid-check: not counted.
@@ -826,17 +966,19 @@ class Verifier:
             return []
         self.verdicts.append((node, verdict))
         self.settled += 1
+        self._measure(ev, check, verdict, node, now_ms)  # a first slow result is a measurement too
         performance = not on_time or verdict.reason in (proofs.VerdictReason.LATE, proofs.VerdictReason.SLOW)
-        if not verdict.accepted and performance and not state.contained:
+        workload = check.challenge.workload
+        if not verdict.accepted and performance and workload not in state.contained:
             # Containment (as Storj audits): a first late or slow result may be a busy moment on an
             # honest device, so it is checked again before it counts. A second one in a row counts.
-            state.contained = True
+            state.contained.add(workload)
             self.sampler.flag(node, checks=1)
             ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
             self.contained += 1
-            return self._level(member, now_ms) if member is not None else []
+            return self._flush() + (self._level(member, now_ms) if member is not None else [])
         if verdict.accepted:
-            state.contained = False
+            state.contained.discard(workload)
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )

@@ -1,5 +1,6 @@
 // The operator dashboard: connect to the group's broker over MQTT/WebSockets, verify every message,
-// show the group live, keep trend charts in localStorage.
+// show the group live, draw trend charts from the coordinator's signed rollup and a live ring buffer
+// (also kept in localStorage).
 //
 // Settings come from the URL fragment (never sent to any server) and are then removed from the address
 // bar: #site=S&group=G&user=U&pass=P&broker=ws://host:port/mqtt&key=HEX (all optional; the broker
@@ -7,7 +8,9 @@
 import mqtt from 'mqtt'
 import uPlot from 'uplot'
 import { GroupModel } from './model.js'
+import { RegionModel, REGION_FILTERS, renderRegion, bindRegion } from './region.js'
 import { hex, openEnvelope } from './wire.js'
+import { columnsOf, mergeTrends, rollupRows } from './trends.js'
 
 const TREND_POINTS = 720 // 1 h at one sample every 5 s
 const TREND_EVERY_MS = 5000
@@ -89,19 +92,27 @@ function main () {
   const model = new GroupModel({ site: s.site, group: s.group, pinnedKey: pinned })
   const trends = new Trends(`prsm-dash:${s.site}/${s.group}:trends`)
   window.prsmModel = model // for the browser tests and for curious operators
+  const region = new RegionModel({ site: s.site, region: s.group, pinnedKey: pinned }) // shown if tier >= 2
+  window.prsmRegion = region
+  bindRegion(region, $('region'))
 
   const utilChart = chart($('chart-util'), 'utilization %', [{ label: 'cpu %', stroke: '#4f9dff', width: 2 }], { range: [0, 100] })
   const nodesChart = chart($('chart-nodes'), 'nodes', [
     { label: 'online', stroke: '#3ecf8e', width: 2 },
     { label: 'verified above self-report', stroke: '#f5a623', width: 2 }
   ], { range: (u, min, max) => [0, Math.max(4, max ?? 0)] })
+  const earnedChart = chart($('chart-earned'), 'FTNS credited per interval', [{ label: 'FTNS', stroke: '#c678dd', width: 2 }])
   const drawCharts = () => {
-    const [t, u, o, v] = trends.columns()
+    // The coordinator's signed rollup (history that survives a reload), then this page's live buffer.
+    const rows = mergeTrends(rollupRows(model.rollup), trends.rows)
+    window.prsmTrendRows = rows // for the browser tests
+    const [t, u, o, v, e] = columnsOf(rows)
     utilChart.setData([t, u.map((x) => (x === null ? null : 100 * x))])
     nodesChart.setData([t, o, v])
+    earnedChart.setData([t, e])
     // At least the last ten minutes on the time axis, so a fresh buffer does not stretch to years.
     const now = Date.now() / 1000
-    for (const c of [utilChart, nodesChart]) c.setScale('x', { min: Math.min(t.length ? t[0] : now, now - 600), max: now })
+    for (const c of [utilChart, nodesChart, earnedChart]) c.setScale('x', { min: Math.min(t.length ? t[0] : now, now - 600), max: now })
   }
   drawCharts()
 
@@ -122,17 +133,21 @@ function main () {
       if (err) return setConn('subscribe failed: ' + err.message, 'bad')
       if (granted && granted.some((g) => g.qos === 128)) setConn('this login may not read the group (use a viewer login)', 'bad')
     })
+    client.subscribe(REGION_FILTERS, { qos: 0 }) // a region's gateways (a group's viewer may be refused: fine)
   })
   client.on('reconnect', () => setConn('reconnecting…', 'warn'))
   client.on('close', () => setConn('disconnected', 'bad'))
   client.on('error', (err) => setConn('error: ' + err.message, 'bad'))
   client.on('message', (topic, payload, packet) => {
-    model.receive(topic, payload instanceof Uint8Array ? payload : new Uint8Array(payload), !!packet.retain)
+    const bytes = payload instanceof Uint8Array ? payload : new Uint8Array(payload)
+    model.receive(topic, bytes, !!packet.retain)
+    region.receive(topic, bytes, !!packet.retain)
     if (model.pinnedKey) localStorage.setItem(pinKey, hex(model.pinnedKey))
   })
 
   let drawn = -1
   setInterval(() => {
+    if (region.active) renderRegion(region, $('region'))
     if (model.version === drawn && !document.hidden) { render(model, true); return }
     drawn = model.version
     render(model, false)
@@ -145,7 +160,7 @@ function main () {
     drawCharts()
   }, TREND_EVERY_MS)
   window.addEventListener('resize', () => {
-    for (const [c, el] of [[utilChart, 'chart-util'], [nodesChart, 'chart-nodes']]) c.setSize({ width: Math.max(280, $(el).clientWidth - 10), height: 160 })
+    for (const [c, el] of [[utilChart, 'chart-util'], [nodesChart, 'chart-nodes'], [earnedChart, 'chart-earned']]) c.setSize({ width: Math.max(280, $(el).clientWidth - 10), height: 160 })
   })
 }
 
