@@ -512,6 +512,7 @@ class Coordinator:
             await self.session.publish(
                 topics.node_cmd(o.site, o.group, node, "redirect"), self.signer.seal(cmd, now_ms()), qos=1
             )
+        await self.session.flush()  # out before the caller stops us
 
     def deposit(self, account: str, amount_micro: int, key: str, memo: str = "operator deposit") -> None:
         """Credit ``account`` in the group's ledger (idempotent by ``key``)."""

@@ -160,6 +160,7 @@ class Session:
         )
         self.refused_outgoing = 0  # the send queue was full
         self.unacknowledged = 0  # sent from the queue, but the broker's acknowledgement never came
+        self._in_flight = 0  # taken from the send queue, acknowledgement not yet in
 
     # ---- subscriptions made while running --------------------------------------------------------
     async def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -214,6 +215,17 @@ class Session:
         except aiomqtt.MqttError as exc:
             log.debug("publish to %s failed: %s", topic, exc)
             return False
+        return True
+
+    async def flush(self, within_s: float = 5.0) -> bool:
+        """Wait until every queued publication is sent and acknowledged (True), or ``within_s`` passes."""
+        queue = self._outgoing
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while queue is not None and (not queue.empty() or self._in_flight) and self._client is not None:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
         return True
 
     def enqueue(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
@@ -353,7 +365,7 @@ class Session:
         queue = self._outgoing
         if queue is None or queue.empty():
             return
-        lost = 0
+        lost, self._in_flight = 0, 0
         while not queue.empty():
             queue.get_nowait()
             lost += 1
@@ -369,6 +381,7 @@ class Session:
         async with asyncio.TaskGroup() as tg:
             while True:
                 item = await queue.get()
+                self._in_flight += 1
                 await window.acquire()
                 tg.create_task(self._send_one(client, item, window))
 
@@ -379,6 +392,7 @@ class Session:
             self.unacknowledged += 1
             log.debug("%s: publish to %s not acknowledged: %s", self.client_id, item.topic, exc)
         finally:
+            self._in_flight -= 1
             window.release()
 
     async def _pump(self, client: aiomqtt.Client, outbox: Outbox) -> None:

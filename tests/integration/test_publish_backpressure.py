@@ -95,6 +95,8 @@ async def test_send_queue_is_bounded_and_counts_what_it_refuses(mosquitto: Mosqu
         runner = asyncio.create_task(session.run())
         try:
             await asyncio.wait_for(session.connected.wait(), 10)
+            assert await session.publish("x/first", b"p", qos=1)
+            assert await session.flush(within_s=5)  # sent and acknowledged
             proxy.hold.set()
             # Nothing waits for the broker: the first three are queued, the rest refused and counted.
             results = [await session.publish(f"x/{i}", b"p", qos=1) for i in range(6)]
@@ -106,6 +108,7 @@ async def test_send_queue_is_bounded_and_counts_what_it_refuses(mosquitto: Mosqu
             results = [await session.publish(f"y/{i}", b"p", qos=1) for i in range(4)]
             assert results == [True, True, True, False]
             assert session.refused_outgoing == 4
+            assert await session.flush(within_s=0.2) is False  # the acknowledgements never come
         finally:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
