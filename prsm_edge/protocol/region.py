@@ -422,8 +422,8 @@ class Region:
         _check_summary(msg)
         effects: list[RegionEffect] = []
         self.accepted["summary"] += 1
-        self._dirty = True
         if unit is None:
+            self._dirty = True  # a unit joined: the tier above hears of it at the next tick
             if len(self.units) >= self.config.max_units:
                 raise RejectedMessage(Reason.GROUP_FULL, f"region holds {self.config.max_units} units")
             unit = Unit(key[0], key[1], opened.kid, msg, payload, now_ms)
@@ -442,6 +442,7 @@ class Region:
             unit.holds = {t: h for t, h in unit.holds.items() if not h.confirmed}
         unit.summary, unit.envelope, unit.last_seen_ms = msg, payload, now_ms
         if not unit.alive:
+            self._dirty = True
             unit.alive, unit.why = True, ""
             self._touched[key] = None
             effects.append(UnitChange(key[0], key[1], True, "summary"))

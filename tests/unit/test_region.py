@@ -463,3 +463,21 @@ def test_an_overwritten_or_replayed_standing_is_restated() -> None:
     r.tick(NOW + 30_000)  # silent: dead
     (restated,) = r.receive(topic, signer.seal(born.message, NOW), NOW + 31_000)
     assert isinstance(restated.message, UnitState) and not restated.message.alive
+
+
+def test_region_summary_goes_out_at_once_for_a_birth_and_on_the_interval_for_newer_figures() -> None:
+    r = region(summary_interval_ms=10_000)
+
+    def summaries(effects: list[object]) -> int:
+        return sum(isinstance(e, Publish) and isinstance(e.message, GroupSummary) for e in effects)
+
+    a, b = FakeGroup("lab", "g1"), FakeGroup("lab", "g2")
+    r.receive(*a.summary(NOW), NOW)
+    assert summaries(r.tick(NOW)) == 1  # the first
+    r.receive(*a.summary(NOW + 500, online=5), NOW + 500)  # newer figures of a known unit
+    assert summaries(r.tick(NOW + 1_000)) == 0
+    r.receive(*b.summary(NOW + 1_500), NOW + 1_500)  # a birth
+    assert summaries(r.tick(NOW + 2_000)) == 1
+    r.receive(*a.summary(NOW + 3_000, online=6), NOW + 3_000)
+    assert summaries(r.tick(NOW + 4_000)) == 0
+    assert summaries(r.tick(NOW + 12_000)) == 1  # the interval
