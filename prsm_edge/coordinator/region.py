@@ -31,6 +31,7 @@ from prsm_edge.io.store import RosterStore
 from prsm_edge.io.unit_pins import PinStore
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.group import Publish, Rejection
+from prsm_edge.protocol.messages import UnitState
 from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.region import (
     DrillVerdict,
@@ -118,6 +119,8 @@ class RegionCoordinator:
         self._drills: dict[tuple[str, str], asyncio.Future[DrillVerdict]] = {}
         self._logged: set[tuple[Reason, str]] = set()
         self.heap = QuietHeap() if options.quiet_heap else None
+        # Each unit's standing as we last published it (retained): its echo needs no second look.
+        self._said: dict[str, bytes] = {}
         o = options
         tree = f"{topics.ROOT}/{o.site}/{o.region}"
         self.session = Session(
@@ -183,6 +186,8 @@ class RegionCoordinator:
         return [(topic, self.signer.seal(offline, now_ms()))]
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if self._said.get(topic) == payload:
+            return  # our own retained word coming back from the broker, byte for byte: nothing to check
         await self._apply(self.region.receive(topic, payload, now_ms()))
 
     async def _apply(self, effects: list[RegionEffect]) -> None:
@@ -192,7 +197,11 @@ class RegionCoordinator:
             match effect:
                 case Publish(topic=topic, message=message, retain=retain, qos=qos):
                     session = self.tasks if _is_task_traffic(topic) else self.session
-                    await session.publish(topic, self.signer.seal(message, now_ms()), qos=qos, retain=retain)
+                    payload = self.signer.seal(message, now_ms())
+                    said, room = self._said, len(self._said) < self.options.max_units
+                    if isinstance(message, UnitState) and (topic in said or room):
+                        said[topic] = payload  # one per unit: the last standing we published
+                    await session.publish(topic, payload, qos=qos, retain=retain)
                 case Rejection(reason=reason, node=unit, detail=detail):
                     key = (reason, unit)
                     level = logging.DEBUG if key in self._logged else logging.WARNING
