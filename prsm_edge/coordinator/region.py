@@ -128,9 +128,12 @@ class RegionCoordinator:
             f"region-{identity.node_id}",
             handler=self._on_message,
             subscriptions=[
+                # Standings first: on a (re)start their retained copies then arrive before the units'
+                # summaries, while no unit is known yet, and are passed over unchecked; each unit's
+                # birth publishes its standing afresh (instead of checking and restating 5,000 old ones).
+                (topics.unit_filter(o.site, o.region, "state"), 1),  # to restate an overwritten one
                 (topics.unit_filter(o.site, o.region, "summary"), 1),
                 (topics.unit_filter(o.site, o.region, "stream"), 1),
-                (topics.unit_filter(o.site, o.region, "state"), 1),  # to restate an overwritten one
                 (f"{topics.ROOT}/+/gw/+/state", 1),
             ],
             prepare=self._prepare,
