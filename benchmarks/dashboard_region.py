@@ -126,6 +126,16 @@ def send_flood(port: int, messages: Flood, rate: float, sent: list[float]) -> No
     asyncio.run(run())
 
 
+# The page's thread during the flood: its longest task and longest gap between two animation frames.
+JANK = """() => {
+  const j = window.benchJank = { longest: 0, tasks: 0, gap: 0 }
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) { j.tasks++; j.longest = Math.max(j.longest, e.duration) }
+  }).observe({ type: 'longtask' })
+  let last = performance.now()
+  const frame = (t) => { j.gap = Math.max(j.gap, t - last); last = t; requestAnimationFrame(frame) }
+  requestAnimationFrame(frame)
+}"""
 DETAIL = "(k) => document.querySelector('#region-detail h3')?.textContent.startsWith(k)"
 
 
@@ -174,12 +184,16 @@ def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: floa
                 alive = "document.querySelector('[data-test=\"region-alive\"]')?.textContent"
                 page.wait_for_function(f"() => {alive} === '{groups}/{groups}'", timeout=900_000, polling=200)
                 page_s = time.perf_counter() - t0
+                every = f"() => prsmRegion.counts.verified >= {len(wire)} && !prsmPipeline.backlog.length"
+                page.wait_for_function(every, timeout=900_000, polling=200)
+                all_s = time.perf_counter() - t0
                 used = page.evaluate("window.prsmPipeline.kind")
                 unverified = page.evaluate("window.prsmRegion.counts.unverified")
                 rows = page.evaluate(
                     "[...document.querySelectorAll('#region-groups tr')].map((r) => r.dataset.group)"
                 )
                 idle = [click_ms(page, rows[i % 10]) for i in range(6)]
+                page.evaluate(JANK)
                 verified0 = page.evaluate("window.prsmRegion.counts.verified")
                 sent: list[float] = []
                 sender = threading.Thread(target=send_flood, args=(port, flood, rate, sent))
@@ -190,6 +204,7 @@ def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: floa
                     time.sleep(1.0)
                 sender.join()
                 verified1 = page.evaluate("window.prsmRegion.counts.verified")
+                jank = page.evaluate("window.benchJank")
                 waiting = page.evaluate("window.prsmPipeline.backlog.length")
                 dropped = page.evaluate("window.prsmPipeline.dropped")
                 settle = time.perf_counter()
@@ -204,7 +219,8 @@ def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: floa
     print(
         f"{groups} groups, {used} verifier, {len(wire)} retained messages: the page shows every group after "
         f"{page_s:.1f} s ({len(wire) / page_s:.0f} messages/s, unverified {unverified}); Python opens them "
-        f"in {python_s:.2f} s ({len(wire) / python_s:.0f}/s); page/Python rate {python_s / page_s:.3f}\n"
+        f"in {python_s:.2f} s ({len(wire) / python_s:.0f}/s); page/Python rate {python_s / page_s:.3f}; "
+        f"every retained message verified after {all_s:.1f} s ({len(wire) / all_s:.0f}/s)\n"
         f"  flood: {count:.0f} messages in {secs:.1f} s ({count / secs:.0f}/s sent); the page verified "
         f"{verified1 - verified0} of them meanwhile ({(verified1 - verified0) / secs:.0f}/s), {waiting} "
         f"waiting and {dropped} dropped at the end, all {verified2 - verified0} verified "
@@ -213,7 +229,8 @@ def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: floa
         f"{median([c[0] for c in idle]):.0f} ms ({median([c[1] for c in idle]):.0f} ms) idle, "
         f"{median([c[0] for c in busy]):.0f} ms ({median([c[1] for c in busy]):.0f} ms) during the flood, "
         f"max {max([c[0] for c in busy], default=0):.0f} ms ({max([c[1] for c in busy], default=0):.0f} ms), "
-        f"{len(busy)} clicks",
+        f"{len(busy)} clicks; the page's thread meanwhile: {jank['tasks']} tasks over 50 ms, longest "
+        f"{jank['longest']:.0f} ms, longest gap between frames {jank['gap']:.0f} ms",
         flush=True,
     )
 

@@ -67,6 +67,13 @@ async def test_region_trends_survive_a_reload_with_storage_cleared(tmp_path: Pat
         rows = await page.evaluate("window.prsmRegionTrendRows")
         assert all(r[5] in (0, None) for r in rows)  # no group was dead
         assert await page.evaluate("window.prsmRegion.counts.unverified") == 0
+        # The table's filter: every group is well, so none needs attention; all three again after.
+        await page.locator("input[data-attention]").click()
+        listed = "document.querySelector('[data-test=\"region-listed\"]')?.textContent"
+        await wait_for(page, f"{listed} === '0'", 5)
+        assert await page.locator("#region-groups tr").count() == 0
+        await page.locator("input[data-attention]").click()
+        await wait_for(page, "document.querySelectorAll('#region-groups tr').length === 3", 5)
         await page.screenshot(path=str(artifacts / "dashboard-region-trends.png"), full_page=True)
 
         # The JavaScript verifier, asked for in the URL: said on the page, every group still shown.

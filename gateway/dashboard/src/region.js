@@ -16,10 +16,10 @@
 import { openEnvelope, sameBytes, hex } from './wire.js'
 
 const MAX_UNITS = 5000
-const MAX_PENDING = 2000
+const MAX_PENDING = 3 * MAX_UNITS // a region's whole retained state may come before the words it waits for
 const MAX_FAILURES = 100
 const REDRAW_MS = 2000
-const PAGE_ROWS = 200 // rows drawn at once: a region of thousands is paged, never drawn whole
+const PAGE_ROWS = 50 // rows drawn at once: a region of thousands is paged, never drawn whole
 
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]))
 const num = (x, lo, hi) => (typeof x === 'number' && Number.isFinite(x) && x >= lo && x <= hi ? x : null)
@@ -270,6 +270,7 @@ function needsAttention (model, u) {
 export function renderRegion (model, root) {
   const now = Date.now()
   if (model.version === drawnVersion && now - drawnAt < REDRAW_MS) return
+  if (model.pressed) return // a button is down on the table: redrawing now would lose the click
   drawnVersion = model.version
   drawnAt = now
   document.body.dataset.view = 'region'
@@ -314,21 +315,44 @@ export function renderRegion (model, root) {
       <td>${g ? count(g.buffered) : '—'}</td>
       <td class="${g && count(g.dropped) ? 'bad' : ''}">${g ? count(g.dropped) : '—'}</td>
       <td>${ago(u.summaryMs === null ? null : now - u.summaryMs)}</td></tr>`
-  }).join('')
+  })
   const picked = model.selected && model.units.get(model.selected)
-  root.innerHTML = `${overview}${pager}
-    <table class="roster"><thead><tr><th>group</th><th>state</th><th>epoch</th><th>nodes</th><th>util</th><th>capacity</th><th>trust</th><th>pinned key</th><th>gateway link</th><th>buffered</th><th>dropped</th><th>summary</th></tr></thead>
-    <tbody id="region-groups">${rows}</tbody></table>
-    <p class="dim">Click a group for its details and where to open its roster.</p>
-    <div id="region-detail">${picked ? detail(model, picked, now) : ''}</div>
-    <h2>Unverified messages</h2>${model.failures.length
-      ? `<ul class="events" data-test="region-failures">${model.failures.slice(0, 20).map((f) => `<li class="bad">${new Date(f.at).toLocaleTimeString()} <span class="mono">${esc(f.topic)}</span>: ${esc(f.reason)}</li>`).join('')}</ul>`
-      : '<p class="ok">every message so far verified</p>'}`
+  if (!root.querySelector('#region-groups')) {
+    root.innerHTML = `<div id="rg-overview"></div><div id="rg-pager"></div>
+      <table class="roster"><thead><tr><th>group</th><th>state</th><th>epoch</th><th>nodes</th><th>util</th><th>capacity</th><th>trust</th><th>pinned key</th><th>gateway link</th><th>buffered</th><th>dropped</th><th>summary</th></tr></thead>
+      <tbody id="region-groups"></tbody></table>
+      <p class="dim">Click a group for its details and where to open its roster.</p>
+      <div id="region-detail"></div><h2>Unverified messages</h2><div id="rg-failures"></div>`
+    drawn.clear()
+  }
+  // Only what changed is written to the page: each part, and each row of the table, by its HTML.
+  put(root, '#rg-overview', overview)
+  put(root, '#rg-pager', pager)
+  put(root, '#region-detail', picked ? detail(model, picked, now) : '')
+  put(root, '#rg-failures', model.failures.length
+    ? `<ul class="events" data-test="region-failures">${model.failures.slice(0, 20).map((f) => `<li class="bad">${new Date(f.at).toLocaleTimeString()} <span class="mono">${esc(f.topic)}</span>: ${esc(f.reason)}</li>`).join('')}</ul>`
+    : '<p class="ok">every message so far verified</p>')
+  const tbody = root.querySelector('#region-groups')
+  const before = drawn.get('rows') || []
+  if (before.length !== rows.length || tbody.rows.length !== rows.length) tbody.innerHTML = rows.join('')
+  else rows.forEach((html, i) => { if (html !== before[i]) tbody.rows[i].outerHTML = html })
+  drawn.set('rows', rows)
+}
+
+const drawn = new Map() // part -> the HTML last written there
+
+function put (root, selector, html) {
+  if (drawn.get(selector) === html) return
+  drawn.set(selector, html)
+  root.querySelector(selector).innerHTML = html
 }
 
 /** Clicking a group's row shows its details (drill-down) at once; the pager turns pages. */
 export function bindRegion (model, root) {
+  root.addEventListener('pointerdown', () => { model.pressed = true })
+  for (const end of ['pointerup', 'pointercancel']) window.addEventListener(end, () => { model.pressed = false }, true)
   root.addEventListener('click', (ev) => {
+    model.pressed = false
     const el = ev.target.closest && ev.target.closest('tr[data-group], button[data-page], input[data-attention]')
     if (!el) return
     if (el.dataset.group) model.selected = model.selected === el.dataset.group ? null : el.dataset.group
