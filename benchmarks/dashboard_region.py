@@ -187,7 +187,9 @@ def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: floa
                 every = f"() => prsmRegion.counts.verified >= {len(wire)} && !prsmPipeline.backlog.length"
                 page.wait_for_function(every, timeout=900_000, polling=200)
                 all_s = time.perf_counter() - t0
-                used = page.evaluate("window.prsmPipeline.kind")
+                used = page.evaluate(
+                    "((p) => p.kind + (p.threads ? ` in ${p.threads} workers` : ''))(window.prsmPipeline)"
+                )
                 unverified = page.evaluate("window.prsmRegion.counts.unverified")
                 rows = page.evaluate(
                     "[...document.querySelectorAll('#region-groups tr')].map((r) => r.dataset.group)"

@@ -2,7 +2,7 @@
 the history comes from the region coordinator's signed, retained rollup (its coord/rollup), so it is
 there after a reload with localStorage cleared; the group page's own sampler records nothing while the
 page shows a region; and the page says which Ed25519 verifier it uses (WebCrypto on 127.0.0.1, the
-bundled JavaScript one when asked), both showing every group.
+bundled JavaScript one in Web Workers when asked), both showing every group.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ async def test_region_trends_survive_a_reload_with_storage_cleared(tmp_path: Pat
         await wait_for(js, ALL_ALIVE, 30)
         assert "JavaScript" in await js.locator('[data-test="verifier"]').inner_text()
         assert await js.evaluate("window.prsmPipeline.kind") == "javascript"
+        assert await js.evaluate("window.prsmPipeline.threads") >= 2  # in Web Workers, off the page's thread
         assert await js.evaluate("window.prsmRegion.counts.unverified") == 0
         await browser.close()
     assert errors == []

@@ -106,9 +106,9 @@ async function main () {
   const opener = new EnvelopeOpener({ webCrypto, nested: (b) => (b.t === 'uprec' ? b.item : null) })
   $('verifier').textContent = webCrypto
     ? 'signatures: WebCrypto Ed25519 (the browser\'s own)'
-    : `signatures: JavaScript Ed25519 (slower: ${globalThis.isSecureContext ? (s.verifier === 'js' ? 'chosen in the URL' : 'this browser has no WebCrypto Ed25519') : 'not a secure context; open the page as http://localhost or over https for WebCrypto'})`
+    : `signatures: JavaScript Ed25519${opener.threads ? ` in ${opener.threads} workers` : ''} (slower: ${globalThis.isSecureContext ? (s.verifier === 'js' ? 'chosen in the URL' : 'this browser has no WebCrypto Ed25519') : 'not a secure context; open the page as http://localhost or over https for WebCrypto'})`
   $('verifier').className = 'badge ' + (webCrypto ? 'ok' : 'warn')
-  const pipe = { kind: opener.kind, backlog: [], dropped: 0, opened: 0, busy: false }
+  const pipe = { kind: opener.kind, threads: opener.threads, backlog: [], dropped: 0, opened: 0, busy: false }
   window.prsmPipeline = pipe // for the benchmarks and the tests
 
   const utilChart = chart($('chart-util'), 'utilization %', [{ label: 'cpu %', stroke: '#4f9dff', width: 2 }], { range: [0, 100] })

@@ -164,6 +164,57 @@ export async function webCryptoEd25519 () {
 
 const MAX_KEYS = 16384
 const SLICE_MS = 12
+/* global __VERIFY_WORKER__ */
+// The bundled verify-worker.js as text (build.mjs defines it; absent when this module runs unbundled).
+const WORKER_SOURCE = typeof __VERIFY_WORKER__ === 'string' ? __VERIFY_WORKER__ : null
+
+/** JavaScript Ed25519 in a few Web Workers started from a Blob URL: the page's thread stays free. */
+class WorkerPool {
+  constructor (size) {
+    const url = URL.createObjectURL(new Blob([WORKER_SOURCE], { type: 'text/javascript' }))
+    this.waiting = new Map() // job id -> {resolve, reject}
+    this.next = 0
+    this.broken = false
+    this.workers = Array.from({ length: size }, () => {
+      const w = new Worker(url)
+      w.onmessage = (ev) => {
+        const p = this.waiting.get(ev.data.id)
+        if (p) { this.waiting.delete(ev.data.id); p.resolve(ev.data.results) }
+      }
+      w.onerror = () => {
+        this.broken = true
+        for (const p of this.waiting.values()) p.reject(new Error('a verifier worker failed'))
+        this.waiting.clear()
+      }
+      return w
+    })
+  }
+
+  /** Verdicts for [[signature, message, key], …], in order, spread over the workers. */
+  run (jobs) {
+    const chunk = Math.max(1, Math.ceil(jobs.length / this.workers.length))
+    const parts = []
+    for (let i = 0, w = 0; i < jobs.length; i += chunk, w++) {
+      const id = ++this.next
+      const part = jobs.slice(i, i + chunk)
+      parts.push(new Promise((resolve, reject) => {
+        this.waiting.set(id, { resolve, reject })
+        this.workers[w].postMessage({ id, jobs: part })
+      }))
+    }
+    return Promise.all(parts).then((r) => r.flat())
+  }
+}
+
+function startPool () {
+  if (!WORKER_SOURCE || typeof Worker === 'undefined' || typeof Blob === 'undefined') return null
+  try {
+    const cores = (globalThis.navigator && navigator.hardwareConcurrency) || 2
+    return new WorkerPool(Math.max(2, Math.min(4, cores)))
+  } catch (err) {
+    return null // workers refused (a policy): verify on the page's thread
+  }
+}
 
 /**
  * Opens envelopes in batches: structure and CBOR here, signatures by WebCrypto's Ed25519 (off the main
@@ -173,10 +224,16 @@ const SLICE_MS = 12
  * then has `.item`, opened the same way.
  */
 export class EnvelopeOpener {
-  constructor ({ webCrypto, nested = () => null }) {
+  constructor ({ webCrypto, nested = () => null, workers = true }) {
     this.kind = webCrypto ? 'webcrypto' : 'javascript'
     this.nested = nested
     this.keys = new Map() // key hex -> Promise<CryptoKey | null>
+    this.pool = !webCrypto && workers ? startPool() : null
+  }
+
+  /** How many Web Workers verify (0: WebCrypto, or the page's own thread). */
+  get threads () {
+    return this.pool && !this.pool.broken ? this.pool.workers.length : 0
   }
 
   key (kid) {
@@ -220,6 +277,16 @@ export class EnvelopeOpener {
 
   async verifyAll (parsed) {
     if (this.kind === 'webcrypto') return Promise.all(parsed.map((p) => (p && p.ok ? this.webVerify(p) : false)))
+    if (this.threads) {
+      const todo = []
+      parsed.forEach((p, i) => { if (p && p.ok) todo.push(i) })
+      try {
+        const verdicts = await this.pool.run(todo.map((i) => [parsed[i].signature, parsed[i].toSign, parsed[i].kid]))
+        const out = new Array(parsed.length).fill(false)
+        todo.forEach((i, k) => { out[i] = verdicts[k] === true })
+        return out
+      } catch (err) { /* a worker failed: this batch, and the next ones, on the page's thread */ }
+    }
     const out = new Array(parsed.length).fill(false)
     let slice = performance.now()
     for (let i = 0; i < parsed.length; i++) {
