@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -155,6 +156,7 @@ def median(xs: list[float]) -> float:
 
 
 def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: float, rate: float) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     now = int(time.time() * 1000)
@@ -210,7 +212,12 @@ def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: floa
                 waiting = page.evaluate("window.prsmPipeline.backlog.length")
                 dropped = page.evaluate("window.prsmPipeline.dropped")
                 settle = time.perf_counter()
-                page.wait_for_function("() => window.prsmPipeline.backlog.length === 0", timeout=900_000)
+                # Every flood message verified (those still on their way from the broker included); if
+                # some never arrive, the figure below says how many were.
+                with contextlib.suppress(PlaywrightTimeout):
+                    page.wait_for_function(
+                        f"() => prsmRegion.counts.verified >= {verified0 + len(flood)}", timeout=120_000
+                    )
                 settle_s = time.perf_counter() - settle
                 verified2 = page.evaluate("window.prsmRegion.counts.verified")
                 browser.close()
@@ -225,7 +232,7 @@ def measure(groups: int, chromium: str, dist: Path, verifier: str, flood_s: floa
         f"every retained message verified after {all_s:.1f} s ({len(wire) / all_s:.0f}/s)\n"
         f"  flood: {count:.0f} messages in {secs:.1f} s ({count / secs:.0f}/s sent); the page verified "
         f"{verified1 - verified0} of them meanwhile ({(verified1 - verified0) / secs:.0f}/s), {waiting} "
-        f"waiting and {dropped} dropped at the end, all {verified2 - verified0} verified "
+        f"waiting and {dropped} dropped at the end; {verified2 - verified0} of {count:.0f} verified "
         f"{settle_s:.1f} s later\n"
         f"  click to details, Playwright's view (in the page: input event to drawn): median "
         f"{median([c[0] for c in idle]):.0f} ms ({median([c[1] for c in idle]):.0f} ms) idle, "
