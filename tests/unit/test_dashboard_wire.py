@@ -114,7 +114,8 @@ def test_the_batch_opener_agrees_with_the_package_under_either_verifier(tmp_path
         f"const opener = new EnvelopeOpener({{ webCrypto: {'true' if kind == 'webcrypto' else 'false'} }})\n"
         "const payloads = cases.map(([, b64]) => new Uint8Array(Buffer.from(b64, 'base64')))\n"
         "const opened = await opener.openAll([...payloads, new Uint8Array(0), ...payloads])\n"
-        "console.log(JSON.stringify([opener.kind, opened.map((r) => (r ? [r.ok, r.signer ?? null] : null))]))\n"
+        "const verdicts = opened.map((r) => (r ? [r.ok, r.signer ?? null] : null))\n"
+        "console.log(JSON.stringify([opener.kind, verdicts]))\n"
     )
     payload = json.dumps([[n, base64.b64encode(d).decode()] for n, d in cases])
     result = subprocess.run(
