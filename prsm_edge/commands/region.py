@@ -1,4 +1,11 @@
-"""``prsm-edge region``: host a region: its broker and the regional coordinator over its groups."""
+"""``prsm-edge region``: host a region: its broker and the regional coordinator over its groups.
+
+The region's Mosquitto runs with dynamic security, like a group's: the regional coordinator has its own
+login, anonymous clients may do nothing, and each group's gateway (and its bridge) logs in as that group,
+confined to the group's unit subtree. ``prsm-edge region add-group SITE/GROUP``, on the region's host,
+creates that login and prints the ``prsm-edge gateway`` options to use on the group's host;
+``prsm-edge region add-client NAME`` creates a login that may submit tasks at the region.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +23,12 @@ from prsm_edge import paths
 from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
 from prsm_edge.errors import ConfigError
 from prsm_edge.identity import load_or_create
-from prsm_edge.io.broker import start_broker
+from prsm_edge.io.broker import RunningBroker, start_broker
+from prsm_edge.io.brokerinfo import read_local_broker
+from prsm_edge.io.dynsec import ROLE_REGION, ROLE_REGION_CLIENT, DynSec
+from prsm_edge.protocol import topics
+
+_CLIENT_NAME = re.compile(r"[a-z0-9_-]{1,40}")
 
 
 def register(sub: Any) -> None:
@@ -47,7 +61,37 @@ def register(sub: Any) -> None:
     parser.add_argument("--dead-after-s", type=float, default=25.0, help="a silent group is dead after this")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(handler=_run, action=None)
+    actions = parser.add_subparsers(
+        dest="action",
+        metavar="{add-group,add-client}",
+        title="logins on the region's broker (run on the region's host; without one: run the region)",
+    )
+    add_group = actions.add_parser(
+        "add-group",
+        help="create (or renew) a group's login, for its gateway and bridge, and print the gateway options",
+        description=(
+            "Create or renew the login of group SITE/GROUP on this host's region broker (it reads the "
+            "broker's admin secret, so run it as the user of `prsm-edge region`, with the same --region "
+            "and --workdir, while the region runs). The login may write only that group's summary, "
+            "stream and answers, and read only the region's state and the requests addressed to that "
+            "group. Prints the `prsm-edge gateway` options to use on the group's host."
+        ),
+    )
+    add_group.add_argument("unit", metavar="SITE/GROUP", help="the group, as its site and name (lab/g1)")
+    add_group.add_argument(
+        "--url-host", default=None, help="the region broker's name as groups reach it (default: 127.0.0.1)"
+    )
+    add_client = actions.add_parser(
+        "add-client",
+        help="create (or renew) a login that may submit tasks at the region",
+        description=(
+            "Create or renew login region-client-NAME: it may publish task requests on the region's "
+            "api/submit/req/+ and read the answers and the region's state, nothing else (each request is "
+            "signed, and the region checks the signer owns its topic)."
+        ),
+    )
+    add_client.add_argument("name", help="1–40 characters of a-z, 0-9, '_' or '-'")
 
 
 def _pins(path: Path | None) -> dict[tuple[str, str], bytes] | None:
@@ -65,6 +109,8 @@ def _pins(path: Path | None) -> dict[tuple[str, str], bytes] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.action is not None:
+        return asyncio.run(_logins(args))
     if not 2 <= args.tier <= 9 or args.dead_after_s <= 0:
         raise ConfigError("--tier must be 2–9 and --dead-after-s positive")
     with contextlib.suppress(KeyboardInterrupt):
@@ -79,10 +125,16 @@ async def _region(args: argparse.Namespace) -> None:
         url = args.external
         if url is None:
             broker = await stack.enter_async_context(
-                start_broker(workdir / "broker", host=args.host, port=args.port, ws_port=None, acl=False)
+                start_broker(workdir / "broker", host=args.host, port=args.port, ws_port=None)
             )
             url = broker.url
-            print(f"{broker.kind} broker for the region at {url}", file=sys.stderr, flush=True)
+            acl = "ACLs: add each group with `prsm-edge region add-group SITE/GROUP`"
+            if not broker.acl_enforced:
+                acl = "NO ACLs (embedded fallback)"
+            print(f"{broker.kind} broker for the region at {url}, {acl}", file=sys.stderr, flush=True)
+            login = await _coordinator_login(broker, args.site, args.region, load_or_create(workdir).node_id)
+        else:
+            login = (None, None)
         options = RegionOptions(
             site=args.site,
             region=args.region,
@@ -91,6 +143,8 @@ async def _region(args: argparse.Namespace) -> None:
             tier=args.tier,
             dead_after_s=args.dead_after_s,
             pinned=pins,
+            username=login[0],
+            password=login[1],
         )
         coord = RegionCoordinator(load_or_create(workdir), options)
         task = asyncio.create_task(coord.run())
@@ -107,3 +161,48 @@ async def _region(args: argparse.Namespace) -> None:
                 f"{s.online} nodes online, capacity {s.capacity}, rejected {sum(r.rejected.values())}",
                 flush=True,
             )
+
+
+async def _coordinator_login(
+    broker: RunningBroker, site: str, region: str, node_id: str
+) -> tuple[str | None, str | None]:
+    """Set up the region broker's roles and give the regional coordinator a fresh login."""
+    if not broker.acl_enforced:
+        return None, None
+    username, password = f"region-{node_id}", secrets.token_urlsafe(24)
+    async with DynSec.for_broker(broker) as dynsec:
+        await dynsec.setup_region(site, region)
+        await dynsec.add_client(username, password, ROLE_REGION)
+    return username, password
+
+
+async def _logins(args: argparse.Namespace) -> int:
+    folder = (args.workdir or paths.data_dir()) / "region" / args.region / "broker"
+    broker = read_local_broker(folder)
+    async with DynSec(
+        broker.connect_host, broker.port, broker.admin_username, broker.admin_password
+    ) as dynsec:
+        await dynsec.setup_region(args.site, args.region)
+        password = secrets.token_urlsafe(24)
+        if args.action == "add-client":
+            if not _CLIENT_NAME.fullmatch(args.name):
+                raise ConfigError("a client name is 1–40 characters of a-z, 0-9, '_' or '-'")
+            username = f"region-client-{args.name}"
+            await dynsec.add_client(username, password, ROLE_REGION_CLIENT)
+            print(f"login {username} may submit tasks at {args.site}/{args.region}; its password:")
+            print(f"  {password}")
+            return 0
+        site, _, group = args.unit.partition("/")
+        if not (topics.valid_segment(site) and topics.valid_segment(group)):
+            raise ConfigError("SITE/GROUP: two names of 1–64 characters of a-z, 0-9, '_' or '-', e.g. lab/g1")
+        username = await dynsec.add_unit(args.site, args.region, site, group, password)
+    host = args.url_host or broker.connect_host
+    shown = f"[{host}]" if ":" in host else host
+    print(f"login {username} for the gateway and bridge of {site}/{group} (a new password each run);")
+    print("on the group's host, beside `prsm-edge coordinate`, run:")
+    print(
+        f"  prsm-edge gateway --site {site} --group {group} --uplink mqtt://{shown}:{broker.port} "
+        f"--region-site {args.site} --region {args.region} --uplink-username {username} "
+        f"--uplink-password {password}"
+    )
+    return 0
