@@ -189,8 +189,11 @@ async def _coordinate(args: argparse.Namespace) -> None:
                 await task
 
 
-async def _restarted(changed: list[str]) -> None:
-    print(f"broker restarted to carry the bridge configuration {', '.join(changed)}", file=sys.stderr)
+async def _restarted(carried: list[str]) -> None:
+    if carried:
+        print(f"broker restarted to carry the bridge configuration {', '.join(carried)}", file=sys.stderr)
+    else:
+        print("broker restarted after a bridge file was removed or refused (see the log)", file=sys.stderr)
 
 
 async def _external(args: argparse.Namespace, site: str, workdir: Path, policy: JoinPolicy) -> None:

@@ -82,7 +82,8 @@ async def restart_on_change(
 ) -> None:
     """Restart ``broker`` whenever its bridge folder's ``*.conf`` files change; run until cancelled.
 
-    ``on_restart`` (if given) is awaited after each successful restart with the changed file names.
+    ``on_restart`` (if given) is awaited after each restart with the changed files the broker now carries
+    (empty when the change was a removal, or a refused file set aside).
     """
     folder = broker.bridge_dir
     if folder is None:
@@ -113,7 +114,6 @@ async def restart_on_change(
             )
             await asyncio.to_thread(_set_aside, folder, fresh)
             await broker.restart()  # without them; if even this fails, the caller sees it
-            changed = []
         known = broker.loaded_bridges
-        if on_restart is not None and changed:
-            await on_restart(changed)
+        if on_restart is not None:
+            await on_restart([n for n in changed if n in known])
