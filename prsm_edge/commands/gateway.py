@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prsm_edge import paths, settings
-from prsm_edge.errors import ConfigError
+from prsm_edge.errors import BrokerError, ConfigError
 from prsm_edge.gateway.bridge import render_bridge, write_bridge
 from prsm_edge.gateway.service import Gateway, GatewayOptions
 from prsm_edge.identity import load_or_create
@@ -177,10 +177,17 @@ async def _set_up(
     broker: LocalBroker, site: str, group: str, gateway_id: str, password: str, folder: Path, bridge: str
 ) -> None:
     """Give the gateway its login on the coordinate-managed broker, then install its bridge there."""
-    async with DynSec(
-        broker.connect_host, broker.port, broker.admin_username, broker.admin_password
-    ) as dynsec:
-        username = await dynsec.add_gateway(site, group, gateway_id, password)
+    try:
+        async with DynSec(
+            broker.connect_host, broker.port, broker.admin_username, broker.admin_password
+        ) as dynsec:
+            username = await dynsec.add_gateway(site, group, gateway_id, password)
+    except BrokerError as exc:
+        raise BrokerError(
+            f"could not make the gateway's login on the broker of `prsm-edge coordinate --group {group}` "
+            f"({exc}); start `prsm-edge coordinate` first (same --group and --workdir), or pass --local URL "
+            "for a broker of your own"
+        ) from exc
     print(f"gateway login {username} on {broker.connect_host}:{broker.port}", file=sys.stderr)
     if await asyncio.to_thread(install_bridge, folder, f"gateway-{group}", bridge):
         print(

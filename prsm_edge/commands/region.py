@@ -21,7 +21,7 @@ from typing import Any
 
 from prsm_edge import paths
 from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
-from prsm_edge.errors import ConfigError
+from prsm_edge.errors import ConfigError, LocalError
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import RunningBroker, start_broker
 from prsm_edge.io.brokerinfo import read_local_broker
@@ -178,6 +178,11 @@ async def _coordinator_login(
 
 async def _logins(args: argparse.Namespace) -> int:
     folder = (args.workdir or paths.data_dir()) / "region" / args.region / "broker"
+    if not (folder / "mosquitto.conf").is_file():
+        raise LocalError(
+            f"no region broker at {folder}: run this on the host of `prsm-edge region --site {args.site} "
+            f"--region {args.region}` (same --workdir, as the same user), while it runs"
+        )
     broker = read_local_broker(folder)
     async with DynSec(
         broker.connect_host, broker.port, broker.admin_username, broker.admin_password
