@@ -80,7 +80,16 @@ def register(sub: Any) -> None:
         default=None,
         help="login on the region's broker (`prsm-edge region add-group SITE/GROUP` prints it)",
     )
-    parser.add_argument("--uplink-password", default=None, help="password on the region's broker")
+    parser.add_argument(
+        "--uplink-password", default=None, help="password on the region's broker (visible to `ps`)"
+    )
+    parser.add_argument(
+        "--uplink-password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the region broker's password from FILE instead (keep it owner-only)",
+    )
     parser.add_argument(
         "--bridge-conf",
         type=Path,
@@ -96,6 +105,11 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     site = args.site or settings.load().site
+    if args.uplink_password_file is not None:
+        try:
+            args.uplink_password = args.uplink_password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--uplink-password-file {args.uplink_password_file}: {exc.strerror}") from None
     uplinks = tuple(args.uplink or ["mqtt://127.0.0.1:1884"])
     root = args.workdir or paths.data_dir()
     workdir = root / "gateway" / args.group

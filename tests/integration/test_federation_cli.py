@@ -158,12 +158,16 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
             deadline,
         )
         username, password = logins[group]
+        pw_args = ("--uplink-password", password)
+        if group == "g2":  # the password from a file, out of `ps`
+            (home / "uplink.secret").write_text(password + "\n")
+            pw_args = ("--uplink-password-file", str(home / "uplink.secret"))
         procs.start(
             f"{group}-gateway",
             "gateway",
             *("--site", site, "--group", group, "--workdir", str(home)),
             *("--uplink", f"mqtt://127.0.0.1:{rport}", "--region-site", RSITE, "--region", REGION),
-            *("--uplink-username", username, "--uplink-password", password),
+            *("--uplink-username", username, *pw_args),
         )
 
     # The region's own signed summary, read with a task-submitter login: three groups' claims, each
