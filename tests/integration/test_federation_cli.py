@@ -216,6 +216,9 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
             assert answer.ok, answer.error
             assert (answer.result["site"], answer.result["group"]) == ("far", "g3")
             assert f"node {answer.result['node']} " in procs.log("g3-agent")  # g3's own member
+            # Every process's subscriptions were granted: the roles cover what each one reads.
+            refused = [n for n in procs.running if "refused the subscription" in procs.log(n)]
+            assert not refused, procs.logs()
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
