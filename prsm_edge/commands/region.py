@@ -52,6 +52,12 @@ def register(sub: Any) -> None:
         "--external", default=None, metavar="URL", help="start no broker: use this one (mqtt://HOST:PORT)"
     )
     parser.add_argument(
+        "--no-acl",
+        action="store_true",
+        help="run the region's broker without logins or ACLs (any client may publish anything there): "
+        "only on a trusted network; by default each group needs `add-group`",
+    )
+    parser.add_argument(
         "--pins",
         type=Path,
         default=None,
@@ -125,12 +131,14 @@ async def _region(args: argparse.Namespace) -> None:
         url = args.external
         if url is None:
             broker = await stack.enter_async_context(
-                start_broker(workdir / "broker", host=args.host, port=args.port, ws_port=None)
+                start_broker(
+                    workdir / "broker", host=args.host, port=args.port, ws_port=None, acl=not args.no_acl
+                )
             )
             url = broker.url
             acl = "ACLs: add each group with `prsm-edge region add-group SITE/GROUP`"
             if not broker.acl_enforced:
-                acl = "NO ACLs (embedded fallback)"
+                acl = "NO ACLs (--no-acl)" if args.no_acl else "NO ACLs (embedded fallback)"
             print(f"{broker.kind} broker for the region at {url}, {acl}", file=sys.stderr, flush=True)
             login = await _coordinator_login(broker, args.site, args.region, load_or_create(workdir).node_id)
         else:
