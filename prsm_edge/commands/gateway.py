@@ -115,9 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     workdir = root / "gateway" / args.group
     identity = load_or_create(workdir)
     managed = _managed_broker(root, args)
-    local_username = None if managed else args.local_username
-    if managed is not None:
-        local_username = gateway_username(identity.node_id)
+    # The bridge's local login is the gateway's: what comes down the bridge is checked against its role.
+    local_username = gateway_username(identity.node_id) if managed is not None else args.local_username
     bridge = render_bridge(
         site=site,
         group=args.group,

@@ -86,6 +86,12 @@ def register(sub: Any) -> None:
     )
     add_group.add_argument("unit", metavar="SITE/GROUP", help="the group, as its site and name (lab/g1)")
     add_group.add_argument(
+        "--password",
+        default=None,
+        help="use this password instead of a new random one (the same login on a standby region broker, "
+        "since a gateway gives every --uplink the same password)",
+    )
+    add_group.add_argument(
         "--url-host", default=None, help="the region broker's name as groups reach it (default: 127.0.0.1)"
     )
     add_client = actions.add_parser(
@@ -205,6 +211,10 @@ async def _logins(args: argparse.Namespace) -> int:
             print(f"login {username} may submit tasks at {args.site}/{args.region}; its password:")
             print(f"  {password}")
             return 0
+        if args.password is not None:
+            if len(args.password) < 16 or any(c.isspace() for c in args.password):
+                raise ConfigError("--password needs at least 16 characters and no spaces")
+            password = args.password
         site, _, group = args.unit.partition("/")
         if not (topics.valid_segment(site) and topics.valid_segment(group)):
             raise ConfigError("SITE/GROUP: two names of 1–64 characters of a-z, 0-9, '_' or '-', e.g. lab/g1")
