@@ -131,6 +131,10 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
     wait_port(rport)
     region_args = ("region", "--site", RSITE, "--region", REGION, "--workdir", str(region_dir))
     logins = {g: _login(cli(*region_args, "add-group", f"{site}/{g}")) for g, site in GROUPS.items()}
+    # Renewing a login with a given password (as on a standby region broker) takes that password.
+    chosen = "a-chosen-password-0123"
+    logins["g3"] = _login(cli(*region_args, "add-group", "far/g3", "--password", chosen))
+    assert logins["g3"] == (unit_username("far", "g3"), chosen)
     assert logins["g1"][0] == unit_username("lab", "g1")
     client_out = cli(*region_args, "add-client", "tester")
     client_password = client_out.split()[-1]
