@@ -36,7 +36,9 @@ pytestmark = pytest.mark.integration
 
 RSITE, REGION = "eu", "r1"
 GROUPS = {"g1": "lab", "g2": "lab", "g3": "far"}
-DEADLINE_S = 50.0
+# A bound for a starved machine, not the expected time: alone on 2 cores the test takes ≈ 25 s; with two
+# copies of it and other engineers' work running, ≈ 50 s.
+DEADLINE_S = 100.0
 
 
 class Procs:
@@ -204,8 +206,14 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
                 deadline,
             )
             # Each group's broker was restarted by its coordinator to carry the gateway's bridge.
+            # (The summaries ride the gateway's own session, so they may arrive before that is logged.)
             for group in GROUPS:
-                assert "broker restarted to carry the bridge" in procs.log(f"{group}-coord")
+                await until(
+                    lambda g=group: "broker restarted to carry the bridge" in procs.log(f"{g}-coord"),
+                    f"{group}'s broker restarted with the bridge",
+                    procs,
+                    deadline,
+                )
             # A task submitted at the region, from site "far": routed down g3's bridge, leased there.
             # A task submitted at the region from site "far" (one core: a CLI member's default minimum
             # rate refuses less), routed down g3's bridge to its coordinator and leased on its member.
