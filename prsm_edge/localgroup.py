@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prsm_edge.coordinator.economy import EconomyConfig
 from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
+from prsm_edge.coordinator.rollups import RollupOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import Prefer, RunningBroker, start_broker
@@ -61,6 +62,7 @@ async def host_group(
     listen: bool = False,
     economy: EconomyConfig | None = None,
     tpm_ca_dir: Path | None = None,
+    rollup: RollupOptions | None = None,
 ) -> AsyncIterator[GroupHost]:
     """Start a broker (with per-node ACLs when Mosquitto runs it) and a coordinator for it.
 
@@ -96,6 +98,7 @@ async def host_group(
             join_policy=join_policy or JoinPolicy(),
             economy=economy,
             tpm_ca_dir=tpm_ca_dir if tpm_ca_dir is not None else default_ca_dir(),
+            rollup=rollup or RollupOptions(),
         )
         if not broker.acl_enforced:
             log.warning(

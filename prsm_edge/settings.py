@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prsm_edge import paths
 from prsm_edge.errors import ConfigError
+from prsm_edge.protocol.advice import OPTIMIZABLE, parse_bounds
 from prsm_edge.protocol.guardrails import parse_schedule
 from prsm_edge.protocol.messages import MICRO
 from prsm_edge.protocol.offer import Allocations, Guardrails
@@ -101,6 +102,12 @@ class Settings(BaseModel):
         max_length=400,
         description="weekly windows to contribute in, e.g. 'Mon-Fri 18:00-08:00; Sat,Sun'",
     )
+    optimize_bounds: str = Field(
+        default="",
+        max_length=600,
+        description="limits one-click auto-optimize keeps to, e.g. "
+        "'cpu_allocation_percentage=0.2..0.6; max_cpu_temperature=..75' (empty: none)",
+    )
     guardrail_hold_s: float = Field(
         default=120.0,
         ge=0.0,
@@ -117,6 +124,10 @@ class Settings(BaseModel):
     device_class: str | None = Field(default=None, description="firmware profile name (None: detect)")
     homeassistant_discovery: bool = Field(
         default=False, description="when coordinating, announce members to Home Assistant (MQTT discovery)"
+    )
+    homeassistant_controls: bool = Field(
+        default=False,
+        description="let Home Assistant change this node's allocations and pause it (set here, by the owner)",
     )
     electricity_price_per_kwh: Decimal = Field(
         default=Decimal("0"),
@@ -181,6 +192,19 @@ class Settings(BaseModel):
             parse_schedule(value)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("optimize_bounds")
+    @classmethod
+    def _optimize_bounds(cls, value: str) -> str:
+        bounds = parse_bounds(value, OPTIMIZABLE)
+        for name, (low, high) in bounds.items():
+            floor, ceiling = _field_range(name)
+            for side in (low, high):
+                if math.isfinite(side) and not floor <= side <= ceiling:
+                    raise ValueError(
+                        f"{name} bounds must lie within {allowed(name).removeprefix('a whole number ')}"
+                    )
         return value
 
     @field_validator("device_class")
@@ -310,6 +334,19 @@ def allowed(name: str) -> str:
     if name in _OPTIONAL:
         text += ", or empty for none"
     return text
+
+
+def _field_range(name: str) -> tuple[float, float]:
+    """The range a numeric setting accepts (from its field's ge/gt/le/lt)."""
+    low, high = -math.inf, math.inf
+    for item in Settings.model_fields[name].metadata:
+        for attr in ("ge", "gt"):
+            if isinstance(item, getattr(annotated_types, attr.capitalize())):
+                low = float(getattr(item, attr))
+        for attr in ("le", "lt"):
+            if isinstance(item, getattr(annotated_types, attr.capitalize())):
+                high = float(getattr(item, attr))
+    return low, high
 
 
 def _num(value: Any) -> str:

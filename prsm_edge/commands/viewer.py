@@ -53,8 +53,9 @@ def register(sub: Any) -> None:
     add.add_argument(
         "--homeassistant",
         action="store_true",
-        help="a login for Home Assistant's MQTT integration instead: reads the discovery and may "
-        "announce Home Assistant's own status, nothing else",
+        help="a login for Home Assistant's MQTT integration instead: reads the discovery, announces "
+        "Home Assistant's own status, and may command the controls of nodes whose owners turned them on "
+        "(homeassistant_controls)",
     )
     actions.add_parser("list", help="list viewer logins")
     remove = actions.add_parser("remove", help="delete a viewer login (disconnects it)")

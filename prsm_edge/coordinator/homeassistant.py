@@ -12,7 +12,10 @@ one state topic (JSON) and one availability topic (``online``/``offline``), both
 ``online`` on ``<prefix>/status``. A member that has been offline for ``forget_after_s`` (or is no longer a
 member) has its config, state and availability cleared (empty retained messages), which removes the
 device from Home Assistant. The state topic is plain JSON (Home Assistant cannot verify COSE), so it
-lives outside the signed ``prsm/v1`` tree. Controls are not offered: Home Assistant only reads.
+lives outside the signed ``prsm/v1`` tree. Home Assistant only reads unless a node's owner turned its
+controls on (announced in the node's signed birth): then the device also gets a number entity per
+allocation setting and a pause switch, commanded on the node's own topics
+(:mod:`prsm_edge.protocol.homeassistant`), which the node checks and answers itself.
 
 Sans-IO: :meth:`HomeAssistant.tick` takes the members and the time and returns the messages to publish.
 """
@@ -27,6 +30,7 @@ from typing import Any, Final, NamedTuple
 
 from prsm_edge import __version__
 from prsm_edge.protocol.group import Member
+from prsm_edge.protocol.homeassistant import STATE_ROOT, control_components, node_topics
 from prsm_edge.protocol.messages import (
     MICRO,
     RESOURCE_UNITS,
@@ -38,7 +42,6 @@ from prsm_edge.protocol.messages import (
 
 __all__ = ["HaMessage", "HomeAssistant", "HomeAssistantOptions", "device_config"]
 
-STATE_ROOT: Final = "prsm-ha"
 _MAX_ENERGY_GAP_MS: Final = 5 * 60_000  # never integrate power across a silence longer than this
 
 # Device classes Home Assistant accepts for a capacity in our units.
@@ -129,6 +132,9 @@ def device_config(
     cmps["earnings"] = _sensor(
         node, "earnings", "Earnings", device_class="monetary", unit_of_measurement="FTNS", state_class="total"
     )
+    if member.ha_controls:  # the owner let Home Assistant move the allocations and pause (off by default)
+        offered = (r.type for r in member.resources)
+        cmps |= control_components(node_topics(site, group, node), node, offered)
     payload = {
         "dev": {
             "ids": [f"prsm_{node}"],

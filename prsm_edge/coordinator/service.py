@@ -28,6 +28,7 @@ from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_perfo
 from prsm_edge.coordinator.federation import REGION_METHODS, RegionRequests
 from prsm_edge.coordinator.homeassistant import HomeAssistant, HomeAssistantOptions
 from prsm_edge.coordinator.membership import Admissions, MembershipStore
+from prsm_edge.coordinator.rollups import RollupOptions, RollupPublisher, RollupStore
 from prsm_edge.errors import LocalError, PrsmEdgeError, Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io import attest, tpm_registration
@@ -58,6 +59,7 @@ from prsm_edge.protocol.messages import (
     TRUST_SCORE,
     ApiRequest,
     ApiResponse,
+    BandwidthChunk,
     BenchmarkProof,
     GroupSummary,
     NodeCommand,
@@ -124,6 +126,7 @@ class CoordinatorOptions:
     tpm_ca_dir: Path | None = None  # TPM manufacturer CAs whose EKs may attest (None: none trusted)
     region: str | None = None  # the region coordinator's node id; None: the first one that asks
     http_port: int | None = None  # serve the API's reads over HTTP on 127.0.0.1 (0: any free port)
+    rollup: RollupOptions = dataclasses.field(default_factory=RollupOptions)  # trend rollup cadence
 
 
 def _check_quote(request: VerifyQuote) -> bool:
@@ -212,6 +215,11 @@ class Coordinator:
         self.registrar = tpm_registration.TpmRegistrar(options.workdir / "tpm.sqlite", options.tpm_ca_dir)
         self.api = CoordinatorApi(self.group, self.verifier, self._member_view)
         self.api.economy = self.economy  # earnings, analytics and advice (coordinator/economy.py)
+        # Trend rollups (coordinator/rollups.py): sampled from the group, published retained, stored.
+        self.rollup_store = RollupStore(options.workdir / "rollups.sqlite")
+        self.rollups = RollupPublisher(
+            options.site, options.group, self.rollup_store, options.rollup, self.ledger
+        )
         # The first commitment waits for members to arrive, so round 1 has verifiers to seat.
         self._warmup_s = min(5.0, vconfig.round_ms / 4000)
         self._started = time.monotonic()
@@ -273,6 +281,8 @@ class Coordinator:
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         arrived = now_ms()  # stamped before any other work: a proof's lateness is judged on this
+        if topic.endswith("/bw") and not self._bandwidth_admits(topic, len(payload)):
+            return  # no bandwidth check open for that node, or past its bytes: dropped unread
         if self.homeassistant is not None and topic == self.homeassistant.status_topic:
             self.homeassistant.on_status(payload)
             return
@@ -313,8 +323,16 @@ class Coordinator:
                 case ApiReply(node=node, response=response, envelope=envelope):
                     await self._api_effects(self.api.reply(node, response, envelope))
 
+    def _bandwidth_admits(self, topic: str, size: int) -> bool:
+        parts = topic.split("/")  # prsm/v1/{site}/{group}/node/{node}/bw
+        return len(parts) == 7 and parts[4] == "node" and self.verifier.bandwidth.admits(parts[5], size)
+
     async def _verification(
-        self, node: str, message: BenchmarkProof | ProofOpening | VerificationVote, at_ms: int, raw: bytes
+        self,
+        node: str,
+        message: BenchmarkProof | ProofOpening | VerificationVote | BandwidthChunk,
+        at_ms: int,
+        raw: bytes,
     ) -> None:
         member = self.group.members.get(node)
         if member is None or not self.options.verify:
@@ -325,6 +343,8 @@ class Coordinator:
                 await self._apply_verifier(self.verifier.on_proof(member, message, at_ms, raw))
             case ProofOpening():
                 await self._apply_verifier(self.verifier.on_opening(message, at_ms, raw))
+            case BandwidthChunk():
+                await self._apply_verifier(self.verifier.on_chunk(message, at_ms))
             case VerificationVote():
                 if self.homeassistant is not None:
                     self.homeassistant.on_vote(message)
@@ -536,6 +556,7 @@ class Coordinator:
             self.replay_guard.close()
             self.evidence_store.close()
             self.registrar.close()
+            self.rollup_store.close()
 
     async def _ticker(self) -> None:
         while True:
@@ -554,6 +575,10 @@ class Coordinator:
                     await self.session.publish(ha.topic, ha.payload, qos=1, retain=ha.retain)
             await self._api_effects(self.api.tick(now))
             await self._apply(list(await self.economy.tick(self.group.members, now)))
+            rollup = self.rollups.tick(
+                self.group.members, now, level_of=self.group.level, market=self.economy.market
+            )
+            await self._apply(list(rollup))
             if not self.options.verify:
                 continue
             try:

@@ -34,6 +34,7 @@ from prsm_edge.errors import BrokerError
 from prsm_edge.io import tpm_registration
 from prsm_edge.io.broker import RunningBroker
 from prsm_edge.protocol import api, topics
+from prsm_edge.protocol.homeassistant import node_topics
 
 __all__ = [
     "CONTROL_TOPIC",
@@ -78,7 +79,7 @@ GROUP_JOINER: Final = "prsm-joiner"
 REGION_METHODS: Final = ("region-task", "region-drill")
 _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the shared one
 # The topics a member publishes on: its own leaves (and the network benchmark's echo) ...
-NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bench/echo")
+NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bw", "bench/echo")
 # ... and the coordinator API methods it calls. A new method must be added here, or members' requests
 # for it are dropped by the broker.
 # (lease, earnings and ledger are the economy branch's member methods, listed ahead of its merge.)
@@ -105,6 +106,10 @@ def _allow(acltype: str, topic: str, priority: int = 0) -> Acl:
     return {"acltype": acltype, "topic": topic, "priority": priority, "allow": True}
 
 
+def _deny(acltype: str, topic: str, priority: int = 0) -> Acl:
+    return {"acltype": acltype, "topic": topic, "priority": priority, "allow": False}
+
+
 def _check(name: str, value: str) -> str:
     if not topics.valid_segment(value):
         raise BrokerError(f"{name} {value!r} must be 1–64 characters of a-z, 0-9, '_' or '-'")
@@ -129,8 +134,12 @@ def node_role_acls(site: str, group: str, node_id: str) -> list[Acl]:
     base, node = _base(site, group), _check("node id", node_id)
     own = [f"{base}/node/{node}/{leaf}" for leaf in NODE_LEAVES]
     api = [f"{base}/api/{method}/req/{node}" for method in NODE_API_METHODS]
+    # Home Assistant controls (used only when the node's owner turned them on): the node answers and
+    # shows the controls' values, and reads the commands Home Assistant sends it.
+    ha = node_topics(site, group, node)
     return [
-        *(_allow("publishClientSend", topic) for topic in own + api),
+        *(_allow("publishClientSend", topic) for topic in own + api + [ha.controls, ha.ack]),
+        _allow("subscribePattern", ha.commands),
         _allow("subscribePattern", f"{base}/node/{node}/cmd/#"),
         _allow("subscribePattern", f"{base}/node/{node}/bench/#"),  # the network benchmark's echo
         _allow("subscribePattern", f"{base}/api/+/resp/{node}"),
@@ -157,7 +166,9 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("publishClientSend", gateways),
             _allow("subscribePattern", gateways),
             _allow("publishClientSend", "homeassistant/device/#"),
-            _allow("publishClientSend", ha_states),
+            # its plain-JSON states, never the nodes' command topics (only Home Assistant sends those)
+            _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/state"),
+            _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/availability"),
             _allow("subscribePattern", "homeassistant/status"),
         ],
         ROLE_JOINER: [
@@ -169,16 +180,20 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
         ],
         ROLE_VIEWER: [
             _allow("subscribePattern", f"{base}/#"),
+            # Bandwidth-check chunks (megabytes a check) are for the coordinator only: not delivered.
+            _deny("publishClientReceive", f"{base}/node/+/bw", priority=1),
             _allow("subscribePattern", gateways),
             _allow("subscribePattern", "$SYS/broker/#"),
             _allow("subscribePattern", "homeassistant/#"),
             _allow("subscribePattern", ha_states),
         ],
-        # Home Assistant's own login: read the discovery and states, announce itself (its birth/Will).
+        # Home Assistant's own login: read the discovery and states, announce itself (its birth/Will), and
+        # command nodes' controls (each node applies a command only if its owner turned controls on).
         ROLE_HOMEASSISTANT: [
             _allow("subscribePattern", "homeassistant/#"),
             _allow("subscribePattern", ha_states),
             _allow("publishClientSend", "homeassistant/status"),
+            _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/set/+"),
         ],
     }
 

@@ -37,6 +37,7 @@ from prsm_edge.io.pins import PinStore
 from prsm_edge.io.session import ConnectParams, Session
 from prsm_edge.io.store import Outbox
 from prsm_edge.node.detect import read_sensors
+from prsm_edge.node.homeassistant_controls import HaControls
 from prsm_edge.node.leases import LeaseDesk
 from prsm_edge.node.owner_api import PAUSED_REASON, NodeApi, OwnerOptions, local_server
 from prsm_edge.node.prover import Attestor, ProofWork, Prover, machine_rates
@@ -49,6 +50,7 @@ from prsm_edge.protocol.messages import (
     MICRO,
     ApiRequest,
     ApiResponse,
+    BandwidthChunk,
     BenchmarkChallenge,
     CoordState,
     Heartbeat,
@@ -183,6 +185,7 @@ class Agent:
         self._watching: dict[str, int] = {}  # subjects of our panel seats -> seats (bounded)
         self.owner_api = NodeApi(self, options.owner)
         self.paused = PAUSED_REASON if self.owner_api.paused else ""
+        self.ha_controls = HaControls(self)  # Home Assistant's controls: off unless the owner allows them
         o = options
         self.session = Session(
             o.broker_url,
@@ -196,6 +199,7 @@ class Agent:
                 (topics.api(topics.Kind.API_RESP, o.site, o.group, "join", self.node_id), 1),
                 (topics.api_responses_filter(o.site, o.group, self.node_id), 1),
                 # Peers' proofs: only the subjects of our panel seats, while seated (_watch_subject).
+                *self.ha_controls.subscriptions(),
             ],
             prepare=self._prepare,
             on_connect=self._on_connect,
@@ -285,6 +289,9 @@ class Agent:
     # ---- incoming ----------------------------------------------------------------------------
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if not payload:
+            return
+        if self.ha_controls.handles(topic):  # plain JSON from Home Assistant (node/homeassistant_controls.py)
+            await self.ha_controls.on_message(topic, payload)
             return
         try:
             parsed = topics.parse(topic)
@@ -453,6 +460,11 @@ class Agent:
                 task = asyncio.create_task(self._prove(cmd.args))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            case "bandwidth":  # move the challenge's chunks through the broker at the claimed rate
+                if self._new_challenge(cmd.args):
+                    task = asyncio.create_task(self.work.send_bandwidth(cmd.args, self._send_chunk))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             case "open":
                 opening = self.work.open(cmd.args)
                 if opening is not None:
@@ -616,6 +628,11 @@ class Agent:
     def _send(self, kind: topics.Kind, msg: Message, *, retain: bool = False) -> None:
         self.session.enqueue(self._topic(kind), self.signer.seal(msg, now_ms()), retain=retain)
 
+    async def _send_chunk(self, chunk: BandwidthChunk) -> bool:
+        """Publish one bandwidth chunk now (QoS 0, not through the outbox: it is measured live)."""
+        payload = self.signer.seal(chunk, now_ms())
+        return await self.session.publish(self._topic(topics.Kind.NODE_BANDWIDTH), payload)
+
     def _birth(self) -> None:
         o = self.options
         birth = NodeBirth(
@@ -634,6 +651,7 @@ class Agent:
             max_temperature_c=o.guardrails.max_cpu_temperature,
             max_power_w=o.guardrails.max_power_consumption,
             attestation_key=o.attestor.public_key if o.attestor is not None else b"",
+            ha_controls=self.ha_controls.enabled,
         )
         self._send(topics.Kind.NODE_BIRTH, birth, retain=True)
         self._send(
@@ -696,6 +714,7 @@ class Agent:
             await self.session.publish(
                 self._topic(topics.Kind.NODE_TELEMETRY), self.signer.seal(hb, now_ms())
             )
+            await self.ha_controls.publish_state()  # Home Assistant sees owner changes too (when on)
 
     async def _calibrate(self) -> None:
         """Put the rate of each workload (claimed, or measured now) into the offer it proves.

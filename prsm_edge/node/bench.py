@@ -1,5 +1,11 @@
 """The benchmark suite a node runs on itself: CPU, memory, storage, network, GPU and TFLite inference.
 
+CPU, memory and storage are measured with the proof workloads the group's verifier checks
+(``protocol/proofs.py``), through the same calibration the agent runs at start to fill its claim
+(``node/prover.py``: ``calibrate_cpu_rate``, ``calibrate_table_rate``): what an owner sees here is the
+rate their node claims and is checked against. Other figures (sequential and random disk I/O) are
+reported beside them for information; no check uses them.
+
 Every benchmark returns a :class:`BenchResult` whose ``status`` is ``"measured"``, ``"absent"`` (the
 hardware or runtime is not there) or ``"not measured: <why>"`` (it is there, or may be, but we could not
 measure it). A figure is only ever a measurement taken here and now; nothing is estimated or invented.
@@ -11,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib
 import logging
 import os
@@ -19,8 +24,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,8 +34,9 @@ from typing import Any, Final
 import msgspec
 import psutil
 
-from prsm_edge.errors import DetectionError, LocalError, PrsmEdgeError
-from prsm_edge.protocol import topics
+from prsm_edge.errors import LocalError, PrsmEdgeError
+from prsm_edge.node.prover import calibrate_cpu_rate, calibrate_table_rate
+from prsm_edge.protocol import proofs, topics
 
 __all__ = [
     "ABSENT",
@@ -53,6 +57,7 @@ log = logging.getLogger(__name__)
 MEASURED: Final = "measured"
 ABSENT: Final = "absent"
 MiB: Final = 1024 * 1024
+_MAX_TABLE_BYTES: Final = 256 * MiB  # the largest table calibrate_table_rate builds
 
 Progress = Callable[[str, float], None]
 
@@ -165,136 +170,41 @@ class _Ctx:
 
 
 # ---------------------------------------------------------------------------------------------- cpu
-_HASH_BLOCK: Final = b"\xa5" * 1024
-
-
-def _hash_until(start_at: float, duration: float) -> tuple[int, float]:
-    """Hash 1 KiB blocks with SHA-256 from ``start_at`` for ``duration`` seconds (monotonic clock)."""
-    delay = start_at - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-    count = 0
-    t0 = time.monotonic()
-    deadline = t0 + duration
-    sha = hashlib.sha256
-    block = _HASH_BLOCK
-    while True:
-        for _ in range(256):
-            sha(block).digest()
-        count += 256
-        now = time.monotonic()
-        if now >= deadline:
-            return count, now - t0
-
-
-# One worker per core, as a bare interpreter (no import of the caller's __main__, no fork of its threads):
-# it says "ready", waits for "START_AT DURATION" on stdin, hashes, and prints "COUNT ELAPSED".
-_WORKER: Final = f"""
-import hashlib, sys, time
-print("ready", flush=True)
-start_at, duration = map(float, sys.stdin.readline().split())
-delay = start_at - time.monotonic()
-if delay > 0:
-    time.sleep(delay)
-count, block, sha = 0, b"\\xa5" * {len(_HASH_BLOCK)}, hashlib.sha256
-t0 = time.monotonic()
-while True:
-    for _ in range(256):
-        sha(block).digest()
-    count += 256
-    now = time.monotonic()
-    if now >= t0 + duration:
-        break
-print(count, now - t0, flush=True)
-"""
-
-
-def _parallel_hash(workers: int, duration: float) -> list[tuple[int, float]]:
-    """Run the SHA-256 loop in ``workers`` processes at once; (count, seconds) from each."""
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for _ in range(workers):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _WORKER],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        for proc in procs:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
-                raise DetectionError("a CPU benchmark worker failed to start")
-        start_at = time.monotonic() + 0.02
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{start_at} {duration}\n")
-            proc.stdin.close()
-        runs = []
-        for proc in procs:
-            assert proc.stdout is not None
-            proc.wait(timeout=duration + 30)
-            count, secs = proc.stdout.read().split()
-            runs.append((int(count), float(secs)))
-        return runs
-    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        raise DetectionError(f"CPU benchmark workers failed: {exc}") from exc
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    pipe.close()
-
-
 def _bench_cpu(ctx: _Ctx) -> BenchResult:
-    workers = os.cpu_count() or 1
+    """The ``cpu`` proof workload's rate, measured by the agent's own calibration (``node/prover.py``):
+    PBKDF2-HMAC-SHA-256 iterations per second, one lane alone and one lane a core all at once."""
+    lanes = max(1, min(os.cpu_count() or 1, proofs.MAX_LANES))
     ctx.step(0.0)
-    single, single_s = _hash_until(time.monotonic(), ctx.duration)
-    single_rate = single / single_s
+    single = calibrate_cpu_rate(ctx.duration, 1)
     ctx.step(0.5)
-    runs = _parallel_hash(workers, ctx.duration)
-    total_rate = sum(count / secs for count, secs in runs)
+    per_core = calibrate_cpu_rate(ctx.duration, lanes)
     ctx.step(1.0)
     return BenchResult(
         "cpu",
         MEASURED,
-        total_rate,
-        "hashes/s",
+        per_core,
+        "iterations/s",
         [
-            Figure("single_core", single_rate, "hashes/s"),
-            Figure("per_core", total_rate / workers, "hashes/s"),
-            Figure("total", total_rate, "hashes/s"),
-            Figure("scaling", total_rate / single_rate, "×"),
+            Figure("per_core", per_core, "iterations/s"),
+            Figure("single_core", single, "iterations/s"),
+            Figure("total", per_core * lanes, "iterations/s"),
+            Figure("scaling", per_core * lanes / single, "×"),
         ],
-        {"workers": workers, "hash": "SHA-256", "block_bytes": len(_HASH_BLOCK)},
+        {
+            "workload": "cpu: PBKDF2-HMAC-SHA-256 chains, one lane per core (the proof checks this)",
+            "workers": lanes,
+            "claim_key": proofs.RATE_KEYS["cpu"],
+        },
     )
 
 
 # ------------------------------------------------------------------------------------------- memory
 def _bench_memory(ctx: _Ctx) -> BenchResult:
     vm = psutil.virtual_memory()
-    size = 8 * MiB if ctx.quick else 64 * MiB
     ctx.step(0.0)
-    src = bytearray(os.urandom(1024)) * (size // 1024)
-    dst = bytearray(size)
-    dst_view = memoryview(dst)
-    copies = 0
-    t0 = time.monotonic()
-    deadline = t0 + ctx.duration
-    while True:
-        dst_view[:] = src
-        copies += 1
-        now = time.monotonic()
-        if now >= deadline:
-            break
-    copy_rate = copies * size / (now - t0)
-    if dst[-1024:] != src[-1024:]:
-        return BenchResult("memory", _not_measured("copy check failed"))
-    del src, dst_view, dst
+    # The ``memory`` proof workload: a table of dependent lines built in memory, timed as the agent
+    # calibrates it (node/prover.py), so the figure is the fill rate the node claims and is checked on.
+    fill_rate = calibrate_table_rate(ctx.duration)
     ctx.step(0.5)
 
     # Can the claimed fraction of memory really be allocated and touched? Bounded by the check limit.
@@ -321,10 +231,10 @@ def _bench_memory(ctx: _Ctx) -> BenchResult:
     return BenchResult(
         "memory",
         MEASURED,
-        copy_rate,
+        fill_rate,
         "B/s",
         [
-            Figure("copy_bandwidth", copy_rate, "B/s"),
+            Figure("table_fill", fill_rate, "B/s"),
             Figure("allocated_and_touched", touched * page, "B"),
             Figure("touch_rate", touched * page / touch_s if touch_s > 0 else 0.0, "B/s"),
         ],
@@ -334,7 +244,8 @@ def _bench_memory(ctx: _Ctx) -> BenchResult:
             "claimed_fraction": ctx.options.memory_claim_fraction,
             "claimed_bytes": claim,
             "claim_fully_checked": touched * page >= claim,
-            "buffer_bytes": size,
+            "workload": "memory: a table of dependent 1 KiB lines in memory (the proof checks this)",
+            "claim_key": proofs.RATE_KEYS["memory"],
         },
     )
 
@@ -362,22 +273,30 @@ def _bench_storage(ctx: _Ctx, workdir: Path) -> BenchResult:
         "total_bytes": usage.total,
         "test_file_bytes": size,
     }
-    if usage.free < size * 2:
-        return BenchResult("storage", _not_measured("too little free space for the test file"), facts=facts)
+    if usage.free < size * 2 + _MAX_TABLE_BYTES:
+        return BenchResult("storage", _not_measured("too little free space for the test files"), facts=facts)
+    ctx.step(0.0)
+    # The ``storage`` proof workload: the same table written to a file here and synced, timed as the
+    # agent calibrates it; the headline figure is the write rate the node claims and is checked on.
+    try:
+        table_rate = calibrate_table_rate(ctx.duration, workdir)
+    except (OSError, proofs.ProofError) as exc:
+        log.warning("storage benchmark failed: %s", exc)
+        return BenchResult("storage", _not_measured(f"table write failed: {exc}"), facts=facts)
+    ctx.step(0.2)
     path = workdir / f".prsm-bench-{uuid.uuid4().hex}.tmp"
     data = os.urandom(chunk)
-    ctx.step(0.0)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             t0 = time.monotonic()
             for i in range(size // chunk):
                 os.write(fd, data)
-                ctx.step(0.4 * i / (size // chunk))
+                ctx.step(0.2 + 0.3 * i / (size // chunk))
             os.fsync(fd)
             write_s = time.monotonic() - t0
             uncached = _drop_cache(fd)
-            ctx.step(0.4)
+            ctx.step(0.5)
 
             t0 = time.monotonic()
             read = 0
@@ -411,12 +330,15 @@ def _bench_storage(ctx: _Ctx, workdir: Path) -> BenchResult:
         return BenchResult("storage", _not_measured(f"{exc.strerror or exc}"), facts=facts)
     ctx.step(1.0)
     facts["page_cache_dropped"] = uncached
+    facts["workload"] = "storage: the memory table written to a file and synced (the proof checks this)"
+    facts["claim_key"] = proofs.RATE_KEYS["storage"]
     return BenchResult(
         "storage",
         MEASURED,
-        size / write_s,
+        table_rate,
         "B/s",
         [
+            Figure("table_write", table_rate, "B/s"),
             Figure("sequential_write", size / write_s, "B/s"),
             Figure("sequential_read", size / read_s, "B/s"),
             Figure("random_read_4k", iops, "IOPS"),

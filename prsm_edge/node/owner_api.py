@@ -112,15 +112,18 @@ def _bounds(raw: object) -> dict[str, tuple[float, float]]:
     for name, pair in raw.items():
         ok = isinstance(pair, list | tuple) and len(pair) == 2 and all(_numeric(v) for v in pair)
         low, high = (float(pair[0]), float(pair[1])) if ok else (math.nan, math.nan)
-        if name not in CONTRIBUTION_SETTINGS or not (
-            math.isfinite(low) and math.isfinite(high) and low <= high
-        ):
+        if name not in advice.OPTIMIZABLE or not (math.isfinite(low) and math.isfinite(high) and low <= high):
             raise ApiError(
                 ErrorCode.BAD_REQUEST,
-                f"bounds[{name!r}] must be [low, high] for a setting the API may change, low ≤ high",
+                f"bounds[{name!r}] must be [low, high] for a setting auto-optimize may change "
+                f"({', '.join(advice.OPTIMIZABLE)}), low ≤ high",
             )
         out[str(name)] = (low, high)
     return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _suggestion(item: object) -> advice.Suggestion | None:
@@ -233,6 +236,11 @@ class NodeApi:
             "resources": to_json_safe(agent.resources),
             "settings": _contribution(self.settings),
             "owners": len(self.owners.owners()),
+            "homeassistant_controls": {
+                "enabled": agent.ha_controls.enabled,
+                "applied": agent.ha_controls.applied,
+                "refused": agent.ha_controls.refused,
+            },
         }
         try:
             out["trust"] = await self.ask_coordinator("status", {"node": agent.node_id})
@@ -441,8 +449,9 @@ class NodeApi:
 
     async def auto_optimize(self, params: dict[str, Any]) -> dict[str, Any]:
         """Apply the coordinator's advice, only to settings the owner bounded and inside those bounds
-        (the rule is the economy's :func:`~prsm_edge.protocol.advice.auto_optimize`); ``dry_run`` only
-        shows the change, ``undo`` puts back what the last run changed."""
+        (the rule is the economy's :func:`~prsm_edge.protocol.advice.auto_optimize`): the owner's
+        ``optimize_bounds`` setting, narrowed by ``params.bounds`` if given; ``dry_run`` only shows the
+        change and the bounds used, ``undo`` puts back what the last run changed."""
         if params.get("undo") is True:
             if not self._undo:
                 raise ApiError(ErrorCode.BAD_REQUEST, "there is no auto-optimize change to undo")
@@ -451,7 +460,14 @@ class NodeApi:
             restored = advice.undo(now, changes)
             back = {c.setting: restored[c.setting] for c in changes if restored[c.setting] != now[c.setting]}
             return {"undone": [c.setting for c in changes], **self.apply_settings(back, replace_all=False)}
-        bounds = _bounds(params.get("bounds", {}))
+        # The owner's standing bounds (the optimize_bounds setting), narrowed by the request's, never
+        # widened: a page or client cannot move a setting past what the owner allowed.
+        stored = advice.parse_bounds(self.settings.optimize_bounds, advice.OPTIMIZABLE)
+        requested = _bounds(params["bounds"]) if "bounds" in params else None
+        try:
+            bounds = advice.effective_bounds(stored, requested)
+        except ValueError as exc:
+            raise ApiError(ErrorCode.BAD_REQUEST, str(exc)) from None
         record = self.record()
         answer = await self.ask_coordinator("optimize", record)
         suggestions = [_suggestion(item) for item in answer.get("suggestions", [])]
@@ -460,11 +476,12 @@ class NodeApi:
         )
         proposed = {c.setting: c.new for c in changes}
         shown = [{"setting": c.setting, "old": c.old, "new": c.new, "reason": c.reason} for c in changes]
+        limits = {k: [_finite_or_none(lo), _finite_or_none(hi)] for k, (lo, hi) in bounds.items()}
         if params.get("dry_run") is True or not changes:
-            return {"applied": False, "changes": shown, "advice": answer}
+            return {"applied": False, "changes": shown, "bounds": limits, "advice": answer}
         result = self.apply_settings(proposed, replace_all=False)
         self._undo = changes
-        return {"applied": True, "changes": shown, **result}
+        return {"applied": True, "changes": shown, "bounds": limits, **result}
 
     async def benchmark(self) -> dict[str, Any]:
         """Run the quick CPU and memory benchmarks (one run at a time)."""

@@ -7,12 +7,13 @@ to publish. Proving runs in a worker thread (it is CPU work); everything else is
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,6 +290,8 @@ class ProofWork:
     _early: OrderedDict[str, tuple[str, BenchmarkProof, int]] = field(default_factory=OrderedDict)
     proved: int = 0
     voted: int = 0
+    chunks_sent: int = 0
+    pace: float = 1.0  # bandwidth chunks go at this share of the claimed rate (tests model a slow link)
 
     async def challenge(self, args: dict[str, object], now_ms: Callable[[], int]) -> Message | None:
         """Run a challenge addressed to us and commit to its results."""
@@ -357,6 +360,35 @@ class ProofWork:
         for i in range(ch.segments):
             data = proofs.bandwidth_chunk(ch.nonce, i, ch.segment_size)
             yield BandwidthChunk(challenge_id=ch.challenge_id, node=self.node_id, index=i, data=data)
+
+    async def send_bandwidth(
+        self, args: dict[str, object], send: Callable[[BandwidthChunk], Awaitable[bool]]
+    ) -> None:
+        """Publish a bandwidth challenge's chunks with ``send``, paced at the claimed rate × :attr:`pace`.
+
+        Chunk ``i`` leaves no earlier than ``i × chunk / rate`` after the challenge arrived (a late chunk
+        goes at once), so an honest node moves about its claim and no more: the group's broker is not
+        flooded by a node with a faster link than it offers. Stops when ``send`` fails (disconnected) or
+        once the transfer has run for the challenge's whole allowance. Counts in :attr:`chunks_sent`.
+        """
+        chunks = self.bandwidth(args)  # made one at a time: a transfer is never held whole
+        first = next(chunks, None)
+        if first is None:
+            return
+        ch = msgspec.convert(args["challenge"], BenchmarkChallenge)
+        rate = ch.claimed_rate * self.pace
+        allowed = max(0, ch.deadline_ms - ch.issued_ms) / 1000.0
+        start = time.monotonic()
+        sent = 0
+        for chunk in itertools.chain((first,), chunks):
+            wait = start + chunk.index * ch.segment_size / rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if time.monotonic() - start > allowed or not await send(chunk):
+                break
+            sent += 1
+            self.chunks_sent += 1
+        log.debug("%s sent %d of %d bandwidth chunks of %s", self.node_id, sent, ch.segments, ch.challenge_id)
 
     async def _quote(self, ch: BenchmarkChallenge) -> bytes:
         """A quote for this challenge, or empty (the verifier then records a failed attestation)."""

@@ -6,6 +6,10 @@ earned). Each one names a setting, the value now, the proposed value, the reason
 expected change in FTNS per day at current prices. :func:`auto_optimize` applies suggestions only
 within bounds the owner set, returns every change it made, and :func:`undo` puts them back.
 
+The owner's standing bounds are a setting (``optimize_bounds``, e.g. ``cpu_allocation_percentage=0.2..0.6;
+max_cpu_temperature=..75``, read by :func:`parse_bounds`); bounds a request names can only narrow them
+(:func:`effective_bounds`), so no page or client can widen what the owner allowed.
+
 An earnings report is gross (credits in the period), the owner's electricity cost (watts × hours × the
 owner's price per kWh, a setting) and net, with a prediction for the next day and the method behind it.
 """
@@ -13,19 +17,23 @@ owner's price per kWh, a setting) and net, with a prediction for the next day an
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from prsm_edge.protocol.messages import MICRO, ResourceType, VerificationLevel
 
 __all__ = [
+    "OPTIMIZABLE",
+    "Bound",
     "Change",
     "EarningsReport",
     "NodeRecord",
     "Suggestion",
     "auto_optimize",
     "earnings_report",
+    "effective_bounds",
+    "parse_bounds",
     "suggest",
     "undo",
 ]
@@ -43,6 +51,84 @@ SETTING_FOR: Final[dict[ResourceType, str]] = {
     ResourceType.BANDWIDTH_EGRESS: "bandwidth_allocation_percentage",
 }
 STEP: Final = 0.2  # how far one suggestion moves an allocation percentage
+MAX_BOUNDS: Final = 32
+# The numeric owner settings auto-optimize may ever change (the owner bounds any of them).
+OPTIMIZABLE: Final[tuple[str, ...]] = (
+    "cpu_allocation_percentage",
+    "gpu_allocation_percentage",
+    "storage_allocation_percentage",
+    "memory_allocation_percentage",
+    "bandwidth_allocation_percentage",
+    "max_cpu_temperature",
+    "max_gpu_temperature",
+    "max_power_consumption",
+    "minimum_hourly_rate",
+    "uptime_commitment",
+    "priority_level",
+    "min_battery_percent",
+)
+Bound = tuple[float, float]  # [low, high]; -inf / inf where the owner set no limit on that side
+
+
+def _limit(text: str, default: float, where: str) -> float:
+    text = text.strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {text!r} is not a finite number")
+    return value
+
+
+def parse_bounds(text: str, allowed: Collection[str]) -> dict[str, Bound]:
+    """Read ``setting=low..high; …`` (either side may be left out); ValueError names what is wrong."""
+    out: dict[str, Bound] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, eq, span = part.partition("=")
+        name = name.strip()
+        low_text, dots, high_text = span.partition("..")
+        if not eq or not dots:
+            raise ValueError(
+                f"{part!r} should look like setting=low..high (e.g. cpu_allocation_percentage=..0.6)"
+            )
+        if name not in allowed:
+            raise ValueError(
+                f"{name!r} is not a setting auto-optimize may change; these are: {', '.join(allowed)}"
+            )
+        if name in out:
+            raise ValueError(f"{name} is bounded twice")
+        low = _limit(low_text, -math.inf, name)
+        high = _limit(high_text, math.inf, name)
+        if low > high:
+            raise ValueError(f"{name}: the low bound {low:g} is above the high bound {high:g}")
+        out[name] = (low, high)
+        if len(out) > MAX_BOUNDS:
+            raise ValueError(f"at most {MAX_BOUNDS} settings may be bounded")
+    return out
+
+
+def effective_bounds(stored: Mapping[str, Bound], requested: Mapping[str, Bound] | None) -> dict[str, Bound]:
+    """What auto-optimize may do: the owner's standing bounds, narrowed (never widened) by a request's.
+
+    Without requested bounds the standing ones decide which settings may move; with them, the request
+    names the settings, each kept inside both. ValueError when a request's bound misses the owner's.
+    """
+    if requested is None:
+        return dict(stored)
+    out: dict[str, Bound] = {}
+    for name, (low, high) in requested.items():
+        own_low, own_high = stored.get(name, (-math.inf, math.inf))
+        both = (max(low, own_low), min(high, own_high))
+        if both[0] > both[1]:
+            raise ValueError(
+                f"{name}: the requested bounds [{low:g}, {high:g}] lie outside the owner's "
+                f"[{own_low:g}, {own_high:g}] (the optimize_bounds setting)"
+            )
+        out[name] = both
+    return out
 
 
 @dataclass(frozen=True, slots=True)

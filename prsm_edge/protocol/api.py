@@ -79,6 +79,7 @@ CONTRIBUTION_SETTINGS: Final[tuple[str, ...]] = (
     "min_battery_percent",
     "offer_on_battery",
     "max_gpu_temperature",
+    "optimize_bounds",
     "schedule",
     "guardrail_hold_s",
     "electricity_price_per_kwh",

@@ -43,6 +43,7 @@ from prsm_edge.protocol.messages import (
     TRUST_SCORE,
     ApiRequest,
     ApiResponse,
+    BandwidthChunk,
     BenchmarkProof,
     CoordState,
     GroupSummary,
@@ -138,6 +139,7 @@ class Member:
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
     claim_envelope: bytes = b""  # the signed birth/claim its resources came from (for drill-downs)
+    ha_controls: bool = False  # its owner lets Home Assistant change allocations and pause (its birth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,7 @@ class Verification:
     arrived (the coordinator's clock) and the raw signed envelope, which slash evidence carries."""
 
     node: str
-    message: BenchmarkProof | ProofOpening | VerificationVote
+    message: BenchmarkProof | ProofOpening | VerificationVote | BandwidthChunk
     at_ms: int = 0
     raw: bytes = b""
 
@@ -355,6 +357,7 @@ class Group:
             topics.Kind.COORD_ROSTER,
             topics.Kind.COORD_BEACON,
             topics.Kind.COORD_LEDGER,
+            topics.Kind.COORD_ROLLUP,
             topics.Kind.MARKET_LISTING,
             topics.Kind.SUMMARY,
         ):
@@ -402,6 +405,11 @@ class Group:
                 self._fresh(member.node, msg, now_ms)
                 member.last_seen_ms = now_ms
                 return [Verification(member.node, msg, now_ms, payload)]
+            case topics.Kind.NODE_BANDWIDTH, BandwidthChunk():
+                # No replay check: chunks go out directly while older messages may still wait in the
+                # node's outbox, so their sequence numbers must not advance the guard; a replayed chunk
+                # is a duplicate index, which the bandwidth meter ignores.
+                return [Verification(self._member(owner).node, msg, now_ms)]
         raise RejectedMessage(Reason.MALFORMED, f"a {type(msg).__name__} does not belong on {kind.value}")
 
     def _fresh(self, node: str, msg: Message, now_ms: int, *, birth: bool = False) -> int:
@@ -512,6 +520,7 @@ class Group:
             priority_level=msg.priority_level,
             max_temperature_c=msg.max_temperature_c,
             max_power_w=msg.max_power_w,
+            ha_controls=msg.ha_controls,
         )
         self.members[msg.node] = member
         self.accepted["birth"] += 1

@@ -104,8 +104,10 @@ class GroupView:
             where = topics.parse(topic)
         except TopicError:
             return
-        if where.site != self.site or where.group != self.group or where.kind is topics.Kind.NODE_BENCH:
+        if where.site != self.site or where.group != self.group:
             return
+        if where.kind in (topics.Kind.NODE_BENCH, topics.Kind.NODE_BANDWIDTH):
+            return  # a benchmark's echo, a bandwidth check's chunks: not the group's state
         if not payload:
             if where.kind is topics.Kind.NODE_BIRTH:
                 self.nodes.pop(where.node, None)  # a cleared retained birth: the node left

@@ -104,6 +104,7 @@ class NodeBirth(Message, frozen=True, tag="nbirth"):
     priority_level: int = 5
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
+    ha_controls: bool = False  # the owner lets Home Assistant change allocations and pause
 
 
 class NodeState(Message, frozen=True, tag="nstate"):
@@ -395,6 +396,25 @@ class ApiResponse(Message, frozen=True, tag="apiresp"):
     code: str = ""
 
 
+class RollupSeries(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One resolution of a group rollup: ``count`` slots of ``step_s`` seconds from ``start_s``; each
+    column packs one big-endian unsigned integer per slot (all ones: no sample), see protocol/rollups.py."""
+
+    step_s: int
+    start_s: int
+    count: int
+    columns: dict[str, bytes] = {}
+
+
+class GroupRollup(Message, frozen=True, tag="rollup"):
+    """The coordinator's retained trend rollup of its group (utilization, earnings, trust, nodes)."""
+
+    site: str
+    group: str
+    at_ms: int
+    series: list[RollupSeries] = []
+
+
 AnyMessage = (
     NodeBirth
     | NodeState
@@ -418,6 +438,7 @@ AnyMessage = (
     | MarketListing
     | ApiRequest
     | ApiResponse
+    | GroupRollup
 )
 
 MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
@@ -443,6 +464,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     MarketListing,
     ApiRequest,
     ApiResponse,
+    GroupRollup,
 )
 
 

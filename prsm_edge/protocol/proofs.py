@@ -59,7 +59,10 @@ node claims its rate, filled by the agent's calibration):
   :class:`BandwidthMeter` counts the bytes that arrive, spot-checks ``opens`` chunks chosen by its
   secret salt, and times the last arrival on its own clock. The figure is a lower bound of the path
   node → broker → coordinator, so a claim above what the broker and the coordinator's own link carry
-  can never be confirmed (say so to users, don't fail the node: :data:`PARAMS` caps the checked bytes).
+  can never be confirmed (say so to users, don't fail the node: :data:`PARAMS` caps the checked bytes,
+  and the rate checked is then ``max_bytes / target``). A live group runs it through
+  :class:`~prsm_edge.protocol.bandwidth.BandwidthDesk` (bounded checks at once, chunks admitted before
+  decoding only while their check is open).
 
 Not checked (:func:`claims` leaves them out, so they earn no level above self-reported): GPUs — there
 is no CUDA runtime on the machines this was built on, and NVML strings are unauthenticated; TPUs,
@@ -127,7 +130,7 @@ __all__ = [
 
 WORKLOADS: Final = ("cpu", "memory", "storage", "bandwidth")
 TABLE_WORKLOADS: Final = ("memory", "storage")
-LIVE_WORKLOADS: Final = ("cpu", "memory", "storage")  # what a live group checks (bandwidth: not wired yet)
+LIVE_WORKLOADS: Final = ("cpu", "memory", "storage", "bandwidth")  # what a live group checks
 LINE_BYTES: Final = 1024  # one table line: 32 HMAC-SHA-256 blocks
 MIN_SEGMENT_SIZE: Final[dict[str, int]] = {
     "cpu": 1,
@@ -194,7 +197,9 @@ PARAMS: Final[dict[str, Params]] = {
     "cpu": Params(segments=1024, opens=16),
     "memory": Params(max_bytes=1 << 30),
     "storage": Params(target_ms=4_000, max_bytes=1 << 30),
-    "bandwidth": Params(opens=4, target_ms=2_000, max_bytes=64 << 20),
+    # Bandwidth: 4 MiB in 2 s at most (≤ 16.8 Mbit/s confirmed per check; protocol/bandwidth.py says why),
+    # judged by the noise of paced transfers through a loopback Mosquitto (benchmarks/bandwidth_noise.py).
+    "bandwidth": Params(opens=4, target_ms=2_000, max_bytes=4 << 20),
 }
 
 
@@ -255,9 +260,8 @@ def claims(resources: Sequence[ResourceSpec], workloads: Sequence[str] = LIVE_WO
 
     CPU: the per-core rate (``details["pbkdf2_per_s"]``) × the offered cores, one lane a core. Memory and
     storage: the fill rate in their details and the capacity in GB. Egress bandwidth: its capacity in
-    Mbit/s. A resource without a valid rate is left out (it stays self-reported), as are GPUs and the
-    rest (see the module docstring). ``bandwidth`` is left out unless asked for: its chunks are not yet
-    carried between the agent and the coordinator, so a live group cannot check it.
+    Mbit/s (checked through the group's broker: ``protocol/bandwidth.py``). A resource without a valid
+    rate is left out (it stays self-reported), as are GPUs and the rest (see the module docstring).
     """
     out: dict[str, Claim] = {}
     for spec in resources:
@@ -466,7 +470,7 @@ def _shape(
         return max(2, min(MAX_LINES, int(size // LINE_BYTES))), LINE_BYTES
     size = min(budget, max_bytes or math.inf)  # bandwidth
     chunk = max(1, min(MAX_CHUNK, math.ceil(size / 16)))
-    return max(1, min(MAX_SEGMENTS, math.ceil(size / chunk))), chunk
+    return max(1, min(MAX_SEGMENTS, int(size // chunk))), chunk  # whole chunks, never past max_bytes
 
 
 def make_challenge(

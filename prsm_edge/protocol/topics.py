@@ -6,6 +6,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/coord/roster                R  signed member list of the epoch
     prsm/v1/{site}/{group}/coord/beacon                R  verification round beacon (reveal + next commit)
     prsm/v1/{site}/{group}/coord/ledger                R  FTNS ledger chain head (count + last hash)
+    prsm/v1/{site}/{group}/coord/rollup                R  trend rollup (utilization, earnings, trust)
     prsm/v1/{site}/{group}/summary                     R  signed group summary (carried upward)
     prsm/v1/{site}/{group}/market/{node}               R  a member's market listing (coordinator-signed)
     prsm/v1/{site}/{group}/node/{node}/state           R  node online/offline + bdseq (its Will: offline)
@@ -13,6 +14,7 @@ Shape (Sparkplug B / Home Assistant style; R = retained)::
     prsm/v1/{site}/{group}/node/{node}/claim              signed claim updates
     prsm/v1/{site}/{group}/node/{node}/proof              benchmark proofs and verification votes
     prsm/v1/{site}/{group}/node/{node}/telemetry          heartbeats
+    prsm/v1/{site}/{group}/node/{node}/bw                 bandwidth-check chunks (to the coordinator)
     prsm/v1/{site}/{group}/node/{node}/cmd/{verb}         coordinator → node
     prsm/v1/{site}/{group}/node/{node}/reply              the node's signed answer to a relayed API call
     prsm/v1/{site}/{group}/node/{node}/bench/{leaf}       the node's own network-benchmark echo
@@ -47,7 +49,7 @@ __all__ = ["ROOT", "Kind", "Topic", "parse", "valid_segment"]
 
 ROOT: Final = "prsm/v1"
 _SEGMENT = re.compile(r"[a-z0-9_-]{1,64}")
-_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "reply")
+_NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "reply", "bw")
 
 
 class Kind(enum.StrEnum):
@@ -57,6 +59,7 @@ class Kind(enum.StrEnum):
     COORD_ROSTER = "coord/roster"
     COORD_BEACON = "coord/beacon"
     COORD_LEDGER = "coord/ledger"
+    COORD_ROLLUP = "coord/rollup"
     MARKET_LISTING = "market"
     SUMMARY = "summary"
     NODE_STATE = "state"
@@ -65,6 +68,7 @@ class Kind(enum.StrEnum):
     NODE_PROOF = "proof"
     NODE_TELEMETRY = "telemetry"
     NODE_REPLY = "reply"
+    NODE_BANDWIDTH = "bw"
     NODE_CMD = "cmd"
     NODE_BENCH = "bench"
     API_REQ = "req"
@@ -85,6 +89,7 @@ RETAINED: Final = frozenset(
         Kind.COORD_ROSTER,
         Kind.COORD_BEACON,
         Kind.COORD_LEDGER,
+        Kind.COORD_ROLLUP,
         Kind.MARKET_LISTING,
         Kind.SUMMARY,
         Kind.NODE_STATE,
@@ -141,7 +146,14 @@ class Topic:
         match self.kind:
             case Kind.FED_REPORT:
                 return f"{base}/{self.kind.value}"
-            case Kind.COORD_STATE | Kind.COORD_ROSTER | Kind.COORD_BEACON | Kind.COORD_LEDGER | Kind.SUMMARY:
+            case (
+                Kind.COORD_STATE
+                | Kind.COORD_ROSTER
+                | Kind.COORD_BEACON
+                | Kind.COORD_LEDGER
+                | Kind.COORD_ROLLUP
+                | Kind.SUMMARY
+            ):
                 return f"{base}/{self.kind.value}"
             case Kind.MARKET_LISTING:
                 return f"{base}/market/{_seg('node', self.node)}"
@@ -173,6 +185,11 @@ def coord_beacon(site: str, group: str) -> str:
 def coord_ledger(site: str, group: str) -> str:
     """The coordinator's retained FTNS ledger chain head."""
     return str(Topic(Kind.COORD_LEDGER, site, group))
+
+
+def coord_rollup(site: str, group: str) -> str:
+    """The coordinator's retained trend rollup."""
+    return str(Topic(Kind.COORD_ROLLUP, site, group))
 
 
 def market_listing(site: str, group: str, node_id: str) -> str:
@@ -304,6 +321,8 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.COORD_BEACON, site, group)
         case [group, "coord", "ledger"]:
             return Topic(Kind.COORD_LEDGER, site, group)
+        case [group, "coord", "rollup"]:
+            return Topic(Kind.COORD_ROLLUP, site, group)
         case [group, "market", node_id]:
             return Topic(Kind.MARKET_LISTING, site, group, node=node_id)
         case [group, "summary"]:

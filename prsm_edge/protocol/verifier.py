@@ -55,11 +55,12 @@ from typing import Any, Final
 import msgspec
 
 from prsm_edge.errors import LocalError
-from prsm_edge.protocol import cbor, fraud, peers, proofs, topics
+from prsm_edge.protocol import bandwidth, cbor, fraud, peers, proofs, topics
 from prsm_edge.protocol import stake as stake_mod
 from prsm_edge.protocol.group import Member, Publish
 from prsm_edge.protocol.ledger import Ledger, LedgerError
 from prsm_edge.protocol.messages import (
+    BandwidthChunk,
     Beacon,
     BenchmarkChallenge,
     BenchmarkProof,
@@ -328,6 +329,7 @@ class Verifier:
         self.settled = 0  # checks settled with a verdict (the newest are in ``verdicts``)
         self.contained = 0  # first late/slow results re-checked before counting
         self.beacon: Publish | None = None  # the latest beacon published (republished on reconnect)
+        self.bandwidth = bandwidth.BandwidthDesk()  # open bandwidth checks (protocol/bandwidth.py)
 
     # ---- trust state -------------------------------------------------------------------------
     def _tick_clock(self, now_ms: int) -> None:
@@ -565,6 +567,11 @@ class Verifier:
             todo = [
                 w for w in (slot.workloads if slot.workloads is not None else sorted(rates)) if w in rates
             ]
+            order = bandwidth.first_workloads(todo, self.bandwidth.room_for(member.resources))
+            if order is None:  # only bandwidth left, and the broker's share is taken: wait a tick
+                self._queue.append(_Pending(slot.due_ms, slot.node, slot.round, slot.panel, ("bandwidth",)))
+                continue
+            todo = order
             if not todo:
                 continue
             effects += self._issue(member, todo[0], rates[todo[0]], slot, now_ms, rng)
@@ -577,6 +584,8 @@ class Verifier:
         self, member: Member, workload: str, rate: float, slot: _Pending, now_ms: int, rng: random.Random
     ) -> list[VerifierEffect]:
         c = self.config
+        if workload == "bandwidth":
+            return self._issue_bandwidth(member, slot, now_ms, rng)
         shape = proofs.claims(member.resources).get(workload, proofs.Claim(rate))  # lanes, capacity
         issued = proofs.make_challenge(
             c.coordinator,
@@ -613,6 +622,24 @@ class Verifier:
         effects.append(self._cmd(member.node, "challenge", {"challenge": wire}))
         return effects
 
+    def _issue_bandwidth(
+        self, member: Member, slot: _Pending, now_ms: int, rng: random.Random
+    ) -> list[VerifierEffect]:
+        """A bandwidth check: the coordinator alone measures it (no panel: peers see none of the bytes)."""
+        issued = self.bandwidth.issue(self.config.coordinator, member.node, member.resources, rng, now_ms)
+        if issued is None:
+            return []
+        challenge = issued.challenge
+        claim = claim_hash(member.node, member.resources)
+        self.checks[challenge.challenge_id] = _Check(challenge, issued.salt, slot.round, (), now_ms, claim)
+        wire = msgspec.to_builtins(challenge, builtin_types=(bytes,))
+        return [self._cmd(member.node, "bandwidth", {"challenge": wire})]
+
+    def on_chunk(self, chunk: BandwidthChunk, now_ms: int) -> list[VerifierEffect]:
+        """A bandwidth chunk the node signed, whose bytes arrived at ``now_ms``; settled at the next tick."""
+        self.bandwidth.receive(chunk, now_ms)
+        return []
+
     def _cmd(self, node: str, verb: str, args: dict[str, Any]) -> Publish:
         c = self.config
         return Publish(
@@ -626,6 +653,7 @@ class Verifier:
             self._node(check.challenge.node, now_ms).evidence.history.append((now_ms, f"check voided: {why}"))
         self.checks.clear()
         self._queue.clear()
+        self.bandwidth.clear()
         self.voided += voided
         if voided:
             log.info("voided %d open checks: %s", voided, why)
@@ -731,6 +759,9 @@ class Verifier:
         """Issue the challenges now due, settle checks that are complete or out of time, report levels."""
         self._tick_clock(now_ms)
         effects: list[VerifierEffect] = []
+        for cid, verdict in self.bandwidth.due(now_ms):
+            if cid in self.checks:
+                self.checks[cid].verdict = verdict
         for cid, check in list(self.checks.items()):
             complete = check.verdict is not None and set(check.panel) <= set(check.votes)
             expired = now_ms - check.issued_ms > self.config.vote_timeout_ms + self._proof_time(check)
@@ -741,6 +772,7 @@ class Verifier:
                 expired = False  # its re-execution is still running: wait for the verdict
             if complete or expired:
                 del self.checks[cid]
+                self.bandwidth.close(cid)
                 effects += self._settle(check, members.get(check.challenge.node), now_ms)
         if self._queue:
             effects += self._issue_due(members, now_ms, rng or random.Random(now_ms))
@@ -818,6 +850,8 @@ class Verifier:
                 verdict = proofs.Verdict(
                     False, proofs.VerdictReason.WRONG_SEGMENTS, "withheld its opening after committing"
                 )
+        if check.challenge.workload == "bandwidth":  # no commitment: the meter says if it was in time
+            on_time = verdict.reason is not proofs.VerdictReason.LATE
         withholding = member is not None and (not member.offering or bool(member.throttle))
         if not verdict.accepted and check.proof is None and withholding:
             # Its owner's limits (heat, battery, power) took the capacity back mid-check: not counted.

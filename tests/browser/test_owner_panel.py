@@ -109,6 +109,7 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
         page.wait_for_selector('input[data-setting="cpu_allocation_percentage"]', timeout=15_000)
         page.locator('input[data-setting="cpu_allocation_percentage"]').fill(str(wanted))
         page.locator('input[data-setting="schedule"]').fill("Mon-Sun 00:00-24:00")  # the weekly schedule
+        page.locator('input[data-setting="optimize_bounds"]').fill("cpu_allocation_percentage=0.2..0.6")
         page.click("#apply")
         page.wait_for_function("() => document.getElementById('result').dataset.code !== ''", timeout=15_000)
         assert page.locator("#result").get_attribute("data-code") == "ok", page.locator(
@@ -119,6 +120,7 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
         settings = status(api, node)["settings"]
         assert settings["cpu_allocation_percentage"] == wanted  # it reached the agent
         assert settings["schedule"] == "Mon-Sun 00:00-24:00"
+        assert settings["optimize_bounds"] == "cpu_allocation_percentage=0.2..0.6"  # stored by the agent
         # Advice: a signed dry run of auto-optimize inside the sliders' bounds, shown before anything changes.
         page.evaluate("document.getElementById('result').dataset.code = ''")
         page.click("#advise")
@@ -127,6 +129,9 @@ def test_a_paired_owner_changes_a_setting_and_an_unpaired_browser_cannot(
             "#result"
         ).inner_text()
         page.wait_for_function("() => document.getElementById('advice').textContent.trim() !== ''")
+        # The preview names the owner's standing bounds the node applied (not only the sliders' ranges).
+        shown = page.locator('[data-test="optimize-bounds"]').inner_text()
+        assert "cpu_allocation_percentage 0.2–0.6" in shown, shown
         assert (
             status(api, node)["settings"]["cpu_allocation_percentage"] == wanted
         )  # a dry run changes nothing

@@ -410,3 +410,37 @@ async def test_auto_optimize_applies_advice_only_inside_the_owner_bounds_and_und
         undone = await c.call("auto-optimize", {**node, "undo": True})
         assert undone.ok and undone.result["changed"] == {"cpu_allocation_percentage": 0.5}
         await eventually(lambda: g.cpu_offered() == 2.0, what="undo restored the offer")
+
+
+async def test_the_owners_standing_bounds_hold_whatever_a_request_asks(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """optimize_bounds is enforced by the agent: a request cannot widen it; the preview shows it."""
+    async with lab(mosquitto, tmp_path) as g, client(g.url, g.owner) as c:
+        market = {"resources": {"compute_cpu": {"supply": 2.0, "demand": 8.0, "base_rate_micro": 50_000}}}
+        g.coord.economy._last_market = market
+        node = {"node": g.node}
+        # The owner sets the bounds (a signed change, written to the settings file like any other).
+        set_bounds = await c.call(
+            "update", {**node, "settings": {"optimize_bounds": "cpu_allocation_percentage=0.2..0.6"}}
+        )
+        assert set_bounds.ok, set_bounds.error
+        assert "optimize_bounds" in (tmp_path / "node-settings.toml").read_text()
+        bad = await c.call(
+            "update", {**node, "settings": {"optimize_bounds": "cpu_allocation_percentage=..60"}}
+        )
+        assert not bad.ok and bad.code == "bad_request" and "between 0 and 1" in bad.error
+        # No bounds in the request: the owner's decide. The preview shows them and the clamped change.
+        preview = await c.call("auto-optimize", {**node, "dry_run": True})
+        assert preview.ok and preview.result["bounds"] == {"cpu_allocation_percentage": [0.2, 0.6]}
+        assert [(ch["setting"], ch["new"]) for ch in preview.result["changes"]] == [
+            ("cpu_allocation_percentage", 0.6)
+        ]
+        # A request asking for the whole range (what a page might send) gets the owner's ceiling, no more.
+        wide = await c.call("auto-optimize", {**node, "bounds": {"cpu_allocation_percentage": [0.0, 1.0]}})
+        assert wide.ok and wide.result["applied"] is True
+        assert wide.result["changed"] == {"cpu_allocation_percentage": 0.6}
+        assert g.agent.owner_api.settings.cpu_allocation_percentage == 0.6
+        # A request entirely outside the owner's bounds is refused, and says why.
+        outside = await c.call("auto-optimize", {**node, "bounds": {"cpu_allocation_percentage": [0.7, 1.0]}})
+        assert not outside.ok and outside.code == "bad_request" and "optimize_bounds" in outside.error

@@ -200,6 +200,14 @@ async def test_a_viewer_over_websockets_reads_but_cannot_publish(broker: Running
         # The coordinator's marker after the viewer's attempts: the spy saw the summary once, then it.
         seen = await passed(spy, coord, [], f"{BASE}/coord/state")
         assert seen == [f"{BASE}/summary"]
+        # Bandwidth-check chunks are the coordinator's alone: a viewer on '#' never receives them.
+        await coord.publish(f"{BASE}/node/n1/bw", b"chunk" * 1000, qos=1)
+        await coord.publish(f"{BASE}/coord/roster", b"marker", qos=1)
+        async with asyncio.timeout(3):
+            async for message in viewer.messages:
+                assert not str(message.topic).endswith("/bw")
+                if str(message.topic) == f"{BASE}/coord/roster":
+                    break
 
 
 async def test_removed_nodes_are_disconnected_and_refused(broker: RunningBroker, ds: DynSec) -> None:

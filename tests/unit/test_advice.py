@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from prsm_edge.protocol.advice import NodeRecord, auto_optimize, earnings_report, suggest, undo
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prsm_edge.protocol.advice import (
+    NodeRecord,
+    Suggestion,
+    auto_optimize,
+    earnings_report,
+    effective_bounds,
+    parse_bounds,
+    suggest,
+    undo,
+)
 from prsm_edge.protocol.messages import MICRO, ResourceType, VerificationLevel
 
 GPU, CPU = ResourceType.COMPUTE_GPU, ResourceType.COMPUTE_CPU
@@ -63,3 +78,69 @@ def test_earnings_report_is_gross_minus_electricity_with_a_stated_prediction() -
     assert "mean net per hour" in report.method and report.power_source == "measured"
     no_sensor = earnings_report(credits, (0, 24 * hour), None, max_watts=100.0, price_per_kwh_micro=200_000)
     assert no_sensor.electricity_micro == 480_000 and "no power sensor" in no_sensor.power_source
+
+
+# ---- the owner's standing bounds (the optimize_bounds setting) ------------------------------------
+_finite = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+_bound = st.tuples(_finite, _finite).map(lambda p: (min(p), max(p)))
+_names = st.sampled_from(["cpu_allocation_percentage", "gpu_allocation_percentage", "minimum_hourly_rate"])
+
+
+@given(
+    st.dictionaries(_names, _finite, min_size=3, max_size=3),
+    st.lists(st.tuples(_names, st.floats(min_value=-5, max_value=5, allow_nan=False)), max_size=6),
+    st.dictionaries(_names, _bound),
+    st.one_of(st.none(), st.dictionaries(_names, _bound)),
+)
+def test_what_auto_optimize_recommends_stays_inside_the_owner_bounds(
+    settings: dict[str, float],
+    proposals: list[tuple[str, float]],
+    stored: dict[str, tuple[float, float]],
+    requested: dict[str, tuple[float, float]] | None,
+) -> None:
+    suggestions = [Suggestion(name, settings[name], value, "test", 0.0) for name, value in proposals]
+    try:
+        bounds = effective_bounds(stored, requested)
+    except ValueError:
+        # Refused only when a requested bound misses the owner's entirely.
+        assert requested is not None
+        assert any(
+            max(lo, stored.get(n, (-1, 2))[0]) > min(hi, stored.get(n, (-1, 2))[1])
+            for n, (lo, hi) in requested.items()
+        )
+        return
+    new, changes = auto_optimize(settings, suggestions, bounds)
+    for change in changes:
+        low, high = stored.get(change.setting, (-math.inf, math.inf))
+        assert low <= change.new <= high  # never past what the owner stored ...
+        if requested is not None:
+            assert change.setting in requested  # ... and only what the request named, inside it too
+            assert requested[change.setting][0] <= change.new <= requested[change.setting][1]
+        else:
+            assert change.setting in stored
+    for name, value in new.items():
+        if value != settings[name]:
+            assert any(c.setting == name for c in changes)
+
+
+def test_standing_bounds_are_read_from_the_setting_and_errors_say_what_is_wrong() -> None:
+    allowed = ("cpu_allocation_percentage", "max_cpu_temperature")
+    got = parse_bounds("cpu_allocation_percentage=0.2..0.6; max_cpu_temperature=..75 ;", allowed)
+    assert got == {"cpu_allocation_percentage": (0.2, 0.6), "max_cpu_temperature": (-math.inf, 75.0)}
+    assert parse_bounds("", allowed) == {}
+    for text, why in [
+        ("cpu_allocation_percentage=0.6", "setting=low..high"),
+        ("broker_url=0..1", "not a setting auto-optimize may change"),
+        ("cpu_allocation_percentage=0.7..0.2", "above the high bound"),
+        ("cpu_allocation_percentage=a..1", "not a number"),
+        ("cpu_allocation_percentage=..inf", "not a finite number"),
+        ("cpu_allocation_percentage=..1; cpu_allocation_percentage=..1", "bounded twice"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_bounds(text, allowed)
+    # A request narrows the owner's bounds and cannot widen them; one that misses them is refused.
+    stored = {"cpu_allocation_percentage": (0.2, 0.6)}
+    assert effective_bounds(stored, {"cpu_allocation_percentage": (0.0, 1.0)}) == stored
+    assert effective_bounds(stored, None) == stored
+    with pytest.raises(ValueError, match="outside the owner's"):
+        effective_bounds(stored, {"cpu_allocation_percentage": (0.7, 1.0)})

@@ -17,7 +17,9 @@ import pytest
 from prsm_edge.cli import main
 from prsm_edge.node import bench
 from prsm_edge.node.bench import ABSENT, MEASURED, Options, SuiteResult, run_suite
+from prsm_edge.node.prover import calibrate_table_rate
 from prsm_edge.node.tflite_model import build_model
+from prsm_edge.protocol import proofs
 from tests.conftest import Mosquitto
 
 MiB = 1024 * 1024
@@ -85,8 +87,12 @@ def test_cpu_is_plausible(suite: tuple[SuiteResult, dict[str, list[float]], Path
     cpu = suite[0].get("cpu")
     assert cpu.status == MEASURED
     single, per_core, total = cpu.figure("single_core"), cpu.figure("per_core"), cpu.figure("total")
-    # SHA-256 of 1 KiB: a Raspberry Pi Zero manages ~2e4/s, a fast x86 core with SHA-NI ~2e6/s.
+    # PBKDF2-HMAC-SHA-256 iterations: a Raspberry Pi Zero manages ~1e5/s, a fast x86 core ~1e7/s.
     assert 1e3 < single < 1e8
+    # The headline is the per-core rate of the proof workload with one lane a core: what the agent
+    # claims under the cpu rate key and what a check's deadline is computed from.
+    assert cpu.value == per_core and cpu.unit == "iterations/s"
+    assert cpu.facts["claim_key"] == proofs.RATE_KEYS["cpu"] == "pbkdf2_per_s"
     assert total == pytest.approx(per_core * cpu.facts["workers"])
     assert cpu.facts["workers"] == os.cpu_count()
     # All cores together are never slower than a tenth of one core, nor faster than workers × 3 cores.
@@ -98,7 +104,9 @@ def test_memory_bandwidth_and_allocation_check(
 ) -> None:
     mem = suite[0].get("memory")
     assert mem.status == MEASURED
-    assert 5e7 < mem.figure("copy_bandwidth") < 1e12
+    # The proof's table fill rate (hash-bound: tens of MB/s here), not a memcpy (GB/s).
+    assert mem.value == mem.figure("table_fill") and 1e5 < mem.value < 1e10
+    assert mem.facts["claim_key"] == proofs.RATE_KEYS["memory"]
     # The claimed 25 % of RAM is larger than the 32 MiB test bound here, so exactly the bound is checked.
     assert mem.figure("allocated_and_touched") == 32 * MiB
     assert mem.facts["claimed_bytes"] > 32 * MiB
@@ -128,10 +136,27 @@ def test_memory_claim_fully_checked_when_small(
     assert claimed <= res.figure("allocated_and_touched") < claimed + 4096
 
 
+def test_bench_shows_the_rates_the_checks_use(
+    suite: tuple[SuiteResult, dict[str, list[float]], Path], tmp_path: Path
+) -> None:
+    """The memory and storage figures are the proof tables' rates, which the agent calibrates its claim
+    with; the old figures (memcpy, raw sequential writes) were hundreds of times higher, so a claim read
+    off the bench would have been a 100× overclaim."""
+    result = suite[0]
+    for name, folder in (("memory", None), ("storage", tmp_path)):
+        claimed = calibrate_table_rate(0.1, folder)  # what the agent puts in its claim
+        shown = result.get(name).value
+        assert shown is not None and claimed / 5 < shown < claimed * 5, (name, shown, claimed)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_storage_measures_and_cleans_up(suite: tuple[SuiteResult, dict[str, list[float]], Path]) -> None:
     result, _, workdir = suite
     st = result.get("storage")
     assert st.status == MEASURED
+    # The headline is the proof table's write rate (what a storage check times), not a raw file write.
+    assert st.value == st.figure("table_write") and 1e4 < st.value < 1e10
+    assert st.facts["claim_key"] == proofs.RATE_KEYS["storage"]
     assert st.facts["test_file_bytes"] == 4 * MiB
     assert 1e5 < st.figure("sequential_write") < 1e11
     assert 1e5 < st.figure("sequential_read") < 1e12

@@ -150,3 +150,12 @@ def test_a_market_listing_names_a_node_but_is_the_coordinators_word() -> None:
     assert view.unverified == 0 and view.verified == 2
     view.receive(t.market_listing(SITE, GROUP, a.id), a.signer.seal(listing, T0), T0)  # the node's own word
     assert view.unverified == 1 and "not by the coordinator" in view.failures[0].reason
+
+
+def test_bandwidth_chunks_are_not_the_groups_state() -> None:
+    """A viewer without the broker's ACL (the embedded broker) sees bandwidth-check chunks: skipped
+    unread, neither shown nor counted as forged."""
+    view = GroupView(SITE, GROUP)
+    topic = t.node(t.Kind.NODE_BANDWIDTH, SITE, GROUP, "n1")
+    view.receive(topic, b"\x00" * 40_000, T0)
+    assert not view.failures and not view.nodes and view.verified == 0

@@ -413,7 +413,8 @@ def test_claims_cover_what_a_workload_verifies_and_nothing_else() -> None:
         "storage": proofs.Claim(5e7, capacity_bytes=100_000_000_000),
         "bandwidth": proofs.Claim(100 * 125_000),
     }
-    assert proofs.claimed_rates(resources) == {w: c.rate for w, c in got.items() if w != "bandwidth"}
+    # A live group checks all four (bandwidth through the broker: protocol/bandwidth.py), ingress none.
+    assert proofs.claimed_rates(resources) == {w: c.rate for w, c in got.items()}
     # No GPU workload without a CUDA runtime: the GPU claim earns no level above self-reported.
     assert "gpu" not in proofs.claimed_rates(resources)
     # Junk from the network is ignored, not trusted.
@@ -426,7 +427,7 @@ def test_claims_cover_what_a_workload_verifies_and_nothing_else() -> None:
 def test_bandwidth_meter_counts_what_arrives_on_its_own_clock() -> None:
     rng = random.Random(6)
     ch, salt = proofs.make_challenge("nV", "nP", "bandwidth", 1_000_000.0, rng, NOW)  # 8 Mbit/s for 2 s
-    assert 0 <= ch.segments * ch.segment_size - 2_000_000 < ch.segment_size <= proofs.MAX_CHUNK
+    assert 0 <= 2_000_000 - ch.segments * ch.segment_size < ch.segment_size <= proofs.MAX_CHUNK
     work = ProofWork("nP")
     wire = msgspec.to_builtins(ch, builtin_types=(bytes,))
     chunks = list(work.bandwidth({"challenge": wire}))

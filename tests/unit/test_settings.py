@@ -37,12 +37,14 @@ AGENT_DEFAULTS = {
     "min_battery_percent": 20.0,
     "offer_on_battery": True,
     "schedule": "",
+    "optimize_bounds": "",
     "guardrail_hold_s": 120.0,
     "max_gpu_temperature": 87.0,
     "broker_url": None,
     "heartbeat_interval_s": 10.0,
     "device_class": None,
     "homeassistant_discovery": False,
+    "homeassistant_controls": False,
     "electricity_price_per_kwh": Decimal("0"),
 }
 MEMBERSHIP_DEFAULTS = {
@@ -318,3 +320,16 @@ def test_schedule_setting_is_checked_when_set() -> None:
     assert Settings(schedule="Mon-Fri 18:00-08:00; Sat,Sun").guardrails().schedule.startswith("Mon-Fri")
     with pytest.raises(pydantic.ValidationError, match="'fun' is not a day"):
         Settings(schedule="Mon,Fun")
+
+
+def test_auto_optimize_bounds_are_checked_against_each_settings_own_range() -> None:
+    s = Settings(optimize_bounds="cpu_allocation_percentage=0.2..0.6; max_cpu_temperature=..75")
+    assert s.optimize_bounds.startswith("cpu_allocation_percentage")
+    for text, why in [
+        ("cpu_allocation_percentage=..60", "between 0 and 1"),  # percent where a share is meant
+        ("max_cpu_temperature=..500", "between 30 and 110"),
+        ("site=..1", "not a setting auto-optimize may change"),
+        ("cpu_allocation_percentage=0.6", "setting=low..high"),
+    ]:
+        with pytest.raises(pydantic.ValidationError, match=why):
+            Settings(optimize_bounds=text)

@@ -1,5 +1,6 @@
 // The operator dashboard: connect to the group's broker over MQTT/WebSockets, verify every message,
-// show the group live, keep trend charts in localStorage.
+// show the group live, draw trend charts from the coordinator's signed rollup and a live ring buffer
+// (also kept in localStorage).
 //
 // Settings come from the URL fragment (never sent to any server) and are then removed from the address
 // bar: #site=S&group=G&user=U&pass=P&broker=ws://host:port/mqtt&key=HEX (all optional; the broker
@@ -8,6 +9,7 @@ import mqtt from 'mqtt'
 import uPlot from 'uplot'
 import { GroupModel } from './model.js'
 import { hex, openEnvelope } from './wire.js'
+import { columnsOf, mergeTrends, rollupRows } from './trends.js'
 
 const TREND_POINTS = 720 // 1 h at one sample every 5 s
 const TREND_EVERY_MS = 5000
@@ -95,13 +97,18 @@ function main () {
     { label: 'online', stroke: '#3ecf8e', width: 2 },
     { label: 'verified above self-report', stroke: '#f5a623', width: 2 }
   ], { range: (u, min, max) => [0, Math.max(4, max ?? 0)] })
+  const earnedChart = chart($('chart-earned'), 'FTNS credited per interval', [{ label: 'FTNS', stroke: '#c678dd', width: 2 }])
   const drawCharts = () => {
-    const [t, u, o, v] = trends.columns()
+    // The coordinator's signed rollup (history that survives a reload), then this page's live buffer.
+    const rows = mergeTrends(rollupRows(model.rollup), trends.rows)
+    window.prsmTrendRows = rows // for the browser tests
+    const [t, u, o, v, e] = columnsOf(rows)
     utilChart.setData([t, u.map((x) => (x === null ? null : 100 * x))])
     nodesChart.setData([t, o, v])
+    earnedChart.setData([t, e])
     // At least the last ten minutes on the time axis, so a fresh buffer does not stretch to years.
     const now = Date.now() / 1000
-    for (const c of [utilChart, nodesChart]) c.setScale('x', { min: Math.min(t.length ? t[0] : now, now - 600), max: now })
+    for (const c of [utilChart, nodesChart, earnedChart]) c.setScale('x', { min: Math.min(t.length ? t[0] : now, now - 600), max: now })
   }
   drawCharts()
 
@@ -145,7 +152,7 @@ function main () {
     drawCharts()
   }, TREND_EVERY_MS)
   window.addEventListener('resize', () => {
-    for (const [c, el] of [[utilChart, 'chart-util'], [nodesChart, 'chart-nodes']]) c.setSize({ width: Math.max(280, $(el).clientWidth - 10), height: 160 })
+    for (const [c, el] of [[utilChart, 'chart-util'], [nodesChart, 'chart-nodes'], [earnedChart, 'chart-earned']]) c.setSize({ width: Math.max(280, $(el).clientWidth - 10), height: 160 })
   })
 }
 

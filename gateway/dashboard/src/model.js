@@ -50,6 +50,7 @@ export class GroupModel {
     this.summary = null
     this.beacon = null
     this.ledgerHead = null // {count, head}: the coordinator's retained FTNS ledger chain head
+    this.rollup = null // the coordinator's retained trend rollup (trends.js reads it)
     this.listings = new Map() // node -> the coordinator's retained market listing
     this.leases = new Map() // lease_id -> lease (from the coordinator's lease commands), until it ends
     this.nodes = new Map()
@@ -255,6 +256,9 @@ export class GroupModel {
         break
       case 'coord/ledger':
         if (b.t === 'lhead') this.ledgerHead = { count: b.count, head: b.head }
+        break
+      case 'coord/rollup':
+        if (b.t === 'rollup' && b.site === this.site && b.group === this.group) this.rollup = b
         break
       case 'market':
         if (b.t === 'listing' && b.node === t.listing && this.listings.size < MAX_NODES) this.listings.set(t.listing, b)

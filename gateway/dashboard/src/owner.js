@@ -29,6 +29,7 @@ const CONTROLS = [
   ['market_participation', 'Take part in the market', 'checkbox'],
   ['offer_on_battery', 'Offer on battery', 'checkbox'],
   ['schedule', 'Weekly schedule', 'text', 'Mon-Fri 18:00-08:00; Sat,Sun   (empty: always)'],
+  ['optimize_bounds', 'Auto-optimize bounds', 'text', 'cpu_allocation_percentage=0.2..0.6; max_cpu_temperature=..75   (the node enforces them)'],
   ['security_level', 'Security level', 'select', ['standard', 'high', 'maximum']]
 ]
 
@@ -249,9 +250,17 @@ async function main () {
   $('advise').addEventListener('click', async () => {
     const answer = await change('auto-optimize', { dry_run: true, bounds: bounds() })
     const changes = (answer && answer.result && answer.result.changes) || []
-    $('advice').innerHTML = changes.length
+    // The bounds the node applied: the owner's standing ones (optimize_bounds) where narrower than a slider.
+    const used = Object.entries((answer && answer.result && answer.result.bounds) || {}).filter(([name, [lo, hi]]) => {
+      const c = CONTROLS.find((x) => x[0] === name)
+      return !c || lo !== c[3] || hi !== c[4]
+    })
+    const limits = used.length
+      ? `<p class="dim" data-test="optimize-bounds">kept within your bounds: ${used.map(([n, [lo, hi]]) => `${esc(n)} ${lo === null ? '…' : esc(lo)}–${hi === null ? '…' : esc(hi)}`).join('; ')}</p>`
+      : ''
+    $('advice').innerHTML = limits + (changes.length
       ? `<p>The coordinator's advice, inside your bounds:</p><ul data-test="advice">${changes.map((c) => `<li>${esc(c.setting)}: ${esc(c.old)} → <b>${esc(c.new)}</b> <span class="dim">${esc(c.reason || '')}</span></li>`).join('')}</ul><button id="optimize">Apply these</button>`
-      : '<p class="dim">no change suggested now</p>'
+      : '<p class="dim">no change suggested now</p>')
     const apply = $('optimize')
     if (apply) {
       apply.addEventListener('click', async () => {
