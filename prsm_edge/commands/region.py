@@ -18,14 +18,15 @@ import secrets
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from prsm_edge import paths
 from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
 from prsm_edge.errors import ConfigError, LocalError
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import RunningBroker, start_broker
-from prsm_edge.io.brokerinfo import read_local_broker
-from prsm_edge.io.dynsec import ROLE_REGION, ROLE_REGION_CLIENT, DynSec
+from prsm_edge.io.brokerinfo import dashboard_dir, read_local_broker
+from prsm_edge.io.dynsec import ROLE_REGION, ROLE_REGION_CLIENT, ROLE_REGION_VIEWER, DynSec
 from prsm_edge.protocol import topics
 
 _CLIENT_NAME = re.compile(r"[a-z0-9_-]{1,40}")
@@ -48,6 +49,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--tier", type=int, default=2, help="this coordinator's tier (default 2)")
     parser.add_argument("--host", default="0.0.0.0", help="address the broker listens on (default all)")
     parser.add_argument("--port", type=int, default=1884, help="MQTT port (default 1884; 0 picks one)")
+    parser.add_argument(
+        "--ws-port",
+        type=int,
+        default=9002,
+        help="WebSocket port serving the operator dashboard (Mosquitto; default 9002; 0 picks one)",
+    )
     parser.add_argument(
         "--external", default=None, metavar="URL", help="start no broker: use this one (mqtt://HOST:PORT)"
     )
@@ -133,12 +140,18 @@ def _run(args: argparse.Namespace) -> int:
 async def _region(args: argparse.Namespace) -> None:
     workdir = (args.workdir or paths.data_dir()) / "region" / args.region
     pins = _pins(args.pins)
+    identity = load_or_create(workdir)
     async with contextlib.AsyncExitStack() as stack:
         url = args.external
         if url is None:
             broker = await stack.enter_async_context(
                 start_broker(
-                    workdir / "broker", host=args.host, port=args.port, ws_port=None, acl=not args.no_acl
+                    workdir / "broker",
+                    host=args.host,
+                    port=args.port,
+                    ws_port=args.ws_port,
+                    acl=not args.no_acl,
+                    http_dir=dashboard_dir(),
                 )
             )
             url = broker.url
@@ -146,7 +159,16 @@ async def _region(args: argparse.Namespace) -> None:
             if not broker.acl_enforced:
                 acl = "NO ACLs (--no-acl)" if args.no_acl else "NO ACLs (embedded fallback)"
             print(f"{broker.kind} broker for the region at {url}, {acl}", file=sys.stderr, flush=True)
-            login = await _coordinator_login(broker, args.site, args.region, load_or_create(workdir).node_id)
+            login, viewer = await _logins_at_start(broker, args.site, args.region, identity.node_id)
+            if broker.kind == "mosquitto" and broker.ws_port and dashboard_dir() is not None:
+                page = {"site": args.site, "group": args.region, "key": identity.public_key.hex()}
+                if viewer is not None:  # a read-only login for the page, renewed at every start
+                    page.update(user=viewer[0], **{"pass": viewer[1]})
+                print(
+                    f"dashboard: http://127.0.0.1:{broker.ws_port}/#{urlencode(page)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         else:
             login = (None, None)
         options = RegionOptions(
@@ -160,7 +182,7 @@ async def _region(args: argparse.Namespace) -> None:
             username=login[0],
             password=login[1],
         )
-        coord = RegionCoordinator(load_or_create(workdir), options)
+        coord = RegionCoordinator(identity, options)
         task = asyncio.create_task(coord.run())
         stack.callback(task.cancel)
         loop = asyncio.get_running_loop()
@@ -177,17 +199,19 @@ async def _region(args: argparse.Namespace) -> None:
             )
 
 
-async def _coordinator_login(
+async def _logins_at_start(
     broker: RunningBroker, site: str, region: str, node_id: str
-) -> tuple[str | None, str | None]:
-    """Set up the region broker's roles and give the regional coordinator a fresh login."""
+) -> tuple[tuple[str | None, str | None], tuple[str, str] | None]:
+    """Set up the region broker's roles; fresh logins for the regional coordinator and the dashboard."""
     if not broker.acl_enforced:
-        return None, None
+        return (None, None), None
     username, password = f"region-{node_id}", secrets.token_urlsafe(24)
+    viewer = ("region-viewer", secrets.token_urlsafe(18))
     async with DynSec.for_broker(broker) as dynsec:
         await dynsec.setup_region(site, region)
         await dynsec.add_client(username, password, ROLE_REGION)
-    return username, password
+        await dynsec.add_client(*viewer, ROLE_REGION_VIEWER)
+    return (username, password), viewer
 
 
 async def _logins(args: argparse.Namespace) -> int:

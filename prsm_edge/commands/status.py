@@ -1,10 +1,14 @@
-"""``prsm-edge status``: one group's coordinator, roster and overview in a terminal, every message verified.
+"""``prsm-edge status``: a group's (or a region's) coordinator and overview in a terminal, all verified.
 
 Reads the group's retained coordinator state, roster, summary and node births/states (and, with a
 viewer login, live telemetry) from its broker, checking each COSE_Sign1 with the project's own envelope
 code (:mod:`prsm_edge.protocol.groupview`). Log in as a viewer (``prsm-edge viewer add``) or with this
 node's own broker credentials (used when no --username is given); a node login may read only the roster,
 summary and births, so its view of who is online comes from the roster.
+
+Pointed at a region's broker (``--group`` names the region), the coordinator's state says tier 2 or more,
+and the table is the region's instead (:mod:`prsm_edge.protocol.regionview`): every group with the
+region's word on it (alive or dead, the pinned key), its signed summary and its gateway's link state.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from prsm_edge.errors import LocalError
 from prsm_edge.io.session import parse_url
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.groupview import GroupView
+from prsm_edge.protocol.regionview import RegionView
 
 _SETTLE_S = 0.7  # retained messages come in one burst: stop once it has been quiet this long
 _PASSWORD_ENV = "PRSM_EDGE_MQTT_PASSWORD"
@@ -36,16 +41,19 @@ def register(sub: Any) -> None:
     """Add the ``status`` command."""
     parser = sub.add_parser(
         "status",
-        help="show one group's coordinator, roster and capacity (verified), once or live",
+        help="show a group's (or a region's) coordinator, members and capacity (verified), once or live",
         description=(
-            "Connect to a group's broker, read its retained state and verify every signature. "
+            "Connect to a group's broker, read its retained state and verify every signature. Against a "
+            "region's broker (--group REGION) it shows every group of the region and its gateway link. "
             f"Give a viewer login with --username (password from --password or ${_PASSWORD_ENV}); "
             "without one, this node's own broker credentials are used when it has joined a group."
         ),
     )
     parser.add_argument("--broker", default=None, help="broker URL, mqtt://HOST:PORT (default: settings)")
     parser.add_argument("--site", default=None, help="site name (default: from settings)")
-    parser.add_argument("--group", default=None, help="group name (default: from settings, else g1)")
+    parser.add_argument(
+        "--group", default=None, help="group (or region) name (default: from settings, else g1)"
+    )
     parser.add_argument("--username", default=None, help="broker login (e.g. viewer-NAME)")
     parser.add_argument("--password", default=None, help=f"its password (or set ${_PASSWORD_ENV})")
     parser.add_argument("--key", default=None, help="the coordinator's public key (hex) to pin")
@@ -89,9 +97,10 @@ def _run(args: argparse.Namespace) -> int:
             print("prsm-edge: error: --key is the coordinator's 32-byte public key in hex", file=sys.stderr)
             return 2
     view = GroupView(site, group, pinned_key=key)
+    region = RegionView(site, group, pinned_key=key)
     url = args.broker or s.broker_url or "mqtt://127.0.0.1:1883"
     try:
-        return asyncio.run(_status(args, url, view))
+        return asyncio.run(_status(args, url, view, region))
     except LocalError as exc:
         print(f"prsm-edge: error: {exc}", file=sys.stderr)
         return 1
@@ -103,13 +112,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def _status(args: argparse.Namespace, url: str, view: GroupView) -> int:
+async def _status(args: argparse.Namespace, url: str, view: GroupView, region: RegionView) -> int:
     address = parse_url(url)
     username, password = _login(args, view.site, view.group)
     base = f"{topics.ROOT}/{view.site}/{view.group}"
     filters = [f"{base}/coord/#", f"{base}/summary", f"{base}/node/+/birth", f"{base}/node/+/state"]
+    # A region's tree: its groups' summaries and standing, and the gateways' link states.
+    filters += [f"{base}/unit/+/+/summary", f"{base}/unit/+/+/state", f"{topics.ROOT}/+/gw/+/state"]
     if args.watch:
-        filters.append(f"{base}/node/+/telemetry")
+        filters += [f"{base}/node/+/telemetry", f"{base}/unit/+/+/stream"]
     try:
         async with aiomqtt.Client(
             address.host,
@@ -121,40 +132,54 @@ async def _status(args: argparse.Namespace, url: str, view: GroupView) -> int:
         ) as client:
             for topic_filter in filters:  # one at a time: a login may be refused some of them
                 await client.subscribe(topic_filter, qos=0)
-            await _read(client, view, args.timeout, _SETTLE_S)
-            _show(args, view)
+            await _read(client, view, region, args.timeout, _SETTLE_S)
+            _show(args, view, region)
             while args.watch:
-                await _read(client, view, args.interval, None)
-                _show(args, view)
+                await _read(client, view, region, args.interval, None)
+                _show(args, view, region)
     except aiomqtt.MqttError as exc:
         who = f"as {username}" if username else "anonymously"
         raise LocalError(f"cannot read {base} at {url} {who}: {exc}") from None
     return 0 if view.coord is not None else 1
 
 
-async def _read(client: aiomqtt.Client, view: GroupView, limit_s: float, settle_s: float | None) -> None:
-    """Fold messages in for ``limit_s`` (or until ``settle_s`` pass without one, once state is known)."""
+async def _read(
+    client: aiomqtt.Client, view: GroupView, region: RegionView, limit_s: float, settle_s: float | None
+) -> None:
+    """Fold messages in for ``limit_s`` (or, once state is known, until ``settle_s`` pass without a
+    retained one: live traffic, such as a region's stream of summaries, never goes quiet)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     messages = aiter(client.messages)
+    last_retained = loop.time()
     while (left := deadline - loop.time()) > 0:
-        wait = left if settle_s is None or view.coord is None else min(left, settle_s)
+        settled = settle_s is not None and view.coord is not None
+        wait = min(left, last_retained + settle_s - loop.time()) if settle_s is not None and settled else left
+        if wait <= 0:
+            return
         try:
             message = await asyncio.wait_for(anext(messages), wait)
         except TimeoutError:
-            if settle_s is not None and view.coord is not None:
+            if settled:
                 return
             continue
+        if message.retain:
+            last_retained = loop.time()
         if isinstance(message.payload, bytes | bytearray):
-            view.receive(str(message.topic), bytes(message.payload), _now_ms())
+            now = _now_ms()
+            view.receive(str(message.topic), bytes(message.payload), now)
+            region.receive(str(message.topic), bytes(message.payload), now)
 
 
-def _show(args: argparse.Namespace, view: GroupView) -> None:
-    snap = view.snapshot(_now_ms())
+def _show(args: argparse.Namespace, view: GroupView, region: RegionView) -> None:
+    if region.coord is not None:  # the coordinator is a region's (tier 2 or more)
+        snap = region.snapshot(_now_ms())
+    else:
+        snap = {"kind": "group", **view.snapshot(_now_ms())}
     if args.json:
         print(json.dumps(snap, sort_keys=True), flush=True)
         return
-    text = render(snap)
+    text = render_region(snap) if snap["kind"] == "region" else render(snap)
     if args.watch and sys.stdout.isatty():
         text = "\x1b[2J\x1b[H" + text
     print(text, flush=True)
@@ -201,6 +226,50 @@ def render(snap: dict[str, Any]) -> str:
         lines.append(
             f"{n['node']:<18} {(n['device_class'] or '—')[:14]:<14} {(n['level'] or '—'):<20} {state:<8} "
             f"{cpu:>5} {temp:>6} {seen:>6}  {'; '.join(notes)}"
+        )
+    for f in snap["failures"][:5]:
+        lines.append(f"UNVERIFIED {f['topic']}: {f['reason']}")
+    return "\n".join(lines)
+
+
+def render_region(snap: dict[str, Any]) -> str:
+    """A region's snapshot as the terminal table."""
+    c = snap["coordinator"]
+    lines = [
+        f"region {snap['site']}/{snap['region']}: coordinator {c['node']} {c['status']}, tier {c['tier']}, "
+        f"epoch {c['epoch']}, key {c['public_key'][:16]}…; {snap['alive']}/{len(snap['groups'])} groups alive"
+    ]
+    s = snap["summary"]
+    if s is not None:
+        capacity = ", ".join(f"{k} {v:g}" for k, v in sorted(s["capacity"].items())) or "nothing"
+        trust = ", ".join(f"{k} {v}" for k, v in sorted(s["trust"].items())) or "—"
+        lines.append(
+            f"{s['online']}/{s['members']} nodes online, utilization {100 * s['utilization']:.0f} %; "
+            f"capacity: {capacity}"
+        )
+        lines.append(f"trust levels: {trust}")
+    lines.append(f"messages verified {snap['verified']}, unverified {snap['unverified']}")
+    lines.append(
+        f"{'group':<22} {'state':<12} {'epoch':>5} {'nodes':>9} {'util':>5} {'key':<17} "
+        f"{'link':<10} {'buffered':>8} {'dropped':>7}  note"
+    )
+    for g in snap["groups"]:
+        nodes = "—" if g["members"] is None else f"{g['online']}/{g['members']}"
+        util = "—" if g["utilization"] is None else f"{100 * g['utilization']:.0f}%"
+        key = "—" if g["public_key"] is None else g["public_key"][:16] + "…"
+        gw = g["gateway"] or {}
+        notes = []
+        if g["why"]:
+            notes.append(g["why"])
+        if gw.get("bridge") == "down":
+            notes.append("bridge down")
+        if g["unverified"]:
+            notes.append(f"{g['unverified']} UNVERIFIED")
+        epoch = "—" if g["epoch"] is None else str(g["epoch"])
+        lines.append(
+            f"{g['site'] + '/' + g['group']:<22} {g['status']:<12} {epoch:>5} "
+            f"{nodes:>9} {util:>5} {key:<17} {g['link']:<10} {gw.get('buffered', '—'):>8} "
+            f"{gw.get('dropped', '—'):>7}  {'; '.join(notes)}"
         )
     for f in snap["failures"][:5]:
         lines.append(f"UNVERIFIED {f['topic']}: {f['reason']}")

@@ -109,6 +109,7 @@ class RegionCoordinator:
             subscriptions=[
                 (topics.unit_filter(o.site, o.region, "summary"), 1),
                 (topics.unit_filter(o.site, o.region, "stream"), 1),
+                (topics.unit_filter(o.site, o.region, "state"), 1),  # to restate an overwritten one
                 (f"{tree}/unit/+/+/api/+/resp/{identity.node_id}", 1),
                 (f"{tree}/api/submit/req/+", 1),
                 (f"{topics.ROOT}/+/gw/+/state", 1),
@@ -133,6 +134,8 @@ class RegionCoordinator:
     async def _on_connect(self) -> None:
         topic, online = self.region.state_message("online")
         await self.session.publish(topic, self.signer.seal(online, now_ms()), qos=1, retain=True)
+        # The units' retained standing again, in case the broker lost its retained store.
+        await self._apply([self.region.unit_state(u) for u in list(self.region.units.values())])
         log.info(
             "region coordinator %s online for %s/%s (tier %d, epoch %d)",
             self.identity.node_id,

@@ -49,6 +49,7 @@ __all__ = [
     "ROLE_NODE",
     "ROLE_REGION",
     "ROLE_REGION_CLIENT",
+    "ROLE_REGION_VIEWER",
     "ROLE_VIEWER",
     "DynSec",
     "gateway_role",
@@ -74,6 +75,7 @@ ROLE_VIEWER: Final = "prsm-viewer"
 ROLE_HOMEASSISTANT: Final = "prsm-homeassistant"
 ROLE_REGION: Final = "prsm-region"
 ROLE_REGION_CLIENT: Final = "prsm-region-client"
+ROLE_REGION_VIEWER: Final = "prsm-region-viewer"
 GROUP_JOINER: Final = "prsm-joiner"
 # API methods a region sends down a group's bridge (prsm_edge.gateway.bridge.BRIDGED_METHODS).
 REGION_METHODS: Final = ("region-task", "region-drill")
@@ -281,6 +283,14 @@ def region_roles(region_site: str, region: str) -> dict[str, list[Acl]]:
             _allow("subscribePattern", f"{tree}/api/submit/resp/+"),
             _allow("subscribePattern", f"{tree}/coord/state"),
             _allow("subscribePattern", f"{tree}/summary"),
+        ],
+        # The operator dashboard's region view (and `prsm-edge status` on a region): read the region's
+        # tree and every site's gateway states; publish nothing.
+        ROLE_REGION_VIEWER: [
+            _allow("subscribePattern", f"{tree}/#"),
+            _allow("subscribePattern", f"{topics.ROOT}/+/gw/+/state"),
+            _allow("subscribePattern", f"{topics.ROOT}/{region_site}/gw/+/state"),
+            _allow("subscribePattern", "$SYS/broker/#"),
         ],
     }
 

@@ -326,6 +326,21 @@ class GatewayState(Message, frozen=True, tag="gwstate"):
     replayed: int = 0
 
 
+class UnitState(Message, frozen=True, tag="ustate"):
+    """A region's retained word on one of its units: alive or dead (and why), the coordinator key it
+    pinned for the unit and the gateway it bound, in the region's epoch ``region_epoch``."""
+
+    site: str
+    group: str
+    region: str
+    region_epoch: int
+    alive: bool
+    why: str = ""
+    public_key: bytes = b""
+    gateway: str = ""
+    gateway_key: bytes = b""
+
+
 class Lease(Message, frozen=True, tag="lease"):
     """Resources of one node granted to one task for a time, at a rate."""
 
@@ -432,6 +447,7 @@ AnyMessage = (
     | GroupSummary
     | UplinkRecord
     | GatewayState
+    | UnitState
     | Lease
     | LedgerEntry
     | LedgerHead
@@ -458,6 +474,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     GroupSummary,
     UplinkRecord,
     GatewayState,
+    UnitState,
     Lease,
     LedgerEntry,
     LedgerHead,

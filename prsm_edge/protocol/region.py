@@ -20,7 +20,9 @@ and calls :meth:`Region.tick` about once a second. Rules, in order, each refusal
    ``(epoch, seq)`` only rises, so the newest wins and a replayed old summary is refused (``replay``).
    A forged one (another key) is refused (``unknown_key``). Numbers are range-checked (``implausible``).
 2. A unit silent for ``dead_after_ms`` is marked dead; so is one whose gateway reports its coordinator
-   offline, or whose gateway's Will arrives. A new summary revives it.
+   offline, or whose gateway's Will arrives. A new summary revives it. Each unit's standing (alive or
+   dead and why, the coordinator key pinned for it, the gateway bound to it) is published retained and
+   signed at ``unit/…/state`` whenever it changes, so viewers verify what the region verified.
 3. The gateway's stream (``unit/…/stream``) is checked by :class:`~prsm_edge.protocol.uplink.StreamReceiver`
    (ordered, de-duplicated, expired items refused); the gateway's key is pinned per unit; each item
    inside must be signed by the unit's coordinator key. A loss in the stream, or a stream or link state
@@ -55,6 +57,7 @@ from prsm_edge.protocol.messages import (
     Lease,
     NodeCommand,
     ResourceType,
+    UnitState,
     UplinkRecord,
     VerificationLevel,
 )
@@ -251,7 +254,9 @@ class Region:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._drills: OrderedDict[str, _Drill] = OrderedDict()
         self._rebirths: OrderedDict[UnitKey, int] = OrderedDict()
+        self._restated: OrderedDict[UnitKey, int] = OrderedDict()
         self._txn = 0
+        self._touched: dict[UnitKey, None] = {}  # units whose retained UnitState is due
         self._dirty = True
         self._last_summary_ms = -(10**15)
 
@@ -285,10 +290,11 @@ class Region:
     def receive(self, topic: str, payload: bytes, now_ms: int) -> list[RegionEffect]:
         """Handle one MQTT message of the region's tree."""
         try:
-            return self._receive(topic, payload, now_ms)
+            effects = self._receive(topic, payload, now_ms)
         except RejectedMessage as exc:
             self.rejected[exc.reason] += 1
-            return [Rejection(exc.reason, _topic_unit(topic), exc.detail)]
+            effects = [Rejection(exc.reason, _topic_unit(topic), exc.detail)]
+        return effects + self._unit_states()
 
     def _receive(self, topic: str, payload: bytes, now_ms: int) -> list[RegionEffect]:
         c = self.config
@@ -309,6 +315,8 @@ class Region:
                 return self._summary(key, payload, now_ms)
             case topics.Kind.UNIT_STREAM:
                 return self._stream(key, open_envelope(payload), now_ms)
+            case topics.Kind.UNIT_STATE:
+                return self._standing_seen(key, payload, now_ms)
             case topics.Kind.UNIT_API_RESP if parsed.client == c.coordinator:
                 return self._response(key, parsed.method, open_envelope(payload), now_ms)
             case topics.Kind.API_REQ if parsed.method == "submit":
@@ -365,6 +373,7 @@ class Region:
             self._order.append(key)
             self._by_site.setdefault(key[0], []).append(key)
             effects.append(UnitChange(key[0], key[1], True, "birth"))
+            self._touched[key] = None
             if self.known_keys.get(key) != opened.kid:
                 self.known_keys[key] = opened.kid
                 effects.append(PinUnit(key[0], key[1], opened.kid))
@@ -374,6 +383,7 @@ class Region:
         unit.summary, unit.envelope, unit.last_seen_ms = msg, payload, now_ms
         if not unit.alive:
             unit.alive, unit.why = True, ""
+            self._touched[key] = None
             effects.append(UnitChange(key[0], key[1], True, "summary"))
         return effects
 
@@ -407,12 +417,65 @@ class Region:
     def _bind_gateway(self, unit: Unit, opened: Opened) -> bool:
         if not unit.gateway_key:
             unit.gateway_key, unit.gateway = opened.kid, opened.signer
+            self._touched[unit.key_id] = None
         return unit.gateway_key == opened.kid
 
     def _kill(self, unit: Unit, why: str) -> UnitChange:
         unit.alive, unit.why = False, why
         self._dirty = True
+        self._touched[unit.key_id] = None
         return UnitChange(unit.site, unit.group, False, why)
+
+    def unit_state(self, unit: Unit) -> Publish:
+        """The region's retained word on ``unit`` (alive or dead, the keys it pinned), for viewers."""
+        c = self.config
+        msg = UnitState(
+            site=unit.site,
+            group=unit.group,
+            region=c.region,
+            region_epoch=c.epoch,
+            alive=unit.alive,
+            why=unit.why,
+            public_key=unit.key,
+            gateway=unit.gateway,
+            gateway_key=unit.gateway_key,
+        )
+        topic = topics.unit(topics.Kind.UNIT_STATE, c.site, c.region, unit.site, unit.group)
+        return Publish(topic, msg, retain=True)
+
+    def _standing_seen(self, key: UnitKey, payload: bytes, now_ms: int) -> list[RegionEffect]:
+        """A unit's retained standing as the broker holds it. If it is not what this region says now (on
+        an open broker anyone may overwrite it, or replay an old one of ours: older than
+        ``rebirth_gap_ms``, unlike the echo of our own last-but-one), say it again, at most once per
+        ``rebirth_gap_ms`` per unit, so viewers that connect later read the truth."""
+        unit = self.units.get(key)
+        if unit is None:
+            return []
+        current = self.unit_state(unit)
+        try:
+            opened: Opened | None = open_envelope(payload)
+        except RejectedMessage:
+            opened = None
+        if opened is not None and opened.kid == self.config.public_key:
+            said = opened.message
+            if _standing(said) == _standing(current.message) or now_ms - said.ts < self.config.rebirth_gap_ms:
+                return []  # what we say now, or the echo of what we said a moment ago
+        last = self._restated.get(key)
+        if last is not None and now_ms - last < self.config.rebirth_gap_ms:
+            return []
+        self._restated[key] = now_ms
+        self._restated.move_to_end(key)
+        while len(self._restated) > self.config.max_units:
+            self._restated.popitem(last=False)
+        self.accepted["standing_restated"] += 1
+        return [current]
+
+    def _unit_states(self) -> list[RegionEffect]:
+        if not self._touched:
+            return []
+        due = [self.unit_state(self.units[key]) for key in self._touched if key in self.units]
+        self._touched.clear()
+        return list(due)
 
     def _stream(self, key: UnitKey, opened: Opened, now_ms: int) -> list[RegionEffect]:
         rec = opened.message
@@ -656,6 +719,7 @@ class Region:
         for pending in [p for p in self._pending.values() if now_ms - p.sent_ms > timeout]:
             key = pending.candidates[pending.attempt]
             effects.extend(self._next(pending, now_ms, f"{key[0]}/{key[1]} did not answer"))
+        effects.extend(self._unit_states())
         c = self.config
         since = now_ms - self._last_summary_ms
         if since >= c.summary_interval_ms or (self._dirty and since >= 1000):
@@ -698,6 +762,16 @@ class Region:
             claims_root=self.claims.root,
             claims=len(self.claims),
         )
+
+
+def _standing(msg: object) -> tuple[object, ...] | None:
+    """What a UnitState says, without its sequence number and timestamp."""
+    if not isinstance(msg, UnitState):
+        return None
+    return (
+        msg.site, msg.group, msg.region, msg.region_epoch, msg.alive, msg.why, msg.public_key, msg.gateway,
+        msg.gateway_key,
+    )  # fmt: skip
 
 
 def _topic_unit(topic: str) -> str:

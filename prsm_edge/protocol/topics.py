@@ -28,6 +28,7 @@ One tier up the same shape repeats: a regional coordinator's units are the group
 ``unit/{unit_site}/{unit_group}`` of the region's own tree (the bridge remaps a group's ``api`` there)::
 
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/summary             R  the group's signed summary
+    prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/state               R  the region's word on the group
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/stream                 the gateway's ordered stream
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/rebirth                region → gateway: send birth again
     prsm/v1/{site}/{region}/unit/{usite}/{ugroup}/api/{method}/req|resp/{client}   bridged API calls
@@ -79,6 +80,7 @@ class Kind(enum.StrEnum):
     UNIT_SUMMARY = "unit/summary"
     UNIT_STREAM = "unit/stream"
     UNIT_REBIRTH = "unit/rebirth"
+    UNIT_STATE = "unit/state"
     UNIT_API_REQ = "unit/req"
     UNIT_API_RESP = "unit/resp"
 
@@ -97,6 +99,7 @@ RETAINED: Final = frozenset(
         Kind.GATEWAY_STATE,
         Kind.GATEWAY_BRIDGE,
         Kind.UNIT_SUMMARY,
+        Kind.UNIT_STATE,
     }
 )
 
@@ -242,8 +245,8 @@ def fed_report(site: str, group: str) -> str:
 
 
 def unit(kind: Kind, site: str, group: str, unit_site: str, unit_group: str) -> str:
-    """A unit's topic in a tier's tree (summary, stream or rebirth)."""
-    if kind not in (Kind.UNIT_SUMMARY, Kind.UNIT_STREAM, Kind.UNIT_REBIRTH):
+    """A unit's topic in a tier's tree (summary, state, stream or rebirth)."""
+    if kind not in (Kind.UNIT_SUMMARY, Kind.UNIT_STREAM, Kind.UNIT_REBIRTH, Kind.UNIT_STATE):
         raise TopicError(f"{kind} is not a unit topic")
     return str(Topic(kind, site, group, unit_site=unit_site, unit_group=unit_group))
 
@@ -301,7 +304,7 @@ def parse(topic: str) -> Topic:
             return Topic(Kind.GATEWAY_BRIDGE, site, gateway=gateway)
         case [group, "fed", "report"]:
             return Topic(Kind.FED_REPORT, site, group)
-        case [group, "unit", usite, ugroup, ("summary" | "stream" | "rebirth") as leaf]:
+        case [group, "unit", usite, ugroup, ("summary" | "state" | "stream" | "rebirth") as leaf]:
             return Topic(Kind("unit/" + leaf), site, group, unit_site=usite, unit_group=ugroup)
         case [group, "unit", usite, ugroup, "api", method, ("req" | "resp") as direction, client]:
             return Topic(

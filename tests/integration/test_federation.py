@@ -97,8 +97,8 @@ def _group(tmp: Path, name: str, site: str, region_url: str, uplinks: tuple[str,
 
 
 @contextlib.asynccontextmanager
-async def region_of_three(tmp: Path) -> AsyncIterator[RegionRig]:
-    rbroker = start_mosquitto(tmp / "region-broker")
+async def region_of_three(tmp: Path, region_broker_extra: str = "") -> AsyncIterator[RegionRig]:
+    rbroker = start_mosquitto(tmp / "region-broker", extra=region_broker_extra)
     region = RegionCoordinator(
         load_or_create(tmp / "region"),
         RegionOptions(

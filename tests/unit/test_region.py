@@ -20,6 +20,7 @@ from prsm_edge.protocol.messages import (
     NodeCommand,
     ResourceSpec,
     ResourceType,
+    UnitState,
     UplinkRecord,
     VerificationLevel,
 )
@@ -122,13 +123,18 @@ def region(**kw: object) -> Region:
     return Region(RegionConfig(**base))  # type: ignore[arg-type]
 
 
+def news(effects: list[object]) -> list[object]:
+    """The effects less the region's retained per-unit standing (tested on its own below)."""
+    return [e for e in effects if not (isinstance(e, Publish) and isinstance(e.message, UnitState))]
+
+
 def reasons(effects: list[object]) -> list[Reason]:
     return [e.reason for e in effects if isinstance(e, Rejection)]
 
 
 def test_first_summary_pins_the_key_and_a_forgery_is_refused() -> None:
     r, g = region(), FakeGroup("lab", "g1")
-    effects = r.receive(*g.summary(NOW), NOW)
+    effects = news(r.receive(*g.summary(NOW), NOW))
     assert effects == [UnitChange("lab", "g1", True, "birth"), PinUnit("lab", "g1", g.coord.public_key)]
     forger = FakeGroup("lab", "g1", cpu=4096)
     assert reasons(r.receive(*forger.summary(NOW + 10), NOW + 10)) == [Reason.UNKNOWN_KEY]
@@ -201,7 +207,9 @@ def test_silent_group_dies_and_a_new_summary_revives_it() -> None:
     dead = [e for e in r.tick(NOW + 25_001) if isinstance(e, UnitChange)]
     assert dead == [UnitChange("lab", "g1", False, "silent")]
     assert r.summary().online == 0
-    assert r.receive(*g.summary(NOW + 26_000), NOW + 26_000) == [UnitChange("lab", "g1", True, "summary")]
+    assert news(r.receive(*g.summary(NOW + 26_000), NOW + 26_000)) == [
+        UnitChange("lab", "g1", True, "summary")
+    ]
 
 
 def test_gateway_will_kills_only_its_own_session() -> None:
@@ -209,7 +217,7 @@ def test_gateway_will_kills_only_its_own_session() -> None:
     r.receive(*g.summary(NOW), NOW)
     r.receive(*g.gateway_state(NOW, "online", bdseq=4), NOW)
     assert r.receive(*g.gateway_state(NOW, "offline", bdseq=3), NOW + 1) == []  # a late Will
-    assert r.receive(*g.gateway_state(NOW, "offline", bdseq=4), NOW + 2) == [
+    assert news(r.receive(*g.gateway_state(NOW, "offline", bdseq=4), NOW + 2)) == [
         UnitChange("lab", "g1", False, "gateway offline")
     ]
 
@@ -217,7 +225,7 @@ def test_gateway_will_kills_only_its_own_session() -> None:
 def test_coordinator_offline_reported_by_the_gateway_kills_the_group() -> None:
     r, g = region(), FakeGroup("lab", "g1")
     r.receive(*g.summary(NOW), NOW)
-    effects = r.receive(*g.gateway_state(NOW, "online", bdseq=1, coordinator="offline"), NOW)
+    effects = news(r.receive(*g.gateway_state(NOW, "online", bdseq=1, coordinator="offline"), NOW))
     assert effects == [UnitChange("lab", "g1", False, "coordinator offline")]
 
 
@@ -234,7 +242,7 @@ def test_stream_is_ordered_deduplicated_and_a_loss_asks_for_rebirth() -> None:
     r, g = region(), FakeGroup("lab", "g1")
     r.receive(*g.summary(NOW), NOW)
     first = g.record(NOW, g.lease(NOW, "a"))
-    assert [type(e) for e in r.receive(*first, NOW)] == [StreamItem]
+    assert [type(e) for e in news(r.receive(*first, NOW))] == [StreamItem]
     # The same record again (a redelivery, re-signed by the gateway): dropped.
     again = g.record(NOW + 1, g.lease(NOW, "a"), seq=1)
     assert r.receive(*again, NOW + 1) == []
@@ -342,3 +350,48 @@ def test_region_summary_nests_one_tier_up() -> None:
     births = top.receive(topic, signer.seal(s, NOW + 1000), NOW + 1000)
     assert births[0] == UnitChange(RS, R, True, "birth")
     assert top.summary().online == 27
+
+
+def test_each_units_standing_is_published_signed_and_retained_when_it_changes() -> None:
+    r, g = region(), FakeGroup("lab", "g1")
+    topic = t.unit(t.Kind.UNIT_STATE, RS, R, "lab", "g1")
+
+    def states(effects: list[object]) -> list[UnitState]:
+        found = [e for e in effects if isinstance(e, Publish) and isinstance(e.message, UnitState)]
+        assert all(e.topic == topic and e.retain for e in found)
+        return [e.message for e in found]  # type: ignore[misc]
+
+    (born,) = states(r.receive(*g.summary(NOW), NOW))
+    assert (born.alive, born.public_key, born.gateway, born.region_epoch) == (True, g.coord.public_key, "", 1)
+    assert states(r.receive(*g.summary(NOW + 1000, online=5), NOW + 1000)) == []  # no change, no news
+    (bound,) = states(r.receive(*g.gateway_state(NOW + 1000, "online", bdseq=1), NOW + 1000))
+    assert (bound.gateway, bound.gateway_key) == (g.gw.node_id, g.gw.public_key)
+    (dead,) = states(r.tick(NOW + 27_000))
+    assert (dead.alive, dead.why) == (False, "silent")
+    (alive,) = states(r.receive(*g.summary(NOW + 28_000), NOW + 28_000))
+    assert alive.alive and alive.why == ""
+
+
+def test_an_overwritten_or_replayed_standing_is_restated() -> None:
+    g, signer = FakeGroup("lab", "g1"), Signer(SigningKey.generate())  # signer: the region's key
+    r = region(coordinator=signer.node_id, public_key=signer.public_key)
+    (born,) = [e for e in r.receive(*g.summary(NOW), NOW) if isinstance(e, Publish)]
+    topic = born.topic
+    # Our own current standing coming back from the broker: nothing to do.
+    assert r.receive(topic, signer.seal(born.message, NOW), NOW + 1) == []
+    # Someone else's in its place (an open broker): said again, at most once per gap.
+    stranger = Signer(SigningKey.generate())
+    forged = UnitState(site="lab", group="g1", region=R, region_epoch=1, alive=False, why="forged")
+    (again,) = r.receive(topic, stranger.seal(forged, NOW + 2), NOW + 2)
+    assert isinstance(again, Publish) and again.retain and again.message == born.message
+    assert r.receive(topic, stranger.seal(forged, NOW + 3), NOW + 3) == []
+    # The echo of a standing we published a moment ago, since superseded (the gateway got bound): no news.
+    bound = [
+        e for e in r.receive(*g.gateway_state(NOW + 4, "online", bdseq=1), NOW + 4) if isinstance(e, Publish)
+    ]
+    assert len(bound) == 1
+    assert r.receive(topic, signer.seal(born.message, NOW + 4), NOW + 5) == []
+    # An old standing of ours replayed after the unit changed (its timestamp gives it away): said again.
+    r.tick(NOW + 30_000)  # silent: dead
+    (restated,) = r.receive(topic, signer.seal(born.message, NOW), NOW + 31_000)
+    assert isinstance(restated.message, UnitState) and not restated.message.alive

@@ -8,6 +8,7 @@
 import mqtt from 'mqtt'
 import uPlot from 'uplot'
 import { GroupModel } from './model.js'
+import { RegionModel, REGION_FILTERS, renderRegion, bindRegion } from './region.js'
 import { hex, openEnvelope } from './wire.js'
 import { columnsOf, mergeTrends, rollupRows } from './trends.js'
 
@@ -91,6 +92,9 @@ function main () {
   const model = new GroupModel({ site: s.site, group: s.group, pinnedKey: pinned })
   const trends = new Trends(`prsm-dash:${s.site}/${s.group}:trends`)
   window.prsmModel = model // for the browser tests and for curious operators
+  const region = new RegionModel({ site: s.site, region: s.group, pinnedKey: pinned }) // shown if tier >= 2
+  window.prsmRegion = region
+  bindRegion(region, $('region'))
 
   const utilChart = chart($('chart-util'), 'utilization %', [{ label: 'cpu %', stroke: '#4f9dff', width: 2 }], { range: [0, 100] })
   const nodesChart = chart($('chart-nodes'), 'nodes', [
@@ -129,17 +133,21 @@ function main () {
       if (err) return setConn('subscribe failed: ' + err.message, 'bad')
       if (granted && granted.some((g) => g.qos === 128)) setConn('this login may not read the group (use a viewer login)', 'bad')
     })
+    client.subscribe(REGION_FILTERS, { qos: 0 }) // a region's gateways (a group's viewer may be refused: fine)
   })
   client.on('reconnect', () => setConn('reconnecting…', 'warn'))
   client.on('close', () => setConn('disconnected', 'bad'))
   client.on('error', (err) => setConn('error: ' + err.message, 'bad'))
   client.on('message', (topic, payload, packet) => {
-    model.receive(topic, payload instanceof Uint8Array ? payload : new Uint8Array(payload), !!packet.retain)
+    const bytes = payload instanceof Uint8Array ? payload : new Uint8Array(payload)
+    model.receive(topic, bytes, !!packet.retain)
+    region.receive(topic, bytes, !!packet.retain)
     if (model.pinnedKey) localStorage.setItem(pinKey, hex(model.pinnedKey))
   })
 
   let drawn = -1
   setInterval(() => {
+    if (region.active) renderRegion(region, $('region'))
     if (model.version === drawn && !document.hidden) { render(model, true); return }
     drawn = model.version
     render(model, false)
