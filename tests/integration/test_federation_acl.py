@@ -17,7 +17,7 @@ import aiomqtt
 import pytest
 
 from prsm_edge.io.broker import RunningBroker, start_broker
-from prsm_edge.io.dynsec import ROLE_COORDINATOR, ROLE_REGION, DynSec
+from prsm_edge.io.dynsec import ROLE_COORDINATOR, ROLE_REGION, ROLE_REGION_VIEWER, DynSec
 from prsm_edge.protocol import topics as t
 from tests.conftest import require_mosquitto
 
@@ -93,6 +93,7 @@ async def test_group_login_on_the_region_is_confined_to_its_unit(tmp_path: Path)
         await ds.add_client("region", "region-pw", ROLE_REGION)
         g1 = await ds.add_unit(RSITE, REGION, SITE, "g1", "g1-pw")
         g2 = await ds.add_unit(RSITE, REGION, SITE, "g2", "g2-pw")
+        await ds.add_client("viewer", "viewer-pw", ROLE_REGION_VIEWER)
         host, port = broker.connect_host, broker.port
 
         def unit(kind: t.Kind, group: str) -> str:
@@ -103,6 +104,7 @@ async def test_group_login_on_the_region_is_confined_to_its_unit(tmp_path: Path)
             aiomqtt.Client(host, port, username=g1, password="g1-pw") as one,
             aiomqtt.Client(host, port, username=g2, password="g2-pw") as two,
             aiomqtt.Client(host, port) as anonymous,
+            aiomqtt.Client(host, port, username="viewer", password="viewer-pw") as viewer,
         ):
             await region.subscribe(f"{t.ROOT}/{RSITE}/{REGION}/#", qos=1)
             # g1 reads the region's state and its own rebirth requests, not g2's evidence or requests.
@@ -129,6 +131,7 @@ async def test_group_login_on_the_region_is_confined_to_its_unit(tmp_path: Path)
             ):
                 await one.publish(topic, b"forged", qos=1)
             await anonymous.publish(unit(t.Kind.UNIT_SUMMARY, "g1"), b"forged", qos=1)
+            await viewer.publish(unit(t.Kind.UNIT_SUMMARY, "g1"), b"forged", qos=1)  # read-only
             mine = unit(t.Kind.UNIT_STREAM, "g1")
             await one.publish(mine, b"evidence", qos=1)
             control = unit(t.Kind.UNIT_SUMMARY, "g2")

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,7 +127,7 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
         "region",
         "region",
         *("--site", RSITE, "--region", REGION, "--host", "127.0.0.1", "--port", str(rport)),
-        *("--workdir", str(region_dir), "--dead-after-s", "60"),
+        *("--workdir", str(region_dir), "--dead-after-s", "60", "--ws-port", "0"),
     )
     secret = region_dir / "region" / REGION / "broker" / "admin.secret"
     await until(secret.is_file, "the region's broker", procs, deadline)
@@ -246,6 +247,26 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
             (answer,) = [a for a in answers if a.ok]
             assert (answer.result["site"], answer.result["group"]) == ("far", "g3"), answers
             assert f"node {answer.result['node']} " in procs.log("g3-agent")  # g3's own member
+            # The dashboard URL the region printed carries a read-only login that reads what the page
+            # subscribes to: the region's tree and the gateways' states (test_federation_acl: no writes).
+            found = re.search(r"dashboard: http://\S+/#(\S+)", procs.log("region"))
+            assert found, procs.log("region")
+            page = dict(urllib.parse.parse_qsl(found[1]))
+            assert page["user"] == "region-viewer"
+            async with aiomqtt.Client(
+                "127.0.0.1", rport, username=page["user"], password=page["pass"]
+            ) as view:
+                filters = [
+                    f"{t.ROOT}/{RSITE}/{REGION}/#",
+                    f"{t.ROOT}/{RSITE}/gw/+/state",
+                    "prsm/v1/+/gw/+/state",
+                ]
+                granted = await view.subscribe([(f, 0) for f in filters])
+                assert 0x80 not in list(granted), granted
+                async with asyncio.timeout(10):
+                    async for message in view.messages:
+                        if str(message.topic) == t.summary(RSITE, REGION):
+                            break  # the region's retained summary: the viewer reads the region
             # Every process's subscriptions were granted: the roles cover what each one reads.
             refused = [n for n in procs.running if "refused the subscription" in procs.log(n)]
             assert not refused, procs.logs()
