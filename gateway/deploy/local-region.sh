@@ -19,7 +19,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_for() { for _ in $(seq 1 100); do [ -e "$1" ] && return 0; sleep 0.2; done; echo "no $1" >&2; exit 1; }
 
 RPORT=$(port)
-PRSM_EDGE_HOME=$DIR/region $PRSM region --site eu --region r1 --host 127.0.0.1 --port "$RPORT" \
+PRSM_EDGE_HOME=$DIR/region $PRSM region --site eu --region r1 --host 127.0.0.1 --port "$RPORT" --ws-port 0 \
     --dead-after-s 25 --seconds "$SECONDS_RUN" >"$DIR/region.log" 2>&1 &
 PIDS+=($!)
 wait_for "$DIR/region/region/r1/broker/admin.secret"
@@ -29,7 +29,7 @@ for i in $(seq 1 "$GROUPS_N"); do
     # The region's host makes the group's login; it prints the gateway command with it.
     login=$(PRSM_EDGE_HOME=$DIR/region $PRSM region --site eu --region r1 add-group "lab/$g")
     user=$(sed -n 's/.*--uplink-username \([^ ]*\).*/\1/p' <<<"$login")
-    pass=$(sed -n 's/.*--uplink-password \([^ ]*\).*/\1/p' <<<"$login")
+    pass=$(sed -n 's/.*--uplink-password=\([^ ]*\).*/\1/p' <<<"$login")
     PRSM_EDGE_HOME=$home/host $PRSM coordinate --site lab --group "$g" --host 127.0.0.1 --port "$gport" \
         --ws-port 0 --no-advertise >"$home/coord.log" 2>&1 &
     PIDS+=($!)
@@ -39,11 +39,12 @@ for i in $(seq 1 "$GROUPS_N"); do
     wait_for "$home/host/coordinator/$g/broker/admin.secret"
     # Same PRSM_EDGE_HOME as `coordinate`: the gateway finds that broker and sets itself up there.
     PRSM_EDGE_HOME=$home/host $PRSM gateway --site lab --group "$g" --uplink "mqtt://127.0.0.1:$RPORT" \
-        --region-site eu --region r1 --uplink-username "$user" --uplink-password "$pass" \
+        --region-site eu --region r1 --uplink-username "$user" --uplink-password="$pass" \
         >"$home/gateway.log" 2>&1 &
     PIDS+=($!)
 done
 wait "${PIDS[0]}" || true
+grep -m 1 "^dashboard:" "$DIR/region.log" || true
 echo "== the region's view (last lines of $DIR/region.log) =="
 tail -n 3 "$DIR/region.log"
 echo "== gateway link state =="

@@ -226,7 +226,7 @@ async def _logins(args: argparse.Namespace) -> int:
         broker.connect_host, broker.port, broker.admin_username, broker.admin_password
     ) as dynsec:
         await dynsec.setup_region(args.site, args.region)
-        password = secrets.token_urlsafe(24)
+        password = secrets.token_hex(16)  # hex: never starts with '-', which a command line would misread
         if args.action == "add-client":
             if not _CLIENT_NAME.fullmatch(args.name):
                 raise ConfigError("a client name is 1–40 characters of a-z, 0-9, '_' or '-'")
@@ -250,6 +250,6 @@ async def _logins(args: argparse.Namespace) -> int:
     print(
         f"  prsm-edge gateway --site {site} --group {group} --uplink mqtt://{shown}:{broker.port} "
         f"--region-site {args.site} --region {args.region} --uplink-username {username} "
-        f"--uplink-password {password}"
+        f"--uplink-password={password}"
     )
     return 0

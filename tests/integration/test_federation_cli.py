@@ -111,7 +111,7 @@ async def until(predicate: object, what: str, procs: Procs, deadline: float) -> 
 
 
 def _login(output: str) -> tuple[str, str]:
-    found = re.search(r"--uplink-username (\S+) --uplink-password (\S+)", output)
+    found = re.search(r"--uplink-username (\S+) --uplink-password=(\S+)", output)
     assert found, output
     return found[1], found[2]
 
@@ -165,7 +165,7 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
             deadline,
         )
         username, password = logins[group]
-        pw_args = ("--uplink-password", password)
+        pw_args: tuple[str, ...] = (f"--uplink-password={password}",)  # as add-group prints it
         if group == "g2":  # the password from a file, out of `ps`
             (home / "uplink.secret").write_text(password + "\n")
             pw_args = ("--uplink-password-file", str(home / "uplink.secret"))
