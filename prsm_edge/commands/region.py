@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=_run, action=None)
     actions = parser.add_subparsers(
         dest="action",
-        metavar="{add-group,add-client}",
+        metavar="{add-group,add-client,add-viewer}",
         title="logins on the region's broker (run on the region's host; without one: run the region)",
     )
     add_group = actions.add_parser(
@@ -111,6 +111,16 @@ def register(sub: Any) -> None:
         ),
     )
     add_client.add_argument("name", help="1–40 characters of a-z, 0-9, '_' or '-'")
+    add_viewer = actions.add_parser(
+        "add-viewer",
+        help="create (or renew) a read-only login for the dashboard or `prsm-edge status` on the region",
+        description=(
+            "Create or renew login region-viewer-NAME: it may read the region's tree, every gateway's "
+            "link state and $SYS/broker/#, and publish nothing. (The dashboard URL `prsm-edge region` "
+            "prints carries its own such login, renewed at every start.)"
+        ),
+    )
+    add_viewer.add_argument("name", help="1–40 characters of a-z, 0-9, '_' or '-'")
 
 
 def _pins(path: Path | None) -> dict[tuple[str, str], bytes] | None:
@@ -227,12 +237,15 @@ async def _logins(args: argparse.Namespace) -> int:
     ) as dynsec:
         await dynsec.setup_region(args.site, args.region)
         password = secrets.token_hex(16)  # hex: never starts with '-', which a command line would misread
-        if args.action == "add-client":
+        if args.action in ("add-client", "add-viewer"):
             if not _CLIENT_NAME.fullmatch(args.name):
-                raise ConfigError("a client name is 1–40 characters of a-z, 0-9, '_' or '-'")
-            username = f"region-client-{args.name}"
-            await dynsec.add_client(username, password, ROLE_REGION_CLIENT)
-            print(f"login {username} may submit tasks at {args.site}/{args.region}; its password:")
+                raise ConfigError("a login name is 1–40 characters of a-z, 0-9, '_' or '-'")
+            client = args.action == "add-client"
+            kind, role = ("client", ROLE_REGION_CLIENT) if client else ("viewer", ROLE_REGION_VIEWER)
+            username = f"region-{kind}-{args.name}"
+            await dynsec.add_client(username, password, role)
+            what = "may submit tasks at" if kind == "client" else "may read (only)"
+            print(f"login {username} {what} {args.site}/{args.region}; its password:")
             print(f"  {password}")
             return 0
         if args.password is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -274,3 +275,18 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await reader
+
+    # `prsm-edge status` on the region, with a viewer login from `region add-viewer`: all three groups.
+    viewer_password = cli(*region_args, "add-viewer", "ops").split()[-1]
+    status = await asyncio.to_thread(
+        cli,
+        *("status", "--broker", f"mqtt://127.0.0.1:{rport}", "--site", RSITE, "--group", REGION),
+        *("--username", "region-viewer-ops", "--password", viewer_password, "--json"),
+    )
+    snapshot = json.loads(status.splitlines()[-1])
+    assert snapshot["kind"] == "region"
+    assert sorted((g["site"], g["group"]) for g in snapshot["groups"]) == [
+        ("far", "g3"),
+        ("lab", "g1"),
+        ("lab", "g2"),
+    ]
