@@ -41,16 +41,27 @@ __all__ = [
     "GROUP_JOINER",
     "NODE_API_METHODS",
     "NODE_LEAVES",
+    "REGION_METHODS",
     "RESPONSE_TOPIC",
     "ROLE_COORDINATOR",
     "ROLE_HOMEASSISTANT",
     "ROLE_JOINER",
     "ROLE_NODE",
+    "ROLE_REGION",
+    "ROLE_REGION_CLIENT",
+    "ROLE_REGION_VIEWER",
     "ROLE_VIEWER",
     "DynSec",
+    "gateway_role",
+    "gateway_role_acls",
+    "gateway_username",
     "group_roles",
     "node_role",
     "node_role_acls",
+    "region_roles",
+    "unit_role",
+    "unit_role_acls",
+    "unit_username",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,7 +73,12 @@ ROLE_COORDINATOR: Final = "prsm-coordinator"
 ROLE_JOINER: Final = "prsm-joiner"
 ROLE_VIEWER: Final = "prsm-viewer"
 ROLE_HOMEASSISTANT: Final = "prsm-homeassistant"
+ROLE_REGION: Final = "prsm-region"
+ROLE_REGION_CLIENT: Final = "prsm-region-client"
+ROLE_REGION_VIEWER: Final = "prsm-region-viewer"
 GROUP_JOINER: Final = "prsm-joiner"
+# API methods a region sends down a group's bridge (prsm_edge.gateway.bridge.BRIDGED_METHODS).
+REGION_METHODS: Final = ("region-task", "region-drill")
 _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the shared one
 # The topics a member publishes on: its own leaves (and the network benchmark's echo) ...
 NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bw", "bench/echo")
@@ -180,6 +196,101 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("subscribePattern", ha_states),
             _allow("publishClientSend", "homeassistant/status"),
             _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/set/+"),
+        ],
+    }
+
+
+def gateway_username(gateway_id: str) -> str:
+    """The group-broker login of a gateway (its process, and its bridge's local side)."""
+    return f"gw-{_check('gateway id', gateway_id)}"
+
+
+def gateway_role(gateway_id: str) -> str:
+    """The name of the role that holds one gateway's ACLs on its group's broker."""
+    return f"prsm-gateway-{_check('gateway id', gateway_id)}"
+
+
+def gateway_role_acls(site: str, group: str, gateway_id: str) -> list[Acl]:
+    """What a group's gateway may do on the group's broker, and nothing more.
+
+    Read: the group's summary, its coordinator's state, the reports handed to the gateway, its bridge's
+    notifications and the answers to requests from the region. Write: its own link state and bridge
+    notification, and the requests the region sends down. The same login is the bridge's
+    ``local_username`` (Mosquitto 2.0.11 checks a bridge's local publications against the dynamic-security
+    roles of that name, without a password), so requests arriving down the bridge pass and nothing else.
+    It may not publish on member or coordinator topics, nor read members' topics.
+    """
+    base, gw = _base(site, group), _check("gateway id", gateway_id)
+    own = f"{topics.ROOT}/{site}/gw/{gw}"
+    return [
+        _allow("subscribePattern", f"{base}/summary"),
+        _allow("subscribePattern", f"{base}/coord/state"),
+        _allow("subscribePattern", f"{base}/fed/report"),
+        _allow("subscribePattern", f"{own}/bridge"),
+        _allow("publishClientSend", f"{own}/state"),
+        _allow("publishClientSend", f"{own}/bridge"),
+        *(_allow("publishClientSend", f"{base}/api/{method}/req/+") for method in REGION_METHODS),
+        *(_allow("subscribePattern", f"{base}/api/{method}/resp/+") for method in REGION_METHODS),
+    ]
+
+
+def unit_username(site: str, group: str) -> str:
+    """The region-broker login of one group (its gateway and its bridge share it)."""
+    return f"unit-{_check('site', site)}-{_check('group', group)}"
+
+
+def unit_role(site: str, group: str) -> str:
+    """The name of the role that holds one group's ACLs on its region's broker."""
+    return f"prsm-unit-{_check('site', site)}-{_check('group', group)}"
+
+
+def unit_role_acls(region_site: str, region: str, site: str, group: str) -> list[Acl]:
+    """What one group's gateway and bridge may do on the region's broker: only their unit's subtree.
+
+    Write: the unit's summary and stream, answers to the region's requests, and gateway link states and
+    bridge notifications under the group's site (signed by the gateway's key, which the region checks).
+    Read: the region coordinator's state, the unit's rebirth requests and the requests addressed to it.
+    Another group's summary, stream or requests are out of reach.
+    """
+    tree = _base(region_site, region)
+    unit = f"{tree}/unit/{_check('site', site)}/{_check('group', group)}"
+    gateways = f"{topics.ROOT}/{site}/gw/+"
+    return [
+        _allow("publishClientSend", f"{unit}/summary"),
+        _allow("publishClientSend", f"{unit}/stream"),
+        _allow("publishClientSend", f"{gateways}/state"),
+        _allow("publishClientSend", f"{gateways}/bridge"),
+        *(_allow("publishClientSend", f"{unit}/api/{method}/resp/+") for method in REGION_METHODS),
+        _allow("subscribePattern", f"{tree}/coord/state"),
+        _allow("subscribePattern", f"{unit}/rebirth"),
+        *(_allow("subscribePattern", f"{unit}/api/{method}/req/+") for method in REGION_METHODS),
+    ]
+
+
+def region_roles(region_site: str, region: str) -> dict[str, list[Acl]]:
+    """The shared roles on a region's broker: its coordinator, and clients that submit tasks."""
+    tree = _base(region_site, region)
+    return {
+        ROLE_REGION: [
+            _allow("publishClientSend", f"{tree}/#"),
+            _allow("subscribePattern", f"{tree}/#"),
+            _allow("subscribePattern", f"{topics.ROOT}/+/gw/+/state"),
+        ],
+        # Task submitters: a request is signed by its requester and the region checks that the signer
+        # owns the topic's client segment (as for joiners), so one shared role is enough.
+        ROLE_REGION_CLIENT: [
+            _allow("publishClientSend", f"{tree}/api/submit/req/+"),
+            _allow("subscribePattern", f"{tree}/api/submit/resp/+"),
+            _allow("subscribePattern", f"{tree}/coord/state"),
+            _allow("subscribePattern", f"{tree}/summary"),
+        ],
+        # The operator dashboard's region view (and `prsm-edge status` on a region): read the region's
+        # tree and every site's gateway states; publish nothing.
+        ROLE_REGION_VIEWER: [
+            _allow("subscribePattern", f"{tree}/#"),
+            _allow("subscribePattern", f"{topics.ROOT}/+/gw/+/state"),
+            _allow("subscribePattern", f"{topics.ROOT}/{region_site}/gw/+/state"),
+            _allow("subscribePattern", "$SYS/broker/#"),
         ],
     }
 
@@ -409,6 +520,34 @@ class DynSec:
             {"command": "deleteRole", "rolename": node_role(node_id)},
         )
         log.info("broker credentials of node %s removed", node_id)
+
+    async def add_gateway(self, site: str, group: str, gateway_id: str, password: str) -> str:
+        """Create (or reset) gateway ``gateway_id``'s login and role on this group broker; its username."""
+        username, role = gateway_username(gateway_id), gateway_role(gateway_id)
+        await self.command(
+            *self._ensure_role(role, gateway_role_acls(site, group, gateway_id)),
+            *self._ensure_client(username, password, [(role, 0)]),
+        )
+        log.info("broker login %s issued to the gateway of %s/%s", username, site, group)
+        return username
+
+    async def setup_region(self, region_site: str, region: str) -> None:
+        """Create (or reset) a region broker's shared roles; anonymous clients get no rights there."""
+        commands: list[dict[str, Any]] = []
+        for name, acls in region_roles(region_site, region).items():
+            commands += self._ensure_role(name, acls)
+        await self.command(*commands)
+        log.info("dynamic security set up for the region %s/%s", region_site, region)
+
+    async def add_unit(self, region_site: str, region: str, site: str, group: str, password: str) -> str:
+        """Create (or reset) the region-broker login of group ``site/group``; its username."""
+        username, role = unit_username(site, group), unit_role(site, group)
+        await self.command(
+            *self._ensure_role(role, unit_role_acls(region_site, region, site, group)),
+            *self._ensure_client(username, password, [(role, 0)]),
+        )
+        log.info("region broker login %s issued to group %s/%s", username, site, group)
+        return username
 
     async def add_client(self, username: str, password: str, role: str) -> None:
         """Create (or reset) a client with one role, e.g. the coordinator's or a dashboard viewer's."""
