@@ -28,11 +28,23 @@ plus 7 % honest nodes that join the 15 % + 5 % cheats as colluding verifiers (20
 accept for cheats and reject for everyone else). A coordinator restart (``--restart-cycle``) and a
 broker outage (``--outage-cycle``) happen mid-round.
 
-Printed per cycle (cumulative where it says so): cheats caught (a failed check on any workload), by
-overclaim band; honest nodes that failed a check or were slashed; the verification cost: CPU of the
-coordinator and all panel members (re-execution and signature checks of every verification message
-every agent receives) over the provers' CPU, and bytes and messages per node per hour that every agent
-and the coordinator receive.
+Printed per cycle (cumulative where it says so): checks and failed verdicts (a first late or slow
+result, re-checked before it counts, is a failed verdict here); then the cheats, in three columns:
+
+* ``failed``: (a) a check failed and it counted (a slash: every node stakes);
+* ``neutral``: (b) of the overclaimers, those whose overclaimed resource is credited
+  (``Verifier.credited_rates``, credit by measurement) at most their device's true figure × (1 + g),
+  where ``g`` (printed) is the p99.5 over honest nodes' resources of credited / true − 1: the most that
+  noise gives an honest node. "Caught" in this sense means the cheat gains no more than that;
+* ``caught``: (a) or (b), by band (overclaims inside / outside the noise band, sybils, withholders);
+
+honest nodes that ever had a failed verdict (contained ones included) or were slashed; and the
+verification cost: CPU of the coordinator and all panel members (re-execution and signature checks of
+every verification message every agent receives) over the provers' CPU, and bytes and messages per node
+per hour that every agent and the coordinator receive. The summary gives the share caught within 3
+cycles, honest nodes' credited / true distribution (what credit by measurement pays them: they must not
+be penalised), what overclaimers that never failed are credited, and the overclaim test's records.
+The sampler's records are persisted with the evidence, so the restart does not re-check everyone.
 """
 
 from __future__ import annotations
@@ -86,6 +98,7 @@ from prsm_edge.protocol.verifier import (
     LevelChange,
     RecordEvidence,
     RecordLedger,
+    RecordSampling,
     RunCheck,
     Verifier,
     VerifierConfig,
@@ -216,11 +229,14 @@ class Sim:
         self.store_members: dict[str, Member] = {}
         self.store_ledger: list[LedgerEntry] = []
         self.store_evidence: dict[tuple[str, bytes], dict[str, object]] = {}
+        self.store_sampling: dict[str, dict[str, int]] = {}
+        self.neutralised: dict[int, set[str]] = {}  # cycle → overclaimers neutralised at its end
+        self.gain: dict[int, float] = {}  # cycle → g, the p99.5 of honest nodes' credited/true − 1
         self.epoch = 0
         self.coord_signer = Signer(SigningKey(self.rng.randbytes(32)))
         self.verdicts_seen = 0
         self.failed: dict[str, list[str]] = {}  # node → reasons of its failed checks
-        self.first_caught: dict[str, int] = {}  # cheat → cycle of its first failed check
+        self.first_caught: dict[str, int] = {}  # cheat → cycle of its first failed check that counted
         self.slashed: set[str] = set()
         self.cycle = 0
         self.voided_outage = 0
@@ -246,6 +262,7 @@ class Sim:
                 heartbeat_timeout_ms=3 * HEARTBEAT_MS,
             ),
             levels=lambda m: self.verifier.level(m),
+            credited=lambda m: self.verifier.credited(m),
         )
         self.group.restore(list(self.store_members.values()))
         cfg = VerifierConfig(site=SITE, group=GROUP, coordinator=c.node_id, round_ms=ROUND_MS)
@@ -253,6 +270,7 @@ class Sim:
         self.verifier.restore_evidence(
             [(n, claim, rec) for (n, claim), rec in self.store_evidence.items()], self.now
         )
+        self.verifier.restore_sampling(list(self.store_sampling.items()))
         self.verdicts_seen = 0
         self.next_round = self.now + 10_000  # warm-up: members re-announce before round 1
 
@@ -287,8 +305,15 @@ class Sim:
                     for entry in entries:
                         if entry.kind == LedgerKind.SLASH:
                             self.slashed.add(entry.account)
+                            # A slash is a failed check that counted (every node stakes; a first late
+                            # or slow result is re-checked before it counts, and is not one).
+                            node = self.by_id.get(entry.account)
+                            if node is not None and node.cheat:
+                                self.first_caught.setdefault(node.name, self.cycle)
                 case RecordEvidence(node=node, claim=claim, record=record):
                     self.store_evidence[(node, claim)] = record
+                case RecordSampling(node=node, record=sampling):
+                    self.store_sampling[node] = sampling
                 case RunCheck():
                     self.stats.verify_cpu += self.check_cost(e.challenge)
                     await self.apply(self.verifier.check_result(e.challenge_id, e.run()))
@@ -327,8 +352,6 @@ class Sim:
             self.stats.checks["pass" if verdict.accepted else "fail"] += 1
             if not verdict.accepted:
                 self.failed.setdefault(node.name, []).append(verdict.reason.value)
-                if node.cheat:
-                    self.first_caught.setdefault(node.name, self.cycle)
 
     def coord_state(self) -> tuple[str, bytes]:
         topic, msg = self.group.state_message("online")
@@ -674,15 +697,56 @@ class Sim:
 
     def header(self) -> str:
         return (
-            f"cycle  checks  fail  cheats caught (<{BAND:.2f}x / >={BAND:.2f}x / sybil / withhold)"
+            "cycle  checks  fail  failed  neutral  "
+            f"caught (<{BAND:.2f}x / >={BAND:.2f}x / sybil / withhold)      g"
             "   honest failed  slashed  verify+sig CPU / prover CPU   msgs/node/h  KB/node/h"
         )
 
-    def _caught(self, kinds: Callable[[SimNode], bool]) -> str:
+    # ---- credit by measurement, judged against what each device really does ------------------------
+    def true_rates(self, node: SimNode) -> dict[str, float]:
+        """What the node's device really delivers per workload, in the (scaled) units of its claims."""
+        d = node.device
+        shape = proofs.claims(node.resources).get("cpu")
+        lanes = shape.lanes if shape is not None else d.cls.cores
+        return {
+            "cpu": min(lanes, d.cls.cores) * d.cls.cpu * d.speed / SCALE["cpu"],
+            "memory": d.cls.memory * d.speed / SCALE["memory"],
+            "storage": d.cls.storage * d.speed / SCALE["storage"],
+        }
+
+    def credit_ratios(self, node: SimNode) -> dict[str, float]:
+        """Workload → credited / true for the node now (the verifier's credited figure)."""
+        member = self.group.members.get(node.node_id)
+        if member is None:
+            return {}
+        true = self.true_rates(node)
+        return {w: r / true[w] for w, r in self.verifier.credited_rates(member).items() if w in true}
+
+    @staticmethod
+    def overclaimed(node: SimNode) -> str:
+        return {"cpu_rate": "cpu", "cpu_cores": "cpu"}.get(node.over, node.over)
+
+    def honest_ratios(self) -> list[float]:
+        return [r for n in self.nodes.values() if not n.cheat for r in self.credit_ratios(n).values()]
+
+    def judge_credit(self) -> tuple[float, set[str]]:
+        """g (the p99.5 of what noise gives honest nodes: credited / true − 1) and the overclaimers whose
+        overclaimed resource is credited at most true × (1 + g) now."""
+        honest = sorted(self.honest_ratios())
+        g = honest[min(len(honest) - 1, math.ceil(0.995 * len(honest)) - 1)] - 1 if honest else 0.0
+        neutral = set()
+        for n in self.nodes.values():
+            if n.kind == "overclaim":
+                ratio = self.credit_ratios(n).get(self.overclaimed(n))
+                if ratio is not None and ratio <= 1 + g + 1e-12:
+                    neutral.add(n.name)
+        return g, neutral
+
+    def _caught(self, kinds: Callable[[SimNode], bool], neutral: set[str]) -> str:
         group = [n for n in self.nodes.values() if kinds(n)]
         if not group:
             return "   -  "
-        got = sum(1 for n in group if n.name in self.first_caught)
+        got = sum(1 for n in group if n.name in self.first_caught or n.name in neutral)
         return f"{100 * got / len(group):5.1f}%"
 
     def row(self, cycle: int, before: tuple[float, float, float, int, int]) -> str:
@@ -694,18 +758,23 @@ class Sim:
         honest_failed = sum(1 for x in honest if x.name in self.failed)
         honest_slashed = sum(1 for x in honest if x.node_id in self.slashed)
         cheats = [x for x in self.nodes.values() if x.cheat]
-        caught = sum(1 for x in cheats if x.name in self.first_caught)
+        over = [x for x in cheats if x.kind == "overclaim"]
+        gain, neutral = self.judge_credit()
+        self.gain[cycle], self.neutralised[cycle] = gain, neutral
+        failed = sum(1 for x in cheats if x.name in self.first_caught)
+        caught = sum(1 for x in cheats if x.name in self.first_caught or x.name in neutral)
         bands = " / ".join(
             (
-                self._caught(lambda x: x.kind == "overclaim" and x.factor < BAND),
-                self._caught(lambda x: x.kind == "overclaim" and x.factor >= BAND),
-                self._caught(lambda x: x.kind == "sybil"),
-                self._caught(lambda x: x.kind == "withhold"),
+                self._caught(lambda x: x.kind == "overclaim" and x.factor < BAND, neutral),
+                self._caught(lambda x: x.kind == "overclaim" and x.factor >= BAND, neutral),
+                self._caught(lambda x: x.kind == "sybil", neutral),
+                self._caught(lambda x: x.kind == "withhold", neutral),
             )
         )
         return (
             f"{cycle:5d} {s.checks['pass'] + s.checks['fail']:7d} {s.checks['fail']:5d}"
-            f"  {100 * caught / max(1, len(cheats)):5.1f}% ({bands})"
+            f"  {100 * failed / max(1, len(cheats)):5.1f}%  {100 * len(neutral) / max(1, len(over)):5.1f}%"
+            f"  {100 * caught / max(1, len(cheats)):5.1f}% ({bands})  {gain:+.3f}"
             f"  {100 * honest_failed / max(1, len(honest)):6.2f}%  {honest_slashed:4d}"
             f"  {100 * (v + g) / max(1e-9, p):8.2f}% ({100 * v / max(1e-9, p):.2f}% re-exec)"
             f"  {m / n / hours:11.0f}  {b / n / hours / 1024:9.0f}"
@@ -716,33 +785,75 @@ class Sim:
         honest_reasons: Counter[str] = Counter()
         for name, rs in self.failed.items():
             (reasons if self.nodes[name].cheat else honest_reasons).update(rs)
-        within = [
-            n
-            for n in self.nodes.values()
-            if n.cheat and self.first_caught.get(n.name, 99) <= min(3, self.args.cycles)
-        ]
+        by = min(3, self.args.cycles)
+        neutral = self.neutralised.get(by, set())
         cheats = [n for n in self.nodes.values() if n.cheat]
-        catchable = [n for n in cheats if not (n.kind == "overclaim" and n.factor < BAND)]
-        within_c = [n for n in within if n in catchable]
-        levels = Counter(self.verifier.level(m).value for m in self.group.members.values())
-        honest_levels = Counter(
-            self.verifier.level(self.group.members[n.node_id]).value
-            for n in self.nodes.values()
-            if not n.cheat and n.node_id in self.group.members
-        )
+
+        def within(n: SimNode) -> bool:
+            return self.first_caught.get(n.name, 99) <= by or n.name in neutral
+
+        def share(group: list[SimNode], test: Callable[[SimNode], bool]) -> str:
+            return f"{sum(1 for n in group if test(n))}/{len(group)}"
+
+        in_band = [n for n in cheats if n.kind == "overclaim" and n.factor < BAND]
+        out_band = [n for n in cheats if n.kind == "overclaim" and n.factor >= BAND]
+        others = [n for n in cheats if n.kind != "overclaim"]
         print(
-            f"caught within 3 cycles: {100 * len(within) / max(1, len(cheats)):.1f}% of all cheats, "
-            f"{100 * len(within_c) / max(1, len(catchable)):.1f}% of those outside the noise band "
-            f"(>= {BAND:.2f}x)"
+            f"caught within {by} cycles: {100 * sum(map(within, cheats)) / max(1, len(cheats)):.1f}% of all "
+            f"cheats ({share(cheats, within)}): overclaims <{BAND:.2f}x {share(in_band, within)} "
+            f"(failed a check {share(in_band, lambda n: self.first_caught.get(n.name, 99) <= by)}, "
+            f"neutralised {share(in_band, lambda n: n.name in neutral)}), >={BAND:.2f}x "
+            f"{share(out_band, within)}, sybils and withholders {share(others, within)}; "
+            f"g = {self.gain.get(by, 0.0):+.4f}"
         )
+        ratios = sorted(self.honest_ratios())
+        if ratios:
+
+            def q(x: float) -> float:
+                return ratios[min(len(ratios) - 1, max(0, math.ceil(x * len(ratios)) - 1))]
+
+            print(
+                f"honest nodes' credited / true ({len(ratios)} node-resources): min {ratios[0]:.3f}, "
+                f"p5 {q(0.05):.3f}, median {q(0.5):.3f}, p99.5 {q(0.995):.3f}, max {ratios[-1]:.3f}"
+            )
+        gains = [
+            (n, self.credit_ratios(n).get(self.overclaimed(n), 0.0))
+            for n in cheats
+            if n.kind == "overclaim" and n.name not in self.first_caught
+        ]
+        if gains:
+            print(
+                "overclaimers never failed, credited / true of the overclaimed resource now: "
+                + ", ".join(f"{n.name} {n.over} x{n.factor:.2f}: {r:.3f}" for n, r in gains)
+            )
+        flagged = Counter(
+            ("cheat" if n.cheat else "honest")
+            for n in self.nodes.values()
+            if n.node_id in self.group.members and self.verifier.overclaims(self.group.members[n.node_id])
+        )
+        print(f"overclaim test records (claim corrected): {dict(flagged) or 'none'}")
         print(f"cheats' failed checks by reason: {dict(reasons)}")
         print(f"honest nodes' failed checks by reason: {dict(honest_reasons)}")
         missed = [n for n in cheats if n.name not in self.first_caught]
         print(
-            "cheats never caught: "
+            "cheats that never failed a check: "
             + ", ".join(f"{n.name} {n.over or n.kind} x{n.factor:.2f}" for n in missed)
         )
-        print(f"levels now: {dict(levels)}; honest: {dict(honest_levels)}")
+
+        def levels(group: list[SimNode]) -> dict[str, int]:
+            got = Counter(
+                self.verifier.level(self.group.members[n.node_id]).value
+                for n in group
+                if n.node_id in self.group.members
+            )
+            return dict(got)
+
+        failed = [n for n in cheats if n.name in self.first_caught]
+        print(
+            f"levels now: {levels(list(self.nodes.values()))}; honest: "
+            f"{levels([n for n in self.nodes.values() if not n.cheat])}; cheats that failed a check: "
+            f"{levels(failed)}"
+        )
         s, n, hours = self.stats, len(self.nodes), self.args.cycles * ROUND_MS / 3_600_000
         print(
             f"traffic over the run: {s.msgs / n / hours:.0f} msgs and {s.bytes / n / hours / 1024:.0f} KB "

@@ -21,7 +21,7 @@ import math
 import statistics
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -52,6 +52,7 @@ from prsm_edge.protocol.messages import (
     LedgerHead,
     MarketListing,
     NodeCommand,
+    ResourceSpec,
     ResourceType,
     VerificationLevel,
 )
@@ -110,15 +111,20 @@ PerformanceOf = Callable[[str], tuple[int, float]]  # node → (consecutive veri
 
 
 def verifier_performance(verifier: Verifier) -> PerformanceOf:
-    """Read a node's run of consecutive verified results and its last measured rate from the verifier."""
+    """Read a node's run of consecutive verified results and its credited per-core CPU rate (what its
+    checks measured, never above its claim) from the verifier."""
 
     def of(node: str) -> tuple[int, float]:
-        rate = next(
-            (v.measured_rate for n, v in reversed(verifier.verdicts) if n == node and v.accepted), 0.0
-        )
-        return verifier.sampler.record_of(node).run, rate
+        return verifier.sampler.record_of(node).run, verifier.measured_per_lane(node, "cpu")
 
     return of
+
+
+CreditOf = Callable[[Member], list[ResourceSpec]]
+
+
+def _claimed(member: Member) -> list[ResourceSpec]:
+    return member.resources
 
 
 class Economy:
@@ -134,12 +140,14 @@ class Economy:
         level_of: Callable[[str], VerificationLevel],
         performance_of: PerformanceOf = lambda _node: (0, 0.0),
         config: EconomyConfig | None = None,
+        credited_of: CreditOf = _claimed,
     ) -> None:
         self.site, self.group = site, group
         self.ledger = ledger
         self.store = store
         self.level_of = level_of
         self.performance_of = performance_of
+        self.credited_of = credited_of  # what the verifier measured (capacity_t is never the raw claim)
         self.config = config or EconomyConfig()
         self.geographic = region_bonus(self.config.region)
         self.leases = LeaseBook(answer_ms=self.config.answer_ms, renew_ms=self.config.renew_ms)
@@ -193,7 +201,7 @@ class Economy:
             if member is None:
                 continue
             streak, measured = self.performance_of(node)
-            offered = {r.type: r.capacity for r in member.resources}
+            offered = self._offered(member)
             uses = tuple(
                 ResourceUse(t, offered.get(t, 0.0), v)
                 for t, v in sorted(per.items())
@@ -228,6 +236,18 @@ class Economy:
         self._update_rates(members, period_start, hours, worked)
         return self.ledger.since(before)
 
+    def _offered(self, member: Member) -> dict[ResourceType, float]:
+        """Capacity per resource type as credited (credit by measurement), not as claimed."""
+        out: dict[ResourceType, float] = {}
+        for r in self.credited_of(member):
+            out[r.type] = out.get(r.type, 0.0) + r.capacity
+        return out
+
+    def _as_credited(self, member: Member) -> Member:
+        """The member as the market sees it: its resources as credited."""
+        credited = self.credited_of(member)
+        return member if credited is member.resources else replace(member, resources=credited)
+
     def _update_rates(
         self,
         members: Mapping[str, Member],
@@ -240,8 +260,8 @@ class Economy:
         supply: dict[ResourceType, float] = {}
         for m in members.values():
             if m.online and m.offering:
-                for r in m.resources:
-                    supply[r.type] = supply.get(r.type, 0.0) + r.capacity
+                for t, capacity in self._offered(m).items():
+                    supply[t] = supply.get(t, 0.0) + capacity
         held = self.leases.demand()
         demand = {t: max(held.get(t, 0.0), worked.get(t, 0.0)) for t in set(held) | set(worked)}
         for t, controller in self.rates.items():
@@ -307,7 +327,7 @@ class Economy:
         """Listings that changed since they were last published."""
         out = []
         for node, m in members.items():
-            msg = listing(m, self.level_of(node), self.leases.held(node))
+            msg = listing(self._as_credited(m), self.level_of(node), self.leases.held(node))
             if self._listed.get(node) != msg:
                 self._listed[node] = msg
                 out.append(Publish(topics.market_listing(self.site, self.group, node), msg, retain=True))
@@ -316,7 +336,10 @@ class Economy:
     def market(self, members: Mapping[str, Member]) -> dict[str, Any]:
         """The ``market`` part of the group summary."""
         summary = market_summary(
-            list(members.values()), self.leases.demand(), self.current_rates(), self.hourly
+            [self._as_credited(m) for m in members.values()],
+            self.leases.demand(),
+            self.current_rates(),
+            self.hourly,
         )
         if len(members) > 1 or not self._last_market:
             self._last_market = summary  # the whole group's picture, for advice
@@ -333,7 +356,7 @@ class Economy:
                 Candidate(
                     node=node,
                     level=level,
-                    offered={r.type: r.capacity for r in m.resources},
+                    offered=self._offered(m),
                     held=self.leases.held(node),
                     online=m.online,
                     offering=m.offering,
@@ -355,7 +378,7 @@ class Economy:
     ) -> tuple[Allocation, list[Publish]]:
         """Allocate ``task`` and offer its leases to the chosen nodes (``AllocationRefused`` names why)."""
         alloc = allocate(task, self.candidates(members), self.current_rates(), strategy)
-        offered = {n: {r.type: r.capacity for r in m.resources} for n, m in members.items()}
+        offered = {n: self._offered(m) for n, m in members.items()}
         leases = self.leases.offer(alloc, offered, now_ms, task.duration_ms)
         effects = []
         for lease in leases:

@@ -72,6 +72,7 @@ from prsm_edge.protocol.verifier import (
     LevelChange,
     RecordEvidence,
     RecordLedger,
+    RecordSampling,
     RecordSlashEvidence,
     RunCheck,
     Verifier,
@@ -181,6 +182,7 @@ class Coordinator:
             ),
             levels=lambda member: self.verifier.level(member),
             guard=self.replay_guard,
+            credited=lambda member: self.verifier.credited(member),  # counted as measured, not claimed
         )
         self.group.restore(self.store.load())
         self.membership = MembershipStore(options.workdir / "membership.sqlite")
@@ -206,9 +208,11 @@ class Coordinator:
             level_of=self.group.level,  # read from the verifier, never copied
             performance_of=verifier_performance(self.verifier),
             config=options.economy,
+            credited_of=self.verifier.credited,  # paid for what was measured, not what was claimed
         )
         # What was proven before a restart still counts (while current); levels follow from it.
         self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
+        self.verifier.restore_sampling(self.evidence_store.load_sampling())
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
         self._checks = asyncio.Semaphore(2)
         # Only an AK bound to a certified EK by credential activation is asked for quotes.
@@ -363,6 +367,8 @@ class Coordinator:
                     await self.federation.report_evidence(entries)
                 case RecordEvidence(node=node, claim=claim, record=record):
                     self.evidence_store.save(node, claim, record)
+                case RecordSampling(node=node, record=sampling):
+                    self.evidence_store.save_sampling(node, sampling)
                 case RecordSlashEvidence(digest=digest, node=node, evidence=evidence):
                     self.evidence_store.save_slash(digest, node, evidence)
                 case RunCheck():
@@ -455,6 +461,8 @@ class Coordinator:
             "level": level.value,
             "trust": TRUST_SCORE[level],
             "covers": list(self.verifier.covers(member, now)),
+            "credited": {w: round(r, 3) for w, r in self.verifier.credited_rates(member).items()},
+            "overclaims": self.verifier.overclaims(member),
             "balance_micro": self.ledger.balance(member.node),
             "stake_micro": self.ledger.stake(member.node),
             "required_stake_micro": required.required_micro,

@@ -291,8 +291,9 @@ class LedgerStore:
 
 
 class EvidenceStore:
-    """What each node has proven, per claim (the verifier's evidence, never a level), and the
-    evidence behind each slash, by its digest. A restart reloads it and levels follow from it."""
+    """What each node has proven, per claim (the verifier's evidence, never a level), each node's
+    sampling record (its run of verified results), and the evidence behind each slash, by its digest.
+    A restart reloads it and levels and sampling follow from it."""
 
     def __init__(self, path: Path, max_rows: int = 20_000) -> None:
         self.path = path
@@ -307,7 +308,14 @@ class EvidenceStore:
                 "CREATE TABLE IF NOT EXISTS slash_evidence (digest BLOB PRIMARY KEY, node TEXT NOT NULL, "
                 "evidence BLOB NOT NULL)"
             )
-            (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM evidence").fetchone()
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS sampling (node TEXT PRIMARY KEY, record BLOB NOT NULL, "
+                "seq INTEGER NOT NULL)"
+            )
+            (seq,) = self._db.execute(
+                "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM evidence), "
+                "(SELECT COALESCE(MAX(seq), 0) FROM sampling))"
+            ).fetchone()
         self._seq = int(seq)
 
     def save(self, node: str, claim: bytes, record: dict[str, object]) -> None:
@@ -333,6 +341,30 @@ class EvidenceStore:
                 out.append((node, bytes(claim), cbor.loads_checked(record)))
             except RejectedMessage as exc:
                 log.warning("skipping damaged evidence row for %s: %s", node, exc)
+        return out
+
+    def save_sampling(self, node: str, record: dict[str, int]) -> None:
+        """Insert or replace one node's sampling record (the oldest rows go past ``max_rows``)."""
+        self._seq += 1
+        with _errors(self.path):
+            self._db.execute(
+                "INSERT OR REPLACE INTO sampling VALUES (?, ?, ?)", (node, cbor.dumps(record), self._seq)
+            )
+            if self._seq % 1000 == 0:
+                self._db.execute(
+                    "DELETE FROM sampling WHERE seq <= (SELECT MAX(seq) FROM sampling) - ?", (self.max_rows,)
+                )
+
+    def load_sampling(self) -> list[tuple[str, object]]:
+        """Every stored (node, sampling record); damaged rows are skipped."""
+        with _errors(self.path):
+            rows = self._db.execute("SELECT node, record FROM sampling ORDER BY seq").fetchall()
+        out: list[tuple[str, object]] = []
+        for node, record in rows:
+            try:
+                out.append((node, cbor.loads_checked(record)))
+            except RejectedMessage as exc:
+                log.warning("skipping damaged sampling row for %s: %s", node, exc)
         return out
 
     def save_slash(self, digest: bytes, node: str, evidence: dict[str, object]) -> None:

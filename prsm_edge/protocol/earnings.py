@@ -9,7 +9,8 @@ For one node, one settlement period of ``hours`` and each resource type ``t`` it
 =================  ==========================================================================  =============
 factor             definition                                                                  bounds
 =================  ==========================================================================  =============
-capacity_t         units of ``t`` the node offers (its claim; the birth caps it per device)     ≥ 0
+capacity_t         units of ``t`` the node offers as credited: its claim, cut per checked       ≥ 0
+                   resource to what the checks measured (``Verifier.credited``)
 base_rate_t        µFTNS per unit-hour, from :class:`BaseRate` (damped supply/demand)           floor–ceiling
 reputation         the trust score of the level the verifier gives the node                    0.6–0.95
 utilization_t      verified unit-hours served under leases ÷ (capacity_t × hours); never        0–1
@@ -103,7 +104,7 @@ class ResourceUse:
     """What a node offered of one resource type in the period and how much verified work it served."""
 
     type: ResourceType
-    capacity: float
+    capacity: float  # as credited (credit by measurement), never the raw claim of a checked resource
     served: float  # verified unit-hours served under leases
 
 
@@ -116,7 +117,7 @@ class NodeFacts:
     level: VerificationLevel
     resources: tuple[ResourceUse, ...]
     streak: int = 0  # consecutive verified results (the verifier's record)
-    measured_rate: float = 0.0  # throughput the verifier measured (not the node's own benchmark)
+    measured_rate: float = 0.0  # per-core CPU rate the verifier credits (measured, never above the claim)
 
 
 @dataclass(frozen=True, slots=True)

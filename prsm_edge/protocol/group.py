@@ -240,6 +240,7 @@ class _Dirty:
 
 
 LevelView = Callable[[Member], VerificationLevel]
+CreditView = Callable[[Member], list[ResourceSpec]]  # the resources as counted (credit by measurement)
 
 
 def _self_reported(member: Member) -> VerificationLevel:
@@ -250,7 +251,8 @@ class Group:
     """The coordinator's view of its group, fed with messages and time.
 
     Verification levels are not kept here: ``levels`` reads them from their one owner (the verifier),
-    so the roster and summary always show what current evidence supports.
+    so the roster and summary always show what current evidence supports. Likewise ``credited`` gives
+    the resources the summary counts: what the verifier measured, not the raw claim.
     """
 
     def __init__(
@@ -258,9 +260,11 @@ class Group:
         config: GroupConfig,
         levels: LevelView = _self_reported,
         guard: ReplayGuard | None = None,
+        credited: CreditView | None = None,
     ) -> None:
         self.config = config
         self.levels = levels
+        self.credited: CreditView = credited or (lambda m: m.resources)
         self._clock_warned: dict[str, int] = {}
         self.members: dict[str, Member] = {}
         self.rejected: Counter[Reason] = Counter()
@@ -615,7 +619,7 @@ class Group:
             trust[self.levels(m).value] += 1
             if not m.offering:
                 continue
-            for spec in m.resources:
+            for spec in self.credited(m):
                 capacity[spec.type.value] = capacity.get(spec.type.value, 0.0) + spec.capacity
         util = sum(m.cpu_util for m in online) / len(online) if online else 0.0
         offered = [(m.node, m.claim_envelope) for m in online if m.offering and m.claim_envelope]

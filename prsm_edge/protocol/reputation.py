@@ -15,7 +15,8 @@ average); between observations every dimension decays towards the ``prior`` (0.5
 highest level whose evidence, and the evidence of every level below it, is current:
 
 * ``self_reported`` (0.6): always;
-* ``peer_verified`` (0.8): a peer quorum accepted its claim within ``peer_validity_ms`` (24 h);
+* ``peer_verified`` (0.8): a peer quorum accepted its claim within ``peer_validity_ms`` (24 h), and no
+  workload's latest check failed;
 * ``benchmarked`` (0.85): and a benchmark proof passed within ``proof_validity_ms`` (6 h);
 * ``economically_staked`` (0.9): and its stake is at least the required stake;
 * ``hardware_attested`` (0.95): and a hardware attestation verified within ``attestation_validity_ms``.
@@ -23,7 +24,12 @@ highest level whose evidence, and the evidence of every level below it, is curre
 So attestation does not skip stake: an attested node without stake is ``benchmarked``. Stake is what
 makes availability and fraud violations cost something; attestation proves the hardware, not that the
 node will keep its promises. A failure (rejected quorum, failed proof, failed attestation) clears that
-evidence at once, and so every level above it.
+evidence at once, and so every level above it. A failed proof also takes ``peer_verified`` away until
+that workload passes again: a panel's quorum on one check does not vouch for a resource whose latest
+check failed.
+
+The evidence also keeps what the checks measured (:class:`~prsm_edge.protocol.credit.Measured`, per
+workload): the rates that decide what the node is credited with, and the overclaim test.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from prsm_edge.errors import LocalError
+from prsm_edge.protocol.credit import Measured
 from prsm_edge.protocol.messages import TRUST_SCORE, VerificationLevel
 
 __all__ = [
@@ -162,6 +169,8 @@ class TrustEvidence:
     quorum_ms: int | None = None
     attestation_ms: int | None = None
     proofs: dict[str, int] = field(default_factory=dict)  # workload -> when it last passed
+    failed: dict[str, int] = field(default_factory=dict)  # workload -> when its latest check failed
+    measured: dict[str, Measured] = field(default_factory=dict)  # workload -> what its checks measured
     stake_micro: int = 0
     required_stake_micro: int = 0
     history: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=32))
@@ -180,8 +189,10 @@ class TrustEvidence:
         """A benchmark proof of ``workload`` was checked."""
         if passed:
             self.proofs[workload] = now_ms
+            self.failed.pop(workload, None)
         else:
             self.proofs.pop(workload, None)
+            self.failed[workload] = now_ms
         self.history.append((now_ms, "proof passed" if passed else "proof failed"))
 
     def record_attestation(self, verified: bool, now_ms: int) -> None:
@@ -223,7 +234,8 @@ class TrustEvidence:
             benchmarked = bool(wanted) and wanted <= covered
         return {
             VerificationLevel.SELF_REPORTED: True,
-            VerificationLevel.PEER_VERIFIED: fresh(self.quorum_ms, policy.peer_validity_ms),
+            VerificationLevel.PEER_VERIFIED: fresh(self.quorum_ms, policy.peer_validity_ms)
+            and not self.failed,
             VerificationLevel.BENCHMARKED: benchmarked,
             VerificationLevel.ECONOMICALLY_STAKED: self.required_stake_micro > 0
             and self.stake_micro >= self.required_stake_micro,
@@ -255,6 +267,8 @@ class TrustEvidence:
             "quorum_ms": self.quorum_ms,
             "attestation_ms": self.attestation_ms,
             "proofs": dict(self.proofs),
+            "failed": dict(self.failed),
+            "measured": {w: m.to_record() for w, m in self.measured.items()},
         }
 
     @classmethod
@@ -269,10 +283,16 @@ class TrustEvidence:
 
         ev.quorum_ms = when(data.get("quorum_ms"))
         ev.attestation_ms = when(data.get("attestation_ms"))
-        raw = data.get("proofs")
-        if isinstance(raw, dict):
-            for workload, at in raw.items():
-                stamp = when(at)
-                if isinstance(workload, str) and stamp is not None:
-                    ev.proofs[workload] = stamp
+        for name, into in (("proofs", ev.proofs), ("failed", ev.failed)):
+            raw = data.get(name)
+            if isinstance(raw, dict):
+                for workload, at in list(raw.items())[:16]:
+                    stamp = when(at)
+                    if isinstance(workload, str) and stamp is not None:
+                        into[workload] = stamp
+        measured = data.get("measured")
+        if isinstance(measured, dict):
+            for workload, rec in list(measured.items())[:16]:
+                if isinstance(workload, str):
+                    ev.measured[workload] = Measured.from_record(rec)
         return ev

@@ -5,6 +5,10 @@ every opportunity is checked; past it the probability falls as ``threshold / run
 a node with a long clean record is checked rarely but never left unchecked. Any failed check resets the run to
 zero. A fraud flag (:meth:`AdaptiveSampler.flag`) also resets the run and forces the next
 ``forced_checks`` opportunities to be checked, whatever the record.
+
+The records are the coordinator's to keep across restarts: every change is noted in ``changed`` (the
+verifier drains it into effects the shell persists), and :meth:`AdaptiveSampler.restore` loads them back,
+so a restart does not send every long-verified node back to being checked every round.
 """
 
 from __future__ import annotations
@@ -26,6 +30,21 @@ class NodeRecord:
     checks: int = 0
     failures: int = 0
 
+    def to_record(self) -> dict[str, int]:
+        """Plain data to persist."""
+        return {"run": self.run, "forced": self.forced, "checks": self.checks, "failures": self.failures}
+
+    @classmethod
+    def from_record(cls, data: object) -> NodeRecord:
+        """Rebuild from :meth:`to_record`; a malformed or out-of-range field counts as 0."""
+        rec = cls()
+        if isinstance(data, dict):
+            for name in ("run", "forced", "checks", "failures"):
+                v = data.get(name)
+                if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40:
+                    setattr(rec, name, v)
+        return rec
+
 
 class AdaptiveSampler:
     """Decides whether to verify a node now, from its run of consecutive valid checks."""
@@ -37,6 +56,7 @@ class AdaptiveSampler:
         self.floor = floor
         self.forced_checks = forced_checks
         self._nodes: dict[str, NodeRecord] = {}
+        self.changed: set[str] = set()  # nodes whose record changed since the owner last drained this
 
     def record_of(self, node: str) -> NodeRecord:
         """The node's record (a fresh one for a node never seen)."""
@@ -57,6 +77,7 @@ class AdaptiveSampler:
     def record(self, node: str, passed: bool) -> None:
         """Record the outcome of a check: a pass extends the run, a failure resets it."""
         rec = self.record_of(node)
+        self.changed.add(node)
         rec.checks += 1
         rec.forced = max(0, rec.forced - 1)
         if passed:
@@ -68,9 +89,15 @@ class AdaptiveSampler:
     def flag(self, node: str, checks: int | None = None) -> None:
         """A fraud detector suspects the node: reset its run and force its next checks."""
         rec = self.record_of(node)
+        self.changed.add(node)
         rec.run = 0
         rec.forced = max(rec.forced, self.forced_checks if checks is None else checks)
 
     def forget(self, node: str) -> None:
         """Drop the node's record (it left the group)."""
         self._nodes.pop(node, None)
+        self.changed.discard(node)
+
+    def restore(self, node: str, record: NodeRecord) -> None:
+        """Load a record persisted by an earlier run."""
+        self._nodes[node] = record

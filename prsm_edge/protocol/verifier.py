@@ -37,6 +37,13 @@ When the verdict is in and every panelist voted (or the time is up) the check is
 * with a registered attestation key the challenge asks for a TPM quote (:class:`VerifyQuote`);
 * stake comes from the node's ledger balance through the ``stake`` API call.
 
+Credit by measurement (:mod:`~prsm_edge.protocol.credit`): each settled check's rate, measured on the
+coordinator's clock, goes into the claim's evidence. What the group counts and the economy pays is
+:meth:`Verifier.credited` — per checked resource ``min(claimed, estimate)`` — not the raw claim, so an
+overclaim inside the noise band gains nothing; a persistent one is also recorded as evidence (the
+overclaim test), without a slash. The sampler's records are persisted too (:class:`RecordSampling`), so
+a restart does not re-check every long-verified node.
+
 A broker outage or a restart voids the open checks (:meth:`Verifier.void`): nobody is failed for the
 coordinator's absence. Fraud flags expire after ``flag_ttl_ms``; detectors look at online members only.
 """
@@ -55,7 +62,7 @@ from typing import Any, Final
 import msgspec
 
 from prsm_edge.errors import LocalError
-from prsm_edge.protocol import bandwidth, cbor, fraud, peers, proofs, topics
+from prsm_edge.protocol import bandwidth, cbor, credit, fraud, peers, proofs, topics
 from prsm_edge.protocol import stake as stake_mod
 from prsm_edge.protocol.group import Member, Publish
 from prsm_edge.protocol.ledger import Ledger, LedgerError
@@ -73,13 +80,14 @@ from prsm_edge.protocol.messages import (
     VerificationVote,
 )
 from prsm_edge.protocol.reputation import LevelPolicy, Reputation, TrustEvidence
-from prsm_edge.protocol.sampling import AdaptiveSampler
+from prsm_edge.protocol.sampling import AdaptiveSampler, NodeRecord
 
 __all__ = [
     "CPU_RATE_KEY",
     "LevelChange",
     "RecordEvidence",
     "RecordLedger",
+    "RecordSampling",
     "RecordSlashEvidence",
     "RunCheck",
     "Verifier",
@@ -158,6 +166,7 @@ class VerifierConfig:
     spread: float = 0.6  # challenges are spread over this share of the round, with jitter
     max_open_checks: int = 24  # checks in flight at once; the rest wait their turn
     flag_ttl_ms: int = 24 * 3_600_000  # a fraud flag not raised again within this expires
+    overclaim: credit.OverclaimTest = field(default_factory=credit.OverclaimTest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +191,14 @@ class RecordEvidence:
     node: str
     claim: bytes
     record: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSampling:
+    """Persist ``node``'s sampling record (its run of verified results), so a restart keeps it."""
+
+    node: str
+    record: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +250,14 @@ class RunCheck:
 
 
 VerifierEffect = (
-    Publish | LevelChange | RecordLedger | RecordEvidence | RecordSlashEvidence | VerifyQuote | RunCheck
+    Publish
+    | LevelChange
+    | RecordLedger
+    | RecordEvidence
+    | RecordSampling
+    | RecordSlashEvidence
+    | VerifyQuote
+    | RunCheck
 )
 
 
@@ -279,7 +303,9 @@ class _Node:
     fingerprint: str = ""
     fingerprint_since_ms: int = 0
     reported: VerificationLevel = VerificationLevel.SELF_REPORTED  # last LevelChange sent
-    contained: bool = False  # its last check was late or slow: the next one decides
+    # Workloads whose last check was late or slow: the next check of the same workload decides (a pass
+    # of another workload does not clear it, or a node late on one resource every round never counts).
+    contained: set[str] = field(default_factory=set)
     window_start_ms: int = 0
     observed_ms: int = 0
     online_ms: int = 0
@@ -370,6 +396,83 @@ class Verifier:
         _, ev = self._see(member, now)
         return ev.covers(now, self.config.policy)
 
+    # ---- credit by measurement ---------------------------------------------------------------
+    def estimates(self, member: Member) -> dict[str, float]:
+        """Workload → the rate the member's recent verified checks support: on its current claim, or,
+        for a workload not yet measured there, on its most recent earlier claim that was (a new claim
+        does not wipe what was measured, or changing a claim would reset its credit to the claim)."""
+        state, ev = self._see(member, self._clock)
+        return self._estimates(state, ev)
+
+    @staticmethod
+    def _estimates(state: _Node, ev: TrustEvidence) -> dict[str, float]:
+        out = {w: e for w, m in ev.measured.items() if (e := m.estimate()) > 0}
+        for older in reversed(state.evidence_by_claim.values()):
+            for w, m in older.measured.items():
+                if w not in out and (e := m.estimate()) > 0:
+                    out[w] = e
+        return out
+
+    def credited_rates(self, member: Member) -> dict[str, float]:
+        """Workload → ``min(claimed, estimate)`` for every resource the claim can be checked on."""
+        return credit.credited_rates(member.resources, self.estimates(member))
+
+    def credited(self, member: Member) -> list[ResourceSpec]:
+        """The member's resources as counted and paid: each checked one at most what was measured."""
+        return credit.credited_resources(member.resources, self.estimates(member))
+
+    def overclaims(self, member: Member) -> dict[str, int]:
+        """Workload → when the overclaim test recorded a persistent overclaim on the current claim."""
+        _, ev = self._see(member, self._clock)
+        return {w: m.flagged_ms for w, m in sorted(ev.measured.items()) if m.flagged_ms is not None}
+
+    def measured_per_lane(self, node: str, workload: str = "cpu") -> float:
+        """The credited rate of ``workload`` per lane (per core for CPU) on the claim last seen (0: none)."""
+        state = self.nodes.get(node)
+        if state is None or state.claim_of is None:
+            return 0.0
+        claim = proofs.claims(state.claim_of).get(workload)
+        ev = state.evidence_by_claim.get(state.claim)
+        est = 0.0 if claim is None or ev is None else self._estimates(state, ev).get(workload, 0.0)
+        return min(claim.rate, est) / claim.lanes if claim is not None and est > 0 else 0.0
+
+    def _measure(
+        self, ev: TrustEvidence, check: _Check, verdict: proofs.Verdict, node: str, now_ms: int
+    ) -> None:
+        """Keep the rate a settled check measured; run the overclaim test on it.
+
+        Only checks whose work was verified count: accepted, or rejected as slow (``check`` judges the
+        rate last, after the content). Slow ones count too: kept out, a node near the threshold would
+        be credited from its lucky runs only.
+        """
+        rate, ch = verdict.measured_rate, check.challenge
+        timed = verdict.reason in (proofs.VerdictReason.OK, proofs.VerdictReason.SLOW)
+        if not (timed and math.isfinite(rate) and rate > 0 and ch.claimed_rate > 0):
+            return
+        measured = ev.measured.setdefault(ch.workload, credit.Measured())
+        state = self._node(node, now_ms)
+        claimed = ch.claimed_rate  # the whole claim's rate, where the check asked for less (a cap)
+        if state.claim == check.claim and state.claim_of is not None:
+            claimed = claimed_rates(state.claim_of).get(ch.workload, claimed)
+        measured.add(credit.implied_rate(rate, ch.claimed_rate, claimed))
+        null = credit.null_ratio(proofs.expected_ms(ch), self.config.network_ms)
+        if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
+            est = measured.estimate()
+            share = f"{est / ch.claimed_rate:.0%}" if est > 0 else "less"
+            ev.history.append(
+                (
+                    now_ms,
+                    f"claim corrected: {ch.workload} measures {share} of the claim; credited as measured",
+                )
+            )
+            log.info("%s overclaims %s: credited as measured, not as claimed", node, ch.workload)
+
+    def restore_sampling(self, records: Iterable[tuple[str, object]]) -> None:
+        """Load sampling records persisted by an earlier run."""
+        for node, record in records:
+            self.sampler.restore(node, NodeRecord.from_record(record))
+        self.sampler.changed.clear()
+
     def level_of(self, node: str) -> VerificationLevel:
         """The level last reported for ``node`` (on the claim last seen)."""
         state = self.nodes.get(node)
@@ -394,6 +497,9 @@ class Verifier:
             if state is not None and claim in state.evidence_by_claim:
                 effects.append(RecordEvidence(node, claim, state.evidence_by_claim[claim].to_record()))
         self._dirty.clear()
+        for node in sorted(self.sampler.changed):
+            effects.append(RecordSampling(node, self.sampler.record_of(node).to_record()))
+        self.sampler.changed.clear()
         return effects
 
     def _level(self, member: Member, now_ms: int) -> list[VerifierEffect]:
@@ -447,7 +553,7 @@ class Verifier:
         for f in flags:
             self._node(f.node, now_ms).flags[f.kind] = now_ms
             log.info("fraud flag on %s: %s", f.node, f.kind)
-        return self._refresh(members, now_ms)
+        return self._flush() + self._refresh(members, now_ms)
 
     def _verified(self, member: Member, now_ms: int) -> bool:
         state = self.nodes.get(member.node)
@@ -860,17 +966,19 @@ class Verifier:
             return []
         self.verdicts.append((node, verdict))
         self.settled += 1
+        self._measure(ev, check, verdict, node, now_ms)  # a first slow result is a measurement too
         performance = not on_time or verdict.reason in (proofs.VerdictReason.LATE, proofs.VerdictReason.SLOW)
-        if not verdict.accepted and performance and not state.contained:
+        workload = check.challenge.workload
+        if not verdict.accepted and performance and workload not in state.contained:
             # Containment (as Storj audits): a first late or slow result may be a busy moment on an
             # honest device, so it is checked again before it counts. A second one in a row counts.
-            state.contained = True
+            state.contained.add(workload)
             self.sampler.flag(node, checks=1)
             ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
             self.contained += 1
-            return self._level(member, now_ms) if member is not None else []
+            return self._flush() + (self._level(member, now_ms) if member is not None else [])
         if verdict.accepted:
-            state.contained = False
+            state.contained.discard(workload)
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )

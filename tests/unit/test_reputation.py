@@ -69,7 +69,10 @@ def test_levels_expire_and_are_lost_on_failure() -> None:
     assert ev.level(T0 + 6 * HOUR + 1, policy) is VerificationLevel.PEER_VERIFIED
     assert ev.level(T0 + 24 * HOUR + 1, policy) is VerificationLevel.SELF_REPORTED
     ev.record_proof(False, T0 + HOUR)
-    assert ev.level(T0 + HOUR, policy) is VerificationLevel.PEER_VERIFIED
+    # The quorum is still fresh, but the resource's latest check failed: no peer_verified for it.
+    assert ev.level(T0 + HOUR, policy) is VerificationLevel.SELF_REPORTED
+    ev.record_proof(True, T0 + HOUR + 1)
+    assert ev.level(T0 + HOUR + 1, policy) is VerificationLevel.ECONOMICALLY_STAKED
     ev.record_quorum(False, T0 + 2 * HOUR)
     assert ev.level(T0 + 2 * HOUR, policy) is VerificationLevel.SELF_REPORTED
-    assert [what for _, what in ev.history][-2:] == ["proof failed", "quorum rejected"]
+    assert [what for _, what in ev.history][-3:] == ["proof failed", "proof passed", "quorum rejected"]

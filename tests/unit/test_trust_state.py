@@ -9,19 +9,38 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from prsm_edge.io.store import EvidenceStore, LedgerStore, RosterStore
+from prsm_edge.node.prover import ProofWork
+from prsm_edge.protocol import proofs
 from prsm_edge.protocol.envelope import Signer
-from prsm_edge.protocol.group import Group, GroupConfig
+from prsm_edge.protocol.group import Group, GroupConfig, Member, Publish
 from prsm_edge.protocol.ledger import Ledger
-from prsm_edge.protocol.messages import ResourceSpec, ResourceType, VerificationLevel
+from prsm_edge.protocol.messages import (
+    BenchmarkProof,
+    NodeCommand,
+    ProofOpening,
+    ResourceSpec,
+    ResourceType,
+    VerificationLevel,
+)
 from prsm_edge.protocol.verifier import (
     CPU_RATE_KEY,
     LevelChange,
     RecordEvidence,
     RecordLedger,
     Verifier,
+    VerifierConfig,
     VerifierEffect,
 )
-from tests.unit.test_verifier import RATE, T0, Net, fund_and_stake, junk_prover, levels
+from tests.unit.test_verifier import (
+    RATE,
+    T0,
+    Net,
+    fund_and_stake,
+    junk_prover,
+    ledger_entries,
+    levels,
+    run_checks,
+)
 
 L = VerificationLevel
 HOUR = 3_600_000
@@ -166,3 +185,91 @@ def test_group_holds_no_level_of_its_own() -> None:
     assert group.level("a") is L.SELF_REPORTED
     assert group.level("nobody") is L.SELF_REPORTED
     assert [e for e in net.v.tick(net.members, T0) if isinstance(e, LevelChange)] == []
+
+
+async def test_a_failed_check_is_not_outlived_by_the_panel_evidence(tmp_path: Path) -> None:
+    # A node that failed its latest check of a resource must not sit at peer_verified for it, even
+    # when the panel of the failed check said nothing (so the earlier quorum is still fresh).
+    net = Net([f"n{i}" for i in range(6)])
+    shell = Shell(tmp_path)
+    shell.apply(await net.round(T0))
+    assert net.v.level(net.members["n0"]) is L.BENCHMARKED
+    net.works["n0"].prover = junk_prover
+    effects = await net.round(T0 + 300_000, silent=True, settle_at=20_000)  # no votes: inconclusive
+    shell.apply(effects)
+    assert any(n == "n0" and not v.accepted for n, v in net.v.verdicts)
+    assert net.v.nodes["n0"].evidence.quorum_ms is not None  # round 1's quorum, still within 24 h
+    assert ("n0", L.SELF_REPORTED) in levels(effects)
+    assert net.v.level(net.members["n0"]) is L.SELF_REPORTED
+    assert net.v.level(net.members["n1"]) is L.BENCHMARKED
+    shell.close()
+    # The failure is evidence: a restart does not bring peer_verified back.
+    v, group, shell = _restart(net, tmp_path, T0 + 301_000)
+    group.members.update(net.members)
+    assert v.level(net.members["n0"], T0 + 301_000) is L.SELF_REPORTED
+    shell.close()
+    # Passing that workload again restores the levels.
+    net.works["n0"].prover = proofs.prove
+    effects = await net.round(T0 + 600_000)
+    assert ("n0", L.BENCHMARKED) in levels(effects)
+
+
+async def _rounds_with_a_late_workload(rounds: int) -> tuple[Verifier, list[VerifierEffect]]:
+    """Six nodes claiming CPU and memory; "s" never answers its CPU challenges (as sybils sharing one
+    device are late), while its memory checks pass. No panel: only the coordinator's checks count."""
+    cfg = VerifierConfig(
+        site="s", group="g", coordinator="coord", segments=32, opens=4, target_ms=5, spread=0.0, panel=0
+    )
+    v = Verifier(cfg, Ledger(), secret=bytes(32))
+    offer = [
+        *_cores(1),
+        ResourceSpec(
+            type=ResourceType.STORAGE_MEMORY,
+            capacity=1,
+            unit="GB",
+            details={proofs.RATE_KEYS["memory"]: 1_000_000},
+        ),
+    ]
+    names = ["s", *(f"n{i}" for i in range(5))]
+    members = {n: Member(n, b"", 0, "rpi4", f"fp-{n}", list(offer), joined_ms=T0) for n in names}
+    works = {n: ProofWork(n) for n in names}
+    v.opening_beacon(members.values())
+    need = v.required_stake(members["s"], T0).required_micro * 2
+    effects = v.deposit("s", need, "dep", T0) + v.stake(members["s"], need, "stake", T0)
+    rng = random.Random(4)
+    for r in range(rounds):
+        t = T0 + r * 300_000
+        pending = v.observe_claims(list(members.values()), t) + v.start_round(list(members.values()), t, rng)
+        for _ in range(20):
+            effects += pending
+            for e in list(pending):
+                if not (isinstance(e, Publish) and isinstance(e.message, NodeCommand)):
+                    continue
+                cmd = e.message
+                if cmd.verb != "challenge" or (cmd.node, cmd.args["challenge"]["workload"]) == ("s", "cpu"):
+                    continue
+                proof = await works[cmd.node].challenge(cmd.args, lambda t=t: t)
+                assert isinstance(proof, BenchmarkProof)
+                opened = v.on_proof(members[cmd.node], proof, t + 2)
+                (open_cmd,) = [o.message for o in opened if isinstance(o, Publish)]
+                assert isinstance(open_cmd, NodeCommand)
+                opening = works[cmd.node].open(open_cmd.args)
+                assert isinstance(opening, ProofOpening)
+                effects += run_checks(v, v.on_opening(opening, t + 3))
+            t += 20_000  # every answered check is complete; an unanswered one is past its time
+            pending = v.tick(members, t, rng)
+            if not v.checks and not pending:
+                break
+        effects += pending
+    return v, effects
+
+
+async def test_a_node_late_on_one_resource_every_round_is_counted_not_contained_forever() -> None:
+    # Containment re-checks a first late result before it counts. A pass of *another* workload in
+    # between used to clear it, so a node late on CPU every round (its memory passing) never counted.
+    v, effects = await _rounds_with_a_late_workload(3)
+    assert v.sampler.record_of("s").failures >= 1
+    slashes = [e for e in ledger_entries(effects) if e.account == "s" and e.kind == "slash"]
+    assert slashes, "the second late CPU check in a row counts (a performance slash)"
+    assert v.nodes["s"].evidence.failed.keys() == {"cpu"}
+    assert all(v.sampler.record_of(n).failures == 0 for n in ("n0", "n1", "n2", "n3", "n4"))

@@ -68,6 +68,8 @@ class Net:
     seed: int = 7
     provers: dict[str, Prover] = field(default_factory=dict)
     signers: dict[str, Signer] = field(default_factory=dict)  # nodes whose messages are really signed
+    config: VerifierConfig | None = None
+    resources: Callable[[], list[ResourceSpec]] = lambda: cpu()  # each member's claim
     members: dict[str, Member] = field(init=False)
     works: dict[str, ProofWork] = field(init=False)
     v: Verifier = field(init=False)
@@ -75,7 +77,7 @@ class Net:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        cfg = VerifierConfig(
+        cfg = self.config or VerifierConfig(
             site="s", group="g", coordinator="coord", segments=32, opens=4, target_ms=5, spread=0.0
         )
         self.v = Verifier(cfg, Ledger(), secret=self.rng.randbytes(32))
@@ -87,7 +89,7 @@ class Net:
         self.v.opening_beacon(self.members.values())
 
     def add(self, node: str, fingerprint: str) -> None:
-        self.members[node] = Member(node, b"", 0, "rpi4", fingerprint, cpu(), joined_ms=T0)
+        self.members[node] = Member(node, b"", 0, "rpi4", fingerprint, self.resources(), joined_ms=T0)
         self.works[node] = ProofWork(node, prover=self.provers.get(node, proofs.prove))
 
     def raw(self, node: str, msg: Message, at: int) -> bytes:

@@ -1,0 +1,251 @@
+"""Credit by measurement: what the group counts and the economy pays is what the checks measured."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from prsm_edge.coordinator.economy import Economy, EconomyConfig, verifier_performance
+from prsm_edge.io.store import LedgerStore
+from prsm_edge.protocol import credit, proofs
+from prsm_edge.protocol.allocation import Task
+from prsm_edge.protocol.envelope import Signer
+from prsm_edge.protocol.group import Group, GroupConfig
+from prsm_edge.protocol.ledger import Ledger
+from prsm_edge.protocol.messages import ResourceSpec, ResourceType, VerificationLevel
+from prsm_edge.protocol.reputation import TrustEvidence
+from prsm_edge.protocol.sampling import AdaptiveSampler
+from prsm_edge.protocol.verifier import CPU_RATE_KEY, Verifier, VerifierConfig
+from tests.unit.test_verifier import T0, Net
+
+CPU = ResourceType.COMPUTE_CPU
+HOUR = 3_600_000
+ROUND = 300_000
+CORES = 4
+PER_CORE = 100.0  # PBKDF2 iterations/s a core really does (small, so proofs run fast here)
+TARGET_MS = 3_000  # the live target: a challenge takes 3 s at the claimed rate
+NET_MS = 100  # network and scheduling between issue and arrival
+
+
+def config() -> VerifierConfig:
+    """The live thresholds (ratio 0.74, slack 1.35, 500 ms allowance) at a small claimed rate."""
+    return VerifierConfig(
+        site="s", group="g", coordinator="coord", segments=32, opens=4, target_ms=TARGET_MS, spread=0.0
+    )
+
+
+def claim(factor: float) -> list[ResourceSpec]:
+    """Four cores claimed at ``factor`` × the rate they really have."""
+    return [ResourceSpec(type=CPU, capacity=CORES, unit="cores", details={CPU_RATE_KEY: PER_CORE * factor})]
+
+
+def arrival_ms(factor: float, noise: float) -> int:
+    """When the proof of a node claiming ``factor`` × its rate arrives, running at ``noise`` × its real
+    speed: the work was sized for the claim, so it takes ``factor / noise`` of the target, plus the
+    network."""
+    return round(TARGET_MS * factor / noise) + NET_MS
+
+
+async def rounds(net: Net, factors: dict[str, float], n: int, rng: random.Random, start: int = T0) -> None:
+    for r in range(n):
+        delay = {node: arrival_ms(f, rng.uniform(0.85, 1.15)) for node, f in factors.items()}
+        await net.round(start + r * ROUND, delay=delay, settle_at=10_000)
+
+
+def _group(v: Verifier) -> Group:
+    cfg = GroupConfig(site="s", group="g", coordinator="coord", public_key=bytes(32), epoch=1)
+    return Group(cfg, levels=v.level, credited=v.credited)
+
+
+async def test_an_overclaimer_is_counted_and_paid_as_measured_not_as_claimed(tmp_path: Path) -> None:
+    # Six nodes; "n0" claims 1.2x its real rate and does honest work (inside the noise band, it passes).
+    net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
+    net.members["n0"].resources = claim(1.2)
+    factors = {n: 1.2 if n == "n0" else 1.0 for n in net.members}
+    # Noise drawn so that every check passes: this is about credit, not catching.
+    rng = random.Random(5)
+    for r in range(4):
+        delay = {n: arrival_ms(f, rng.uniform(0.97, 1.03)) for n, f in factors.items()}
+        await net.round(T0 + r * ROUND, delay=delay, settle_at=10_000)
+    cheat = net.members["n0"]
+    assert net.v.level(cheat) is VerificationLevel.BENCHMARKED  # it passed every check
+    assert not [r for n, r in net.v.verdicts if n == "n0" and not r.accepted]
+
+    # What it delivers: 4 cores at PER_CORE, measured with the network in the timed interval.
+    delivered = CORES * PER_CORE
+    credited = net.v.credited_rates(cheat)["cpu"]
+    assert credited < 1.05 * delivered < CORES * PER_CORE * 1.2
+    assert credited > 0.9 * delivered
+
+    # The group summary counts it at what was measured: ~4 / 1.2 cores, not 4.
+    group = _group(net.v)
+    group.members.update(net.members)
+    counted = group.summary().capacity[CPU.value]
+    share = credited / (CORES * PER_CORE * 1.2)
+    honest = sum(net.v.credited_rates(m)["cpu"] / (PER_CORE) for n, m in net.members.items() if n != "n0")
+    assert math.isclose(counted, round(CORES * share + honest, 3), rel_tol=1e-3)
+    assert CORES * share < 3.5
+
+    # The economy pays capacity_t as credited: its earnings entry records the credited cores.
+    store = LedgerStore(tmp_path / "l.sqlite", Signer(SigningKey(bytes(32))))
+    eco = Economy(
+        "s",
+        "g",
+        Ledger(),
+        store,
+        level_of=lambda _n: VerificationLevel.BENCHMARKED,
+        config=EconomyConfig(period_ms=HOUR),
+        credited_of=net.v.credited,
+        performance_of=verifier_performance(net.v),
+    )
+    members = {"n0": cheat}
+    eco.submit(members, Task("t", {CPU: 2.0}, 2 * HOUR, 10**9), 0)
+    for rec in eco.leases.open_leases():
+        eco.leases.answer(rec.lease.lease_id, rec.lease.node, True, 0)
+        eco.record_work(rec.lease.lease_id, rec.lease.node, {CPU: 2.0}, HOUR)
+    cheat.last_seen_ms = HOUR
+    await eco.tick(members, HOUR + 1)
+    (entry,) = [e for e in eco.ledger.entries if e.kind == "credit"]
+    assert math.isclose(float(entry.inputs["compute_cpu.capacity"]), CORES * share, rel_tol=1e-6)
+    # And the performance factor reads the credited per-core rate, never above the per-core claim.
+    assert verifier_performance(net.v)("n0")[1] == credited / CORES <= PER_CORE * 1.2
+    store.close()
+
+
+async def test_an_honest_node_keeps_about_its_claim() -> None:
+    net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
+    await rounds(net, dict.fromkeys(net.members, 1.0), 8, random.Random(11))
+    for m in net.members.values():
+        assert not [r for n, r in net.v.verdicts if n == m.node and not r.accepted]
+        got = net.v.credited_rates(m)["cpu"] / (CORES * PER_CORE)
+        # Within the noise (its low side, and the network's share of the timed interval), never above.
+        assert 0.85 * TARGET_MS / (TARGET_MS + NET_MS) - 0.01 <= got <= 1.0, (m.node, got)
+        assert net.v.overclaims(m) == {}
+        assert net.v.credited(m)[0].capacity == CORES * got
+
+
+async def test_the_overclaim_test_flags_a_persistent_1_2x_overclaimer_not_honest_nodes() -> None:
+    net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
+    net.v.sampler = AdaptiveSampler(threshold=10_000)  # every node checked every round
+    net.members["n0"].resources = claim(1.2)
+    factors = {n: 1.2 if n == "n0" else 1.0 for n in net.members}
+    rng = random.Random(3)
+    flagged_after = None
+    for r in range(80):
+        delay = {n: arrival_ms(f, rng.uniform(0.85, 1.15)) for n, f in factors.items()}
+        await net.round(T0 + r * ROUND, delay=delay, settle_at=10_000)
+        if flagged_after is None and net.v.overclaims(net.members["n0"]):
+            flagged_after = r + 1
+            history = [what for _, what in net.v.nodes["n0"].evidence.history]
+            assert any(what.startswith("claim corrected: cpu") for what in history)
+    assert flagged_after is not None and 10 <= flagged_after <= 80, flagged_after
+    assert list(net.v.overclaims(net.members["n0"])) == ["cpu"]
+    for n in list(net.members)[1:]:
+        assert net.v.overclaims(net.members[n]) == {}, n
+    # The record is evidence: it survives the round trip through the store's format.
+    kept = TrustEvidence.from_record(net.v.nodes["n0"].evidence.to_record())
+    assert kept.measured["cpu"].flagged_ms is not None
+    assert kept.measured["cpu"].estimate() == net.v.nodes["n0"].evidence.measured["cpu"].estimate()
+
+
+async def test_a_new_claim_does_not_reset_the_credit_to_the_claim() -> None:
+    net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
+    net.members["n0"].resources = claim(1.2)
+    rng = random.Random(7)
+    for r in range(2):
+        delay = {n: arrival_ms(1.2 if n == "n0" else 1.0, rng.uniform(0.97, 1.03)) for n in net.members}
+        await net.round(T0 + r * ROUND, delay=delay, settle_at=10_000)
+    cheat = net.members["n0"]
+    measured = net.v.credited_rates(cheat)["cpu"]
+    # A slightly different claim holds no evidence yet (no level), but its credit is still what was
+    # measured: tweaking the claim is no way back to being counted at the claim.
+    cheat.resources = claim(1.25)
+    assert net.v.level(cheat) is VerificationLevel.SELF_REPORTED
+    assert net.v.credited_rates(cheat)["cpu"] == measured < CORES * PER_CORE * 1.25
+    assert net.v.credited(cheat)[0].capacity < CORES
+
+
+def test_an_honest_node_at_the_worst_the_noise_model_allows_is_rarely_flagged_in_its_life() -> None:
+    # Mean measured/claimed exactly at the null (noise centred on the claim, the whole network allowance
+    # used every time): Ville's inequality bounds the lifetime false flags by alpha = 0.5 %.
+    null = credit.null_ratio(TARGET_MS, proofs.PARAMS["cpu"].network_ms)
+    rng = random.Random(2)
+    lives, flagged = 2_000, 0
+    for _ in range(lives):
+        m = credit.Measured()
+        for i in range(300):
+            if m.observe(null * rng.uniform(0.85, 1.15), null, i):
+                flagged += 1
+                break
+    assert flagged / lives <= 0.01
+    # A 1.2x overclaimer on the same network is flagged in most lives, and not in a few checks by luck.
+    first: list[int] = []
+    for _ in range(200):
+        m = credit.Measured()
+        for i in range(300):
+            if m.observe(null * rng.uniform(0.85, 1.15) / 1.2, null, i):
+                first.append(i + 1)
+                break
+    assert len(first) >= 190 and min(first) >= 5
+
+
+finite = st.floats(min_value=1e-3, max_value=1e12, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cores=st.floats(min_value=0.5, max_value=256),
+    cpu_rate=finite,
+    mem_gb=st.floats(min_value=0.01, max_value=1024),
+    mem_rate=finite,
+    estimates=st.dictionaries(
+        st.sampled_from(proofs.WORKLOADS),
+        st.one_of(finite, st.just(0.0), st.just(math.inf), st.just(math.nan), st.just(-1.0)),
+    ),
+)
+def test_credited_never_exceeds_the_claim_and_is_finite(
+    cores: float, cpu_rate: float, mem_gb: float, mem_rate: float, estimates: dict[str, float]
+) -> None:
+    resources = [
+        ResourceSpec(type=CPU, capacity=cores, unit="cores", details={CPU_RATE_KEY: cpu_rate}),
+        ResourceSpec(
+            type=ResourceType.STORAGE_MEMORY,
+            capacity=mem_gb,
+            unit="GB",
+            details={proofs.RATE_KEYS["memory"]: mem_rate},
+        ),
+        ResourceSpec(type=ResourceType.BANDWIDTH_EGRESS, capacity=100, unit="Mbit/s"),
+    ]
+    claimed = proofs.claimed_rates(resources)
+    rates = credit.credited_rates(resources, estimates)
+    assert set(rates) == set(claimed)
+    for w, r in rates.items():
+        assert math.isfinite(r) and 0 < r <= claimed[w]
+    out = credit.credited_resources(resources, estimates)
+    assert [s.type for s in out] == [s.type for s in resources]
+    for before, after in zip(resources, out, strict=True):
+        assert math.isfinite(after.capacity) and 0 <= after.capacity <= before.capacity
+        for key, value in after.details.items():
+            old = before.details[key]
+            assert isinstance(value, (int, float)) and isinstance(old, (int, float))
+            assert math.isfinite(value) and value <= old
+
+
+def test_a_check_capped_below_the_claim_credits_the_claim_in_proportion() -> None:
+    mbit = 125_000.0
+    cap = 4 * 2**20 * 1000 / 2_000  # a bandwidth check confirms at most 2 MiB/s (16.8 Mbit/s)
+    # 100 Mbit/s claimed, the check paced at the cap and met at 95 %: credited 95 % of the claim, not
+    # the cap (the part above it is not checked, as a table's capacity beyond the checked bytes).
+    assert math.isclose(credit.implied_rate(0.95 * cap, cap, 100 * mbit), 95 * mbit)
+    # A table capped by max_bytes that the node built faster than asked: its own, measured rate.
+    assert credit.implied_rate(3 * cap, cap, 2.5 * cap) == 3 * cap
+    # Uncapped (CPU, and any check that asked the whole claim): the measured rate.
+    assert credit.implied_rate(0.8, 1.0, 1.0) == 0.8
+    assert credit.implied_rate(math.nan, 1.0, 1.0) == 0.0 == credit.implied_rate(1.0, 0.0, 1.0)
+    # A table rounded down to whole lines is not a cap: the measured rate, as for CPU.
+    assert credit.implied_rate(0.9, 0.99, 1.0) == 0.9
