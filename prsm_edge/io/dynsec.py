@@ -13,7 +13,10 @@ client id cannot be named in a 2.0 ACL, may publish to any ``api/join/req/+`` an
 that a request's signer owns its topic.
 
 Every command is idempotent for a coordinator restart: a role, group or client that exists already is
-brought to the wanted state (``modify*``) instead of failing.
+brought to the wanted state (``modify*``) instead of failing. A node's role is made at admission, so a
+coordinator start also brings the roles of nodes admitted by an older release to the current rules
+(:meth:`DynSec.upgrade_node_roles`, run by :meth:`DynSec.setup_group`): set to exactly those rules, never
+more, and only for roles that already belong to this group.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from enum import Enum
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -52,6 +56,7 @@ __all__ = [
     "ROLE_REGION_VIEWER",
     "ROLE_VIEWER",
     "DynSec",
+    "RoleUpgrade",
     "gateway_role",
     "gateway_role_acls",
     "gateway_username",
@@ -62,6 +67,7 @@ __all__ = [
     "unit_role",
     "unit_role_acls",
     "unit_username",
+    "upgrade_role",
 ]
 
 log = logging.getLogger(__name__)
@@ -295,6 +301,47 @@ def region_roles(region_site: str, region: str) -> dict[str, list[Acl]]:
     }
 
 
+class RoleUpgrade(Enum):
+    """What a coordinator start did with one existing role."""
+
+    CURRENT = "current"  # already exactly the current rules
+    UPGRADED = "upgraded"  # set to exactly the current rules
+    OTHER = "other"  # not a node role of this group (another group's, or none of ours): left alone
+
+
+def _acl_key(acl: Any) -> tuple[str, str, int, bool] | None:
+    if not isinstance(acl, dict):
+        return None
+    try:
+        return (str(acl["acltype"]), str(acl["topic"]), int(acl.get("priority", 0)), bool(acl["allow"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def upgrade_role(site: str, group: str, rolename: str, acls: object) -> tuple[RoleUpgrade, list[Acl]]:
+    """Decide what to do with an existing role: its verdict and, when UPGRADED, the ACLs to set.
+
+    Only a role named ``prsm-node-{node}`` that holds at least one ACL in this group's trees is ours.
+    Ours is set to exactly :func:`node_role_acls` for its node: the rules added since it was made appear,
+    and anything else it held (an older release's wider grant, a hand-made addition) is removed. A role
+    whose ACLs all lie elsewhere (another group's node on a shared broker) or that holds none is left as
+    it is: an upgrade never grants a role rights in this group that it did not have a share of.
+    """
+    prefix = f"{ROLE_NODE}-"
+    node = rolename[len(prefix) :] if rolename.startswith(prefix) else ""
+    if not topics.valid_segment(node) or not isinstance(acls, list):
+        return RoleUpgrade.OTHER, []
+    trees = (f"{_base(site, group)}/", f"prsm-ha/{site}/{group}/")
+    held = [k for a in acls if (k := _acl_key(a)) is not None]
+    if not any(topic.startswith(trees) for _, topic, _, _ in held):
+        return RoleUpgrade.OTHER, []
+    want = node_role_acls(site, group, node)
+    wanted = [k for a in want if (k := _acl_key(a)) is not None]
+    if len(held) == len(acls) and sorted(held) == sorted(wanted):
+        return RoleUpgrade.CURRENT, []
+    return RoleUpgrade.UPGRADED, want
+
+
 def _benign(command: str, error: str) -> bool:
     """Errors that only say the wanted state holds already (a restart re-running its setup)."""
     error = error.lower()
@@ -497,6 +544,53 @@ class DynSec:
         await self.command(*commands)
         self._group = (site, group)
         log.info("dynamic security set up for %s/%s", site, group)
+        await self.upgrade_node_roles()
+
+    async def _roles(self, page: int = 50, limit: int = 20_000) -> list[dict[str, Any]]:
+        """Every role with its ACLs, read a page at a time (at most ``limit``)."""
+        out: list[dict[str, Any]] = []
+        while len(out) < limit:
+            (reply,) = await self.command(
+                {"command": "listRoles", "verbose": True, "count": page, "offset": len(out)}
+            )
+            data = reply.get("data")
+            roles = data.get("roles") if isinstance(data, dict) else None
+            if not isinstance(roles, list) or not roles:
+                break
+            out += [r for r in roles if isinstance(r, dict)]
+            if len(roles) < page:
+                break
+        return out
+
+    async def upgrade_node_roles(self) -> dict[RoleUpgrade, int]:
+        """Bring every node role of this group to the current rules (see :func:`upgrade_role`).
+
+        Idempotent: a second run finds every role current. Returns how many roles got each verdict.
+        """
+        site, group = self._site_group()
+        counts = dict.fromkeys(RoleUpgrade, 0)
+        changes: list[dict[str, Any]] = []
+        for role in await self._roles():
+            name = str(role.get("rolename", ""))
+            if not name.startswith(f"{ROLE_NODE}-"):
+                continue
+            verdict, acls = upgrade_role(site, group, name, role.get("acls"))
+            counts[verdict] += 1
+            if verdict is RoleUpgrade.UPGRADED:
+                changes.append({"command": "modifyRole", "rolename": name, "acls": acls})
+            elif verdict is RoleUpgrade.OTHER:
+                log.warning("role %s holds no rules of %s/%s: left as it is", name, site, group)
+        for start in range(0, len(changes), 50):
+            await self.command(*changes[start : start + 50])
+        log.info(
+            "node roles of %s/%s: %d brought up to the current rules, %d already current, %d left alone",
+            site,
+            group,
+            counts[RoleUpgrade.UPGRADED],
+            counts[RoleUpgrade.CURRENT],
+            counts[RoleUpgrade.OTHER],
+        )
+        return counts
 
     def _site_group(self) -> tuple[str, str]:
         if self._group is None:
