@@ -14,6 +14,7 @@ from prsm_edge import paths, settings
 from prsm_edge.coordinator.homeassistant import HomeAssistantOptions
 from prsm_edge.coordinator.service import Coordinator, CoordinatorOptions
 from prsm_edge.identity import load_or_create
+from prsm_edge.io.bridges import restart_on_change
 from prsm_edge.io.discovery import Advertiser
 from prsm_edge.io.session import parse_url
 from prsm_edge.io.tpm_registration import default_ca_dir
@@ -172,7 +173,27 @@ async def _coordinate(args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
-        await _serve(args, site, coord, b.port, b.ws_port, ())
+        if b.bridge_dir is not None:
+            print(
+                f"bridges to a region: `prsm-edge gateway --group {args.group} --uplink URL` on this host "
+                f"installs one in {b.bridge_dir}; the broker restarts once to carry it",
+                file=sys.stderr,
+                flush=True,
+            )
+        serve = asyncio.create_task(_serve(args, site, coord, b.port, b.ws_port, ()))
+        watch = asyncio.create_task(restart_on_change(b, on_restart=_restarted))
+        await asyncio.wait({serve, watch}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (serve, watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _restarted(carried: list[str]) -> None:
+    if carried:
+        print(f"broker restarted to carry the bridge configuration {', '.join(carried)}", file=sys.stderr)
+    else:
+        print("broker restarted after a bridge file was removed or refused (see the log)", file=sys.stderr)
 
 
 async def _external(args: argparse.Namespace, site: str, workdir: Path, policy: JoinPolicy) -> None:

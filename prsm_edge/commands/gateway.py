@@ -1,19 +1,32 @@
-"""``prsm-edge gateway``: connect this group's broker to its region's broker."""
+"""``prsm-edge gateway``: connect this group's broker to its region's broker.
+
+On the host of ``prsm-edge coordinate`` (the same ``--group`` and ``--workdir``), with no ``--local``, the
+gateway sets itself up against that coordinate-managed Mosquitto: it gives itself a least-privilege login
+(:func:`~prsm_edge.io.dynsec.gateway_role_acls`) through the broker's dynamic-security admin, and drops its
+rendered bridge into the broker's ``bridges`` folder, where ``coordinate`` picks it up by restarting its
+broker once (Mosquitto 2.0.11 has no bridge hot-add). Against any other broker (``--local URL``) the
+operator includes ``--bridge-conf FILE`` and runs that broker's ACLs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
 from prsm_edge import paths, settings
-from prsm_edge.errors import ConfigError
+from prsm_edge.errors import BrokerError, ConfigError
 from prsm_edge.gateway.bridge import render_bridge, write_bridge
 from prsm_edge.gateway.service import Gateway, GatewayOptions
 from prsm_edge.identity import load_or_create
+from prsm_edge.io.bridges import install_bridge
+from prsm_edge.io.broker import BRIDGE_DIR
+from prsm_edge.io.brokerinfo import LocalBroker, broker_folder, read_local_broker
+from prsm_edge.io.dynsec import DynSec, gateway_username
 
 
 def register(sub: Any) -> None:
@@ -25,15 +38,26 @@ def register(sub: Any) -> None:
             "Run a group's gateway: the group's signed summary goes up as retained state, lease reports "
             "and evidence as an ordered stream kept on disk (SQLite) while the region is unreachable, "
             "and the gateway's own link state is published on both brokers. Task and drill-down "
-            "requests come down through a Mosquitto bridge; --bridge-conf writes that bridge's "
-            "configuration for the group's broker to include."
+            "requests come down through a Mosquitto bridge. On the host of `prsm-edge coordinate` "
+            "(same --group and --workdir) and without --local, the gateway gives itself a "
+            "least-privilege login on that broker and installs the bridge there (the coordinator "
+            "restarts its broker once to carry it). For a broker of your own, pass --local URL and "
+            "include what --bridge-conf writes."
         ),
     )
     parser.add_argument("--site", default=None, help="this group's site (default: from settings)")
     parser.add_argument("--group", default="g1", help="this group's name (default g1)")
     parser.add_argument(
-        "--local", default="mqtt://127.0.0.1:1883", help="the group's broker (default mqtt://127.0.0.1:1883)"
+        "--local",
+        default=None,
+        metavar="URL",
+        help="the group's broker, when it is not the one `prsm-edge coordinate` runs on this host "
+        "(default: that one, set up automatically; else mqtt://127.0.0.1:1883)",
     )
+    parser.add_argument(
+        "--local-username", default=None, help="login on a --local broker (a managed one gets one made)"
+    )
+    parser.add_argument("--local-password", default=None, help="password on a --local broker")
     parser.add_argument(
         "--uplink",
         action="append",
@@ -51,8 +75,21 @@ def register(sub: Any) -> None:
         "--max-buffered", type=int, default=100_000, help="items kept on disk while down (oldest dropped)"
     )
     parser.add_argument("--replay-rate", type=float, default=50.0, help="records/s when replaying a backlog")
-    parser.add_argument("--uplink-username", default=None, help="login on the region's broker")
-    parser.add_argument("--uplink-password", default=None, help="password on the region's broker")
+    parser.add_argument(
+        "--uplink-username",
+        default=None,
+        help="login on the region's broker (`prsm-edge region add-group SITE/GROUP` prints it)",
+    )
+    parser.add_argument(
+        "--uplink-password", default=None, help="password on the region's broker (visible to `ps`)"
+    )
+    parser.add_argument(
+        "--uplink-password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the region broker's password from FILE instead (keep it owner-only)",
+    )
     parser.add_argument(
         "--bridge-conf",
         type=Path,
@@ -68,21 +105,31 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     site = args.site or settings.load().site
+    if args.uplink_password_file is not None:
+        try:
+            args.uplink_password = args.uplink_password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--uplink-password-file {args.uplink_password_file}: {exc.strerror}") from None
     uplinks = tuple(args.uplink or ["mqtt://127.0.0.1:1884"])
-    workdir = (args.workdir or paths.data_dir()) / "gateway" / args.group
+    root = args.workdir or paths.data_dir()
+    workdir = root / "gateway" / args.group
     identity = load_or_create(workdir)
+    managed = _managed_broker(root, args)
+    # The bridge's local login is the gateway's: what comes down the bridge is checked against its role.
+    local_username = gateway_username(identity.node_id) if managed is not None else args.local_username
+    bridge = render_bridge(
+        site=site,
+        group=args.group,
+        gateway=identity.node_id,
+        region_site=args.region_site,
+        region=args.region,
+        uplinks=uplinks,
+        username=args.uplink_username,
+        password=args.uplink_password,
+        local_username=local_username,
+    )
     if args.bridge_conf is not None:
-        text = render_bridge(
-            site=site,
-            group=args.group,
-            gateway=identity.node_id,
-            region_site=args.region_site,
-            region=args.region,
-            uplinks=uplinks,
-            username=args.uplink_username,
-            password=args.uplink_password,
-        )
-        write_bridge(args.bridge_conf, text)
+        write_bridge(args.bridge_conf, bridge)
         print(f"wrote the bridge configuration to {args.bridge_conf}", file=sys.stderr)
         if args.bridge_only:
             return 0
@@ -94,10 +141,16 @@ def _run(args: argparse.Namespace) -> int:
         region_key = bytes.fromhex(args.region_key) if args.region_key else None
     except ValueError:
         raise ConfigError("--region-key must be the region coordinator's public key in hex") from None
+    local_url, local_password = args.local or "mqtt://127.0.0.1:1883", args.local_password
+    if managed is not None:
+        local_url = f"mqtt://{managed.connect_host}:{managed.port}"
+        local_password = secrets.token_urlsafe(24)
+        folder = broker_folder(root, args.group) / BRIDGE_DIR
+        asyncio.run(_set_up(managed, site, args.group, identity.node_id, local_password, folder, bridge))
     options = GatewayOptions(
         site=site,
         group=args.group,
-        local_url=args.local,
+        local_url=local_url,
         uplink_urls=uplinks,
         region_site=args.region_site,
         region=args.region,
@@ -106,6 +159,8 @@ def _run(args: argparse.Namespace) -> int:
         max_buffered=args.max_buffered,
         replay_rate=args.replay_rate,
         region_key=region_key,
+        local_username=local_username,
+        local_password=local_password,
         uplink_username=args.uplink_username,
         uplink_password=args.uplink_password,
     )
@@ -114,6 +169,45 @@ def _run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(gateway, args.seconds))
     return 0
+
+
+def _managed_broker(root: Path, args: argparse.Namespace) -> LocalBroker | None:
+    """The broker `prsm-edge coordinate` runs for this group on this host, when no --local names another."""
+    if args.local is not None:
+        return None
+    folder = broker_folder(root, args.group)
+    if not (folder / "mosquitto.conf").is_file():
+        if (folder.parent / "coordinator").is_dir():
+            raise ConfigError(
+                f"the coordinator of {args.group} on this host runs the embedded broker, which cannot carry "
+                "a bridge: install mosquitto and restart `prsm-edge coordinate`, or pass --local URL"
+            )
+        return None
+    return read_local_broker(folder)
+
+
+async def _set_up(
+    broker: LocalBroker, site: str, group: str, gateway_id: str, password: str, folder: Path, bridge: str
+) -> None:
+    """Give the gateway its login on the coordinate-managed broker, then install its bridge there."""
+    try:
+        async with DynSec(
+            broker.connect_host, broker.port, broker.admin_username, broker.admin_password
+        ) as dynsec:
+            username = await dynsec.add_gateway(site, group, gateway_id, password)
+    except BrokerError as exc:
+        raise BrokerError(
+            f"could not make the gateway's login on the broker of `prsm-edge coordinate --group {group}` "
+            f"({exc}); start `prsm-edge coordinate` first (same --group and --workdir), or pass --local URL "
+            "for a broker of your own"
+        ) from exc
+    print(f"gateway login {username} on {broker.connect_host}:{broker.port}", file=sys.stderr)
+    if await asyncio.to_thread(install_bridge, folder, f"gateway-{group}", bridge):
+        print(
+            f"installed the bridge in {folder}; `prsm-edge coordinate` restarts its broker to carry it",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def _serve(gateway: Gateway, seconds: float | None) -> None:

@@ -9,6 +9,10 @@ summary and births, so its view of who is online comes from the roster.
 Pointed at a region's broker (``--group`` names the region), the coordinator's state says tier 2 or more,
 and the table is the region's instead (:mod:`prsm_edge.protocol.regionview`): every group with the
 region's word on it (alive or dead, the pinned key), its signed summary and its gateway's link state.
+
+A group's table ends with its trends: sparklines of online nodes, utilization and earnings over the last
+hour and the last week, from the coordinator's retained rollup, taken only under the pinned coordinator
+key like every coordinator message (:mod:`prsm_edge.protocol.trendview`); ``--json`` carries the series.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiomqtt
 
@@ -35,6 +40,8 @@ from prsm_edge.protocol.regionview import RegionView
 
 _SETTLE_S = 0.7  # retained messages come in one burst: stop once it has been quiet this long
 _PASSWORD_ENV = "PRSM_EDGE_MQTT_PASSWORD"
+BLOCKS: Final = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH: Final = 60  # characters a sparkline may take; more buckets share a character
 
 
 def register(sub: Any) -> None:
@@ -205,6 +212,7 @@ def render(snap: dict[str, Any]) -> str:
             f"offered: {capacity}"
         )
         lines.append(f"trust levels: {trust}")
+    lines += render_trends(snap.get("trends"))
     lines.append(f"messages verified {snap['verified']}, unverified {snap['unverified']}")
     lines.append(
         f"{'node':<18} {'device':<14} {'level':<20} {'state':<8} {'cpu':>5} {'temp':>6} {'seen':>6}  note"
@@ -274,3 +282,63 @@ def render_region(snap: dict[str, Any]) -> str:
     for f in snap["failures"][:5]:
         lines.append(f"UNVERIFIED {f['topic']}: {f['reason']}")
     return "\n".join(lines)
+
+
+def sparkline(
+    values: list[float | None], *, width: int = SPARK_WIDTH, top: float | None = None, total: bool = False
+) -> str:
+    """Values as block characters, at most ``width`` of them (buckets merged: the mean, or the sum with
+    ``total``), scaled from 0 to ``top`` (default: the largest); a space where there is no sample."""
+    if not values:
+        return ""
+    per = math.ceil(len(values) / max(1, width))
+    merged: list[float | None] = []
+    for start in range(0, len(values), per):
+        known = [v for v in values[start : start + per] if v is not None and math.isfinite(v)]
+        merged.append(None if not known else sum(known) if total else sum(known) / len(known))
+    high = top if top is not None else max((v for v in merged if v is not None), default=0.0)
+    out = []
+    for v in merged:
+        if v is None:
+            out.append(" ")
+        else:
+            share = 0.0 if high <= 0 else min(1.0, max(0.0, v / high))
+            out.append(BLOCKS[round(share * (len(BLOCKS) - 1))])
+    return "".join(out)
+
+
+def _span(step_s: int, per: int) -> str:
+    seconds = step_s * per
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def render_trends(trends: dict[str, Any] | None) -> list[str]:
+    """The trend lines of a group's table (the rollup's last hour and last week), or "no rollup yet"."""
+    if trends is None:
+        return ["trends: no rollup yet (the coordinator publishes one a minute after it starts)"]
+    lines = [f"trends from the coordinator's rollup, {trends['age_s']:.0f} s old:"]
+    for label, key in (("last hour", "hour"), ("last week", "week")):
+        window = trends.get(key)
+        if not window or not window["online"]:
+            lines.append(f"  {label:<10} no samples")
+            continue
+        online, util, earned = window["online"], window["utilization"], window["earned_ftns"]
+        per = math.ceil(len(online) / SPARK_WIDTH)
+        last = next((v for v in reversed(online) if v is not None), None)
+        last_util = next((v for v in reversed(util) if v is not None), None)
+        most = max((v for v in online if v is not None), default=0)
+        peak = max((v for v in util if v is not None), default=0.0)
+        earned_sum = sum(v for v in earned if v is not None)
+        now_online = "—" if last is None else str(last)
+        now_util = "—" if last_util is None else f"{100 * last_util:.0f} %"
+        lines += [
+            f"  {label:<10} one mark per {_span(window['step_s'], per)}",
+            f"    online  {sparkline(online, top=max(1, most))}  now {now_online}, max {most}",
+            f"    util    {sparkline(util, top=1.0)}  now {now_util}, max {100 * peak:.0f} %",
+            f"    earned  {sparkline(earned, total=True)}  {earned_sum:.6f} FTNS in all",
+        ]
+    return lines

@@ -14,6 +14,7 @@ broker's acknowledgement before the next message is read.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from prsm_edge.coordinator.rollups import RegionRollupPublisher, RollupOptions, RollupStore
 from prsm_edge.errors import Reason, TopicError
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io.clock import now_ms
@@ -31,7 +33,7 @@ from prsm_edge.io.store import RosterStore
 from prsm_edge.io.unit_pins import PinStore
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.group import Publish, Rejection
-from prsm_edge.protocol.messages import UnitState
+from prsm_edge.protocol.messages import GroupSummary, UnitState
 from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.region import (
     DrillVerdict,
@@ -80,6 +82,7 @@ class RegionOptions:
     username: str | None = None
     password: str | None = None
     quiet_heap: bool = False  # freeze long-lived objects each tick (io/heap.py): for a process of its own
+    rollup: RollupOptions = dataclasses.field(default_factory=RollupOptions)  # trend rollup cadence
 
 
 class RegionCoordinator:
@@ -113,6 +116,10 @@ class RegionCoordinator:
             )
         )
         self.region.restore_pins(self.pins.load())
+        # Trend rollup of the region (coordinator/rollups.py), retained on its coord/rollup, stored.
+        self.rollups = RegionRollupPublisher(
+            options.site, options.region, RollupStore(options.workdir / "rollups.sqlite"), options.rollup
+        )
         self.ready = asyncio.Event()
         self.listeners: list[Callable[[RegionEffect], None]] = []
         self._tasks: dict[str, asyncio.Future[LeaseGranted | TaskRefused]] = {}
@@ -269,6 +276,7 @@ class RegionCoordinator:
             await self._run()
         finally:
             self.pins.close()
+            self.rollups.store.close()
             if self.heap is not None:
                 self.heap.close()
 
@@ -283,5 +291,9 @@ class RegionCoordinator:
             await asyncio.sleep(self.options.tick_s)
             if self.session.connected.is_set():
                 await self._apply(self.region.tick(now_ms()))
+                await self._apply(list(self.rollups.tick(self._rollup_units, now_ms())))
             if self.heap is not None:
                 self.heap.tick()
+
+    def _rollup_units(self) -> list[tuple[GroupSummary, bool]]:
+        return [(u.summary, u.alive) for u in self.region.units.values()]

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prsm_edge.errors import ConfigError
+from prsm_edge.io.dynsec import REGION_METHODS
 from prsm_edge.io.session import parse_url
 from prsm_edge.protocol import topics
 from prsm_edge.resources import data_path
 
 __all__ = ["BRIDGED_METHODS", "render_bridge"]
 
-BRIDGED_METHODS = ("region-task", "region-drill")
+BRIDGED_METHODS = REGION_METHODS
 
 
 def render_bridge(
@@ -26,11 +27,17 @@ def render_bridge(
     uplinks: Sequence[str],
     username: str | None = None,
     password: str | None = None,
+    local_username: str | None = None,
     restart_base_s: int = 2,
     restart_cap_s: int = 60,
     keepalive_s: int = 30,
 ) -> str:
-    """The bridge section for the group broker's configuration."""
+    """The bridge section for the group broker's configuration.
+
+    ``local_username`` names the login whose dynamic-security roles the bridge's publications into the
+    group broker are checked against (the gateway's, on a broker that ``prsm-edge coordinate`` runs);
+    without it, on an ACL'd broker, the bridge is anonymous and what comes down is dropped.
+    """
     if not uplinks:
         raise ConfigError("the bridge needs at least one uplink address (--uplink mqtt://HOST:PORT)")
     if not 1 <= restart_base_s <= restart_cap_s:
@@ -46,7 +53,9 @@ def render_bridge(
     credentials = ""
     if username:
         credentials = f"remote_username {username}\n" + (f"remote_password {password}\n" if password else "")
-    if any(c in (username or "") + (password or "") for c in "\n\r "):
+    if local_username:
+        credentials += f"local_username {local_username}\n"
+    if any(c in (username or "") + (password or "") + (local_username or "") for c in "\n\r "):
         raise ConfigError("bridge credentials may not contain spaces or line breaks")
     text = (data_path("broker") / "bridge.conf.template").read_text()
     return string.Template(text).substitute(

@@ -37,7 +37,9 @@ from prsm_edge.resources import data_path
 __all__ = [
     "ADMIN_SECRET_FILE",
     "ADMIN_USERNAME",
+    "BRIDGE_DIR",
     "RunningBroker",
+    "bridge_files",
     "find_dynsec_plugin",
     "find_mosquitto",
     "start_broker",
@@ -50,6 +52,7 @@ Prefer = Literal["auto", "mosquitto", "embedded"]
 
 ADMIN_USERNAME: Final = "prsm-admin"
 ADMIN_SECRET_FILE: Final = "admin.secret"  # the running broker's admin password, mode 0600
+BRIDGE_DIR: Final = "bridges"  # the broker includes every *.conf here (bridges to the tier above)
 MAX_QUEUED_MESSAGES: Final = 20000
 MAX_PACKET_SIZE: Final = 256 * 1024
 START_TIMEOUT_S: Final = 10.0
@@ -254,6 +257,21 @@ async def _accepts(host: str, port: int) -> bool:
     return True
 
 
+def bridge_files(folder: Path) -> dict[str, str]:
+    """``{file name: sha256 of its contents}`` of every ``*.conf`` Mosquitto includes from ``folder``."""
+    found: dict[str, str] = {}
+    try:
+        paths = sorted(p for p in folder.iterdir() if p.name.endswith(".conf") and p.is_file())
+    except OSError:
+        return found
+    for path in paths:
+        try:
+            found[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue  # removed between listing and reading: the next look sees the truth
+    return found
+
+
 def _set_pdeathsig() -> None:
     """In the child: die with the parent, so a crashed coordinator leaks no broker (Linux)."""
     if sys.platform.startswith("linux"):
@@ -278,12 +296,16 @@ class _MosquittoProcess:
         self.host = "127.0.0.1"
         self.ports: list[int] = []
         self.process: asyncio.subprocess.Process | None = None
+        self.bridge_dir: Path | None = None
+        self.loaded_bridges: dict[str, str] = {}  # what the running process read from bridge_dir
 
     def failure_text(self) -> str:
         parts = [t for t in (_tail(self.out_path), _tail(self.log_path)) if t]
         return "\n".join(parts) or "(the broker wrote nothing)"
 
     async def start(self) -> None:
+        if self.bridge_dir is not None:
+            self.loaded_bridges = bridge_files(self.bridge_dir)  # before the process reads the folder
         with self.out_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 str(self.binary),
@@ -385,6 +407,7 @@ class RunningBroker:
         log_path: Path | None = None,
         config_path: Path | None = None,
         dynsec_path: Path | None = None,
+        bridge_dir: Path | None = None,
     ) -> None:
         self.kind = kind
         self.host = host
@@ -397,6 +420,7 @@ class RunningBroker:
         self.log_path = log_path
         self.config_path = config_path
         self.dynsec_path = dynsec_path
+        self.bridge_dir = bridge_dir  # Mosquitto includes bridges from here; None for the embedded broker
         self._backend = backend
         self._running = True
 
@@ -425,6 +449,11 @@ class RunningBroker:
         """The broker's process id (Mosquitto), or None (embedded, or stopped)."""
         process = getattr(self._backend, "process", None)
         return None if process is None else int(process.pid)
+
+    @property
+    def loaded_bridges(self) -> dict[str, str]:
+        """The bridge files (name: sha256) the running broker read at its last (re)start."""
+        return dict(getattr(self._backend, "loaded_bridges", {}))
 
     @property
     def running(self) -> bool:
@@ -467,6 +496,7 @@ def _write_config(
     http_dir: Path | None,
     plugin: Path | None,
     dynsec_path: Path,
+    bridge_dir: Path,
 ) -> None:
     websockets = ""
     if ws_port is not None:
@@ -492,6 +522,7 @@ def _write_config(
             host=host,
             websockets=websockets,
             security=security,
+            bridge_dir=bridge_dir,
         )
     )
 
@@ -522,6 +553,8 @@ async def _start_mosquitto(
         await asyncio.to_thread(_write_private, workdir / ADMIN_SECRET_FILE, admin_password)
     log_path = workdir / "mosquitto.log"
     config_path = workdir / "mosquitto.conf"
+    bridge_dir = workdir / BRIDGE_DIR
+    await asyncio.to_thread(bridge_dir.mkdir, 0o700, exist_ok=True)
     try:
         user = pwd.getpwuid(os.geteuid()).pw_name  # not $USER: under sudo that names someone else
     except KeyError:
@@ -544,10 +577,12 @@ async def _start_mosquitto(
             http_dir=http_dir,
             plugin=plugin,
             dynsec_path=dynsec_path,
+            bridge_dir=bridge_dir,
         )
         process = _MosquittoProcess(binary, config_path, workdir / "mosquitto.out", log_path)
         process.host = _connect_host(host)
         process.ports = [mqtt_port] + ([web_port] if web_port is not None else [])
+        process.bridge_dir = bridge_dir
         try:
             await process.start()
         except BrokerError as exc:
@@ -571,6 +606,7 @@ async def _start_mosquitto(
             log_path=log_path,
             config_path=config_path,
             dynsec_path=dynsec_path if acl else None,
+            bridge_dir=bridge_dir,
         )
     assert last_error is not None
     raise last_error

@@ -79,6 +79,19 @@ def _open(interfaces: Sequence[str] | None) -> AsyncZeroconf:
         raise DiscoveryError(f"cannot start mDNS on interfaces {interfaces or 'all'}: {exc}") from exc
 
 
+async def _close(zc: AsyncZeroconf) -> None:
+    """Close ``zc``; if the task is cancelled while it says goodbye, still close its sockets.
+
+    ``async_close`` sends goodbye packets before it closes the sockets, so a cancellation in between
+    (a task group shutting down, a timeout) would leave the mDNS sockets open until garbage collection.
+    """
+    try:
+        await zc.async_close()
+    except asyncio.CancelledError:
+        zc.zeroconf.close()  # synchronous: no goodbyes, but the sockets and engine are shut
+        raise
+
+
 class Advertiser:
     """Announces one coordinator's group advert, signed by its key, for as long as the context is open.
 
@@ -137,11 +150,11 @@ class Advertiser:
             # runs elsewhere, which renaming would hide, so no allow_name_change.
             await (await self._zc.async_register_service(self._info, allow_name_change=False))
         except NonUniqueNameException as exc:
-            await self._zc.async_close()
+            await _close(self._zc)
             self._zc = None
             raise DiscoveryError(f"{self._info.name} is already announced by another process") from exc
         except BaseException:
-            await self._zc.async_close()
+            await _close(self._zc)
             self._zc = None
             raise
         log.info("announcing %s on %s", self._info.name, self._info.parsed_addresses())
@@ -181,7 +194,7 @@ class Advertiser:
                 await (await zc.async_unregister_service(info))
         finally:
             if zc is not None:
-                await zc.async_close()
+                await _close(zc)
 
 
 class Browser:
@@ -290,7 +303,7 @@ class Browser:
                     await self._worker
         finally:
             if self._zc is not None:
-                await self._zc.async_close()
+                await _close(self._zc)
             self._zc = self._browser = self._worker = None
 
 

@@ -13,7 +13,10 @@ client id cannot be named in a 2.0 ACL, may publish to any ``api/join/req/+`` an
 that a request's signer owns its topic.
 
 Every command is idempotent for a coordinator restart: a role, group or client that exists already is
-brought to the wanted state (``modify*``) instead of failing.
+brought to the wanted state (``modify*``) instead of failing. A node's role is made at admission, so a
+coordinator start also brings the roles of nodes admitted by an older release to the current rules
+(:meth:`DynSec.upgrade_node_roles`, run by :meth:`DynSec.setup_group`): set to exactly those rules, never
+more, and only for roles that already belong to this group.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from enum import Enum
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -41,16 +45,29 @@ __all__ = [
     "GROUP_JOINER",
     "NODE_API_METHODS",
     "NODE_LEAVES",
+    "REGION_METHODS",
     "RESPONSE_TOPIC",
     "ROLE_COORDINATOR",
     "ROLE_HOMEASSISTANT",
     "ROLE_JOINER",
     "ROLE_NODE",
+    "ROLE_REGION",
+    "ROLE_REGION_CLIENT",
+    "ROLE_REGION_VIEWER",
     "ROLE_VIEWER",
     "DynSec",
+    "RoleUpgrade",
+    "gateway_role",
+    "gateway_role_acls",
+    "gateway_username",
     "group_roles",
     "node_role",
     "node_role_acls",
+    "region_roles",
+    "unit_role",
+    "unit_role_acls",
+    "unit_username",
+    "upgrade_role",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,7 +79,12 @@ ROLE_COORDINATOR: Final = "prsm-coordinator"
 ROLE_JOINER: Final = "prsm-joiner"
 ROLE_VIEWER: Final = "prsm-viewer"
 ROLE_HOMEASSISTANT: Final = "prsm-homeassistant"
+ROLE_REGION: Final = "prsm-region"
+ROLE_REGION_CLIENT: Final = "prsm-region-client"
+ROLE_REGION_VIEWER: Final = "prsm-region-viewer"
 GROUP_JOINER: Final = "prsm-joiner"
+# API methods a region sends down a group's bridge (prsm_edge.gateway.bridge.BRIDGED_METHODS).
+REGION_METHODS: Final = ("region-task", "region-drill")
 _NODE_ROLE_PRIORITY: Final = 10  # the node's own role is checked before the shared one
 # The topics a member publishes on: its own leaves (and the network benchmark's echo) ...
 NODE_LEAVES: Final = ("state", "birth", "claim", "proof", "telemetry", "bw", "bench/echo")
@@ -182,6 +204,142 @@ def group_roles(site: str, group: str) -> dict[str, list[Acl]]:
             _allow("publishClientSend", f"prsm-ha/{site}/{group}/+/set/+"),
         ],
     }
+
+
+def gateway_username(gateway_id: str) -> str:
+    """The group-broker login of a gateway (its process, and its bridge's local side)."""
+    return f"gw-{_check('gateway id', gateway_id)}"
+
+
+def gateway_role(gateway_id: str) -> str:
+    """The name of the role that holds one gateway's ACLs on its group's broker."""
+    return f"prsm-gateway-{_check('gateway id', gateway_id)}"
+
+
+def gateway_role_acls(site: str, group: str, gateway_id: str) -> list[Acl]:
+    """What a group's gateway may do on the group's broker, and nothing more.
+
+    Read: the group's summary, its coordinator's state, the reports handed to the gateway, its bridge's
+    notifications and the answers to requests from the region. Write: its own link state and bridge
+    notification, and the requests the region sends down. The same login is the bridge's
+    ``local_username`` (Mosquitto 2.0.11 checks a bridge's local publications against the dynamic-security
+    roles of that name, without a password), so requests arriving down the bridge pass and nothing else.
+    It may not publish on member or coordinator topics, nor read members' topics.
+    """
+    base, gw = _base(site, group), _check("gateway id", gateway_id)
+    own = f"{topics.ROOT}/{site}/gw/{gw}"
+    return [
+        _allow("subscribePattern", f"{base}/summary"),
+        _allow("subscribePattern", f"{base}/coord/state"),
+        _allow("subscribePattern", f"{base}/fed/report"),
+        _allow("subscribePattern", f"{own}/bridge"),
+        _allow("publishClientSend", f"{own}/state"),
+        _allow("publishClientSend", f"{own}/bridge"),
+        *(_allow("publishClientSend", f"{base}/api/{method}/req/+") for method in REGION_METHODS),
+        *(_allow("subscribePattern", f"{base}/api/{method}/resp/+") for method in REGION_METHODS),
+    ]
+
+
+def unit_username(site: str, group: str) -> str:
+    """The region-broker login of one group (its gateway and its bridge share it)."""
+    return f"unit-{_check('site', site)}-{_check('group', group)}"
+
+
+def unit_role(site: str, group: str) -> str:
+    """The name of the role that holds one group's ACLs on its region's broker."""
+    return f"prsm-unit-{_check('site', site)}-{_check('group', group)}"
+
+
+def unit_role_acls(region_site: str, region: str, site: str, group: str) -> list[Acl]:
+    """What one group's gateway and bridge may do on the region's broker: only their unit's subtree.
+
+    Write: the unit's summary and stream, answers to the region's requests, and gateway link states and
+    bridge notifications under the group's site (signed by the gateway's key, which the region checks).
+    Read: the region coordinator's state, the unit's rebirth requests and the requests addressed to it.
+    Another group's summary, stream or requests are out of reach.
+    """
+    tree = _base(region_site, region)
+    unit = f"{tree}/unit/{_check('site', site)}/{_check('group', group)}"
+    gateways = f"{topics.ROOT}/{site}/gw/+"
+    return [
+        _allow("publishClientSend", f"{unit}/summary"),
+        _allow("publishClientSend", f"{unit}/stream"),
+        _allow("publishClientSend", f"{gateways}/state"),
+        _allow("publishClientSend", f"{gateways}/bridge"),
+        *(_allow("publishClientSend", f"{unit}/api/{method}/resp/+") for method in REGION_METHODS),
+        _allow("subscribePattern", f"{tree}/coord/state"),
+        _allow("subscribePattern", f"{unit}/rebirth"),
+        *(_allow("subscribePattern", f"{unit}/api/{method}/req/+") for method in REGION_METHODS),
+    ]
+
+
+def region_roles(region_site: str, region: str) -> dict[str, list[Acl]]:
+    """The shared roles on a region's broker: its coordinator, and clients that submit tasks."""
+    tree = _base(region_site, region)
+    return {
+        ROLE_REGION: [
+            _allow("publishClientSend", f"{tree}/#"),
+            _allow("subscribePattern", f"{tree}/#"),
+            _allow("subscribePattern", f"{topics.ROOT}/+/gw/+/state"),
+        ],
+        # Task submitters: a request is signed by its requester and the region checks that the signer
+        # owns the topic's client segment (as for joiners), so one shared role is enough.
+        ROLE_REGION_CLIENT: [
+            _allow("publishClientSend", f"{tree}/api/submit/req/+"),
+            _allow("subscribePattern", f"{tree}/api/submit/resp/+"),
+            _allow("subscribePattern", f"{tree}/coord/state"),
+            _allow("subscribePattern", f"{tree}/summary"),
+        ],
+        # The operator dashboard's region view (and `prsm-edge status` on a region): read the region's
+        # tree and every site's gateway states; publish nothing.
+        ROLE_REGION_VIEWER: [
+            _allow("subscribePattern", f"{tree}/#"),
+            _allow("subscribePattern", f"{topics.ROOT}/+/gw/+/state"),
+            _allow("subscribePattern", f"{topics.ROOT}/{region_site}/gw/+/state"),
+            _allow("subscribePattern", "$SYS/broker/#"),
+        ],
+    }
+
+
+class RoleUpgrade(Enum):
+    """What a coordinator start did with one existing role."""
+
+    CURRENT = "current"  # already exactly the current rules
+    UPGRADED = "upgraded"  # set to exactly the current rules
+    OTHER = "other"  # not a node role of this group (another group's, or none of ours): left alone
+
+
+def _acl_key(acl: Any) -> tuple[str, str, int, bool] | None:
+    if not isinstance(acl, dict):
+        return None
+    try:
+        return (str(acl["acltype"]), str(acl["topic"]), int(acl.get("priority", 0)), bool(acl["allow"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def upgrade_role(site: str, group: str, rolename: str, acls: object) -> tuple[RoleUpgrade, list[Acl]]:
+    """Decide what to do with an existing role: its verdict and, when UPGRADED, the ACLs to set.
+
+    Only a role named ``prsm-node-{node}`` that holds at least one ACL in this group's trees is ours.
+    Ours is set to exactly :func:`node_role_acls` for its node: the rules added since it was made appear,
+    and anything else it held (an older release's wider grant, a hand-made addition) is removed. A role
+    whose ACLs all lie elsewhere (another group's node on a shared broker) or that holds none is left as
+    it is: an upgrade never grants a role rights in this group that it did not have a share of.
+    """
+    prefix = f"{ROLE_NODE}-"
+    node = rolename[len(prefix) :] if rolename.startswith(prefix) else ""
+    if not topics.valid_segment(node) or not isinstance(acls, list):
+        return RoleUpgrade.OTHER, []
+    trees = (f"{_base(site, group)}/", f"prsm-ha/{site}/{group}/")
+    held = [k for a in acls if (k := _acl_key(a)) is not None]
+    if not any(topic.startswith(trees) for _, topic, _, _ in held):
+        return RoleUpgrade.OTHER, []
+    want = node_role_acls(site, group, node)
+    wanted = [k for a in want if (k := _acl_key(a)) is not None]
+    if len(held) == len(acls) and sorted(held) == sorted(wanted):
+        return RoleUpgrade.CURRENT, []
+    return RoleUpgrade.UPGRADED, want
 
 
 def _benign(command: str, error: str) -> bool:
@@ -386,6 +544,53 @@ class DynSec:
         await self.command(*commands)
         self._group = (site, group)
         log.info("dynamic security set up for %s/%s", site, group)
+        await self.upgrade_node_roles()
+
+    async def _roles(self, page: int = 50, limit: int = 20_000) -> list[dict[str, Any]]:
+        """Every role with its ACLs, read a page at a time (at most ``limit``)."""
+        out: list[dict[str, Any]] = []
+        while len(out) < limit:
+            (reply,) = await self.command(
+                {"command": "listRoles", "verbose": True, "count": page, "offset": len(out)}
+            )
+            data = reply.get("data")
+            roles = data.get("roles") if isinstance(data, dict) else None
+            if not isinstance(roles, list) or not roles:
+                break
+            out += [r for r in roles if isinstance(r, dict)]
+            if len(roles) < page:
+                break
+        return out
+
+    async def upgrade_node_roles(self) -> dict[RoleUpgrade, int]:
+        """Bring every node role of this group to the current rules (see :func:`upgrade_role`).
+
+        Idempotent: a second run finds every role current. Returns how many roles got each verdict.
+        """
+        site, group = self._site_group()
+        counts = dict.fromkeys(RoleUpgrade, 0)
+        changes: list[dict[str, Any]] = []
+        for role in await self._roles():
+            name = str(role.get("rolename", ""))
+            if not name.startswith(f"{ROLE_NODE}-"):
+                continue
+            verdict, acls = upgrade_role(site, group, name, role.get("acls"))
+            counts[verdict] += 1
+            if verdict is RoleUpgrade.UPGRADED:
+                changes.append({"command": "modifyRole", "rolename": name, "acls": acls})
+            elif verdict is RoleUpgrade.OTHER:
+                log.warning("role %s holds no rules of %s/%s: left as it is", name, site, group)
+        for start in range(0, len(changes), 50):
+            await self.command(*changes[start : start + 50])
+        log.info(
+            "node roles of %s/%s: %d brought up to the current rules, %d already current, %d left alone",
+            site,
+            group,
+            counts[RoleUpgrade.UPGRADED],
+            counts[RoleUpgrade.CURRENT],
+            counts[RoleUpgrade.OTHER],
+        )
+        return counts
 
     def _site_group(self) -> tuple[str, str]:
         if self._group is None:
@@ -409,6 +614,34 @@ class DynSec:
             {"command": "deleteRole", "rolename": node_role(node_id)},
         )
         log.info("broker credentials of node %s removed", node_id)
+
+    async def add_gateway(self, site: str, group: str, gateway_id: str, password: str) -> str:
+        """Create (or reset) gateway ``gateway_id``'s login and role on this group broker; its username."""
+        username, role = gateway_username(gateway_id), gateway_role(gateway_id)
+        await self.command(
+            *self._ensure_role(role, gateway_role_acls(site, group, gateway_id)),
+            *self._ensure_client(username, password, [(role, 0)]),
+        )
+        log.info("broker login %s issued to the gateway of %s/%s", username, site, group)
+        return username
+
+    async def setup_region(self, region_site: str, region: str) -> None:
+        """Create (or reset) a region broker's shared roles; anonymous clients get no rights there."""
+        commands: list[dict[str, Any]] = []
+        for name, acls in region_roles(region_site, region).items():
+            commands += self._ensure_role(name, acls)
+        await self.command(*commands)
+        log.info("dynamic security set up for the region %s/%s", region_site, region)
+
+    async def add_unit(self, region_site: str, region: str, site: str, group: str, password: str) -> str:
+        """Create (or reset) the region-broker login of group ``site/group``; its username."""
+        username, role = unit_username(site, group), unit_role(site, group)
+        await self.command(
+            *self._ensure_role(role, unit_role_acls(region_site, region, site, group)),
+            *self._ensure_client(username, password, [(role, 0)]),
+        )
+        log.info("region broker login %s issued to group %s/%s", username, site, group)
+        return username
 
     async def add_client(self, username: str, password: str, role: str) -> None:
         """Create (or reset) a client with one role, e.g. the coordinator's or a dashboard viewer's."""

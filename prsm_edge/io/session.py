@@ -138,6 +138,7 @@ class Session:
         self.handler = handler
         self.subscriptions = list(subscriptions)
         self.prepare = prepare or ConnectParams
+        self._login: str | None = None  # the username of the current connection (None: anonymous)
         self.on_connect = on_connect
         self.goodbye = goodbye
         self.outbox = outbox
@@ -245,6 +246,7 @@ class Session:
         while True:
             auth_failure = requested = False
             params = self.prepare()
+            self._login = params.username
             client = aiomqtt.Client(
                 self.address.host,
                 self.address.port,
@@ -306,7 +308,10 @@ class Session:
         self.backoff.reset()
         self._reconnect.clear()
         if self.subscriptions:
-            await client.subscribe(self.subscriptions)
+            granted = await client.subscribe(self.subscriptions)
+            # An anonymous joiner is refused all but its join topics on purpose: only logins are news.
+            level = logging.DEBUG if self._login is None else logging.WARNING
+            _log_refused(level, self.client_id, self.subscriptions, granted)
         self.connected.set()
         log.debug("%s: connected to %s:%d", self.client_id, self.address.host, self.address.port)
         try:
@@ -405,3 +410,17 @@ class Session:
             for item in items:
                 await _publish(client, item.topic, item.payload, 1, item.retain, 10)
                 outbox.ack(item.id)
+
+
+def _log_refused(level: int, client_id: str, wanted: list[tuple[str, int]], granted: object) -> None:
+    """Say which subscriptions the broker refused (its ACL): MQTT reports that only in the SUBACK."""
+    codes = list(granted) if isinstance(granted, tuple | list) else []
+    for (topic, _qos), code in zip(wanted, codes, strict=False):
+        value = code if isinstance(code, int) else getattr(code, "value", 0)
+        if value >= 0x80:
+            log.log(
+                level,
+                "%s: the broker refused the subscription to %s (not allowed for this login)",
+                client_id,
+                topic,
+            )

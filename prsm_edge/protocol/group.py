@@ -671,6 +671,7 @@ class _MemberRecord(msgspec.Struct, kw_only=True):
     priority_level: int = 5
     max_temperature_c: float = 80.0
     max_power_w: float = 100.0
+    ha_controls: bool = False  # absent in records stored before Home Assistant controls: off
 
 
 def member_struct(member: Member) -> _MemberRecord:
@@ -692,6 +693,7 @@ def member_struct(member: Member) -> _MemberRecord:
         priority_level=member.priority_level,
         max_temperature_c=member.max_temperature_c,
         max_power_w=member.max_power_w,
+        ha_controls=member.ha_controls,
     )
 
 
@@ -716,4 +718,5 @@ def member_from_record(data: object) -> Member:
         priority_level=rec.priority_level,
         max_temperature_c=rec.max_temperature_c,
         max_power_w=rec.max_power_w,
+        ha_controls=rec.ha_controls,
     )

@@ -8,8 +8,9 @@ same the browser dashboard applies:
    Ed25519 over COSE_Sign1);
 2. ``coord/state`` must be signed by the key it names, for the coordinator id derived from it; that key
    is pinned (given by the caller, else the first seen) and another key later is refused;
-3. roster, summary, beacon and commands must be signed by the pinned coordinator key; those that arrive
-   before the coordinator's state wait in a bounded queue;
+3. roster, summary, trend rollup, beacon and commands must be signed by the pinned coordinator key;
+   those that arrive before the coordinator's state wait in a bounded queue (a rollup naming another
+   group, or older than the one held, is not taken);
 4. a node's topics must be signed by the key its node id derives from (and the roster's key for it),
    and the body's ``node`` must name the topic's node.
 
@@ -29,6 +30,7 @@ from prsm_edge.protocol import topics
 from prsm_edge.protocol.envelope import Opened, open_envelope
 from prsm_edge.protocol.messages import (
     CoordState,
+    GroupRollup,
     GroupSummary,
     Heartbeat,
     NodeBirth,
@@ -37,6 +39,7 @@ from prsm_edge.protocol.messages import (
     Roster,
     RosterEntry,
 )
+from prsm_edge.protocol.trendview import trends
 
 __all__ = ["GroupView", "NodeView", "Unverified"]
 
@@ -79,6 +82,7 @@ class GroupView:
     coord_seen_ms: int | None = None
     roster: Roster | None = None
     summary: GroupSummary | None = None
+    rollup: GroupRollup | None = None
     nodes: dict[str, NodeView] = field(default_factory=dict)
     failures: deque[Unverified] = field(default_factory=lambda: deque(maxlen=MAX_FAILURES))
     verified: int = 0
@@ -140,6 +144,9 @@ class GroupView:
                         self._node(entry.node)
                 case GroupSummary() as summary:
                     self.summary = summary
+                case GroupRollup() as rollup if (rollup.site, rollup.group) == (self.site, self.group):
+                    if self.rollup is None or rollup.at_ms >= self.rollup.at_ms:
+                        self.rollup = rollup
 
     def _coord_state(self, topic: str, opened: Opened, now_ms: int) -> None:
         msg = opened.message
@@ -252,6 +259,10 @@ class GroupView:
                 "utilization": s.utilization,
             },
             "nodes": nodes,
+            # The coordinator's trend rollup, cut to the last hour and week (None: no rollup yet).
+            "trends": None
+            if self.rollup is None
+            else {**trends(self.rollup), "age_s": (now_ms - self.rollup.at_ms) / 1000},
             "verified": self.verified,
             "unverified": self.unverified,
             "failures": [{"topic": f.topic, "reason": f.reason} for f in list(self.failures)[:20]],
