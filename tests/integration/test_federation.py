@@ -26,7 +26,7 @@ from prsm_edge.protocol import messages as m
 from prsm_edge.protocol import topics as t
 from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.placement import TaskSpec
-from prsm_edge.protocol.region import LeaseGranted, RegionEffect, StreamItem
+from prsm_edge.protocol.region import LeaseGranted, RegionEffect, StreamItem, UnitChange
 from tests.conftest import Mosquitto, free_port, start_mosquitto
 from tests.integration.groupkit import agent_options, coordinator, cpu, eventually
 
@@ -102,6 +102,7 @@ def _group(
             replay_burst=2,
             state_interval_s=1.0,
             keepalive_s=2,
+            coordinator_grace_s=1.0,
         ),
     )
     rig = GroupRig(name, site, broker, coord, agent, gateway)
@@ -370,3 +371,50 @@ async def test_a_region_that_fails_to_start_partway_leaves_no_broker_running(
     finally:
         for broker in started:
             broker.stop()
+
+
+async def test_a_group_broker_restart_is_not_reported_as_the_coordinator_going_offline(
+    tmp_path: Path,
+) -> None:
+    """The broker hands out the coordinator's Will after a restart of its own (the coordinator only lost
+    its connection); the gateway must not report the group's coordinator offline to the region for it."""
+    async with region_of_three(tmp_path) as rig:
+        g1 = rig.groups["g1"]
+        reconnects = g1.coordinator.session.connections
+        await asyncio.to_thread(g1.broker.restart)
+        await eventually(lambda: g1.coordinator.session.connections > reconnects, timeout=20)
+        await eventually(lambda: g1.gateway.local.connected.is_set(), timeout=20, what="gateway back")
+        await asyncio.sleep(3 * 1.0)  # a few of the gateway's state intervals
+        kills = [e for e in rig.effects if isinstance(e, UnitChange) and not e.alive]
+        assert [k.why for k in kills if k.why == "coordinator offline"] == []
+
+
+async def test_the_coordinators_will_goes_up_only_if_the_coordinator_stays_offline(tmp_path: Path) -> None:
+    async with region_of_three(tmp_path) as rig:
+        g1 = rig.groups["g1"]
+        coord = g1.coordinator
+        topic = t.coord_state("lab", "g1")
+
+        def sealed(status: str) -> bytes:
+            return coord.signer.seal(coord.group.state_message(status)[1], now_ms())
+
+        def reported_offline() -> bool:
+            return any(
+                isinstance(e, UnitChange) and e.group == "g1" and e.why == "coordinator offline"
+                for e in rig.effects
+            )
+
+        async with aiomqtt.Client("127.0.0.1", g1.broker.port, identifier="as-the-broker") as c:
+            # What a restarted broker hands out: the Will of the coordinator's lost connection, and then
+            # the coordinator's own online state once it has reconnected.
+            await c.publish(topic, sealed("offline"), qos=1, retain=True)
+            await eventually(lambda: g1.gateway.local.connected.is_set())
+            await asyncio.sleep(0.3)
+            await c.publish(topic, sealed("online"), qos=1, retain=True)
+            await asyncio.sleep(2 * 1.0)  # twice the gateway's grace
+            assert g1.gateway.link.coordinator == "online" and not reported_offline()
+            # A coordinator that stays offline is reported once the grace has passed.
+            await _cancel(g1.tasks[0])
+            await c.publish(topic, sealed("offline"), qos=1, retain=True)
+            await eventually(reported_offline, what="the group's coordinator reported offline")
+            assert g1.gateway.link.coordinator == "offline"

@@ -56,7 +56,7 @@ async def _refused(port: int, user: str, password: str) -> bool:
     try:
         async with aiomqtt.Client(
             "127.0.0.1", port, identifier=f"{user}-2", username=user, password=password
-        ):  # noqa: E501
+        ):
             return False
     except aiomqtt.MqttCodeError:
         return True
