@@ -14,6 +14,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
+from prsm_edge.coordinator.rollups import RollupOptions
 from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.errors import Reason
 from prsm_edge.gateway.bridge import render_bridge
@@ -97,7 +98,9 @@ def _group(tmp: Path, name: str, site: str, region_url: str, uplinks: tuple[str,
 
 
 @contextlib.asynccontextmanager
-async def region_of_three(tmp: Path, region_broker_extra: str = "") -> AsyncIterator[RegionRig]:
+async def region_of_three(
+    tmp: Path, region_broker_extra: str = "", rollup: RollupOptions | None = None
+) -> AsyncIterator[RegionRig]:
     rbroker = start_mosquitto(tmp / "region-broker", extra=region_broker_extra)
     region = RegionCoordinator(
         load_or_create(tmp / "region"),
@@ -110,6 +113,7 @@ async def region_of_three(tmp: Path, region_broker_extra: str = "") -> AsyncIter
             summary_interval_s=1.0,
             tick_s=0.2,
             task_timeout_s=3.0,
+            rollup=rollup or RollupOptions(),
         ),
     )
     effects: list[RegionEffect] = []
