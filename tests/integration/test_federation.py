@@ -15,6 +15,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
+from prsm_edge.coordinator.rollups import RollupOptions
 from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.errors import Reason
 from prsm_edge.gateway.bridge import render_bridge
@@ -119,15 +120,19 @@ async def _cancel(*tasks: asyncio.Task[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def region_of_three(tmp: Path, region_broker_extra: str = "") -> AsyncIterator[RegionRig]:
+async def region_of_three(
+    tmp: Path, region_broker_extra: str = "", rollup: RollupOptions | None = None
+) -> AsyncIterator[RegionRig]:
     """The region and its three groups; everything started is stopped, also when a part fails to start."""
     async with contextlib.AsyncExitStack() as stack:
         rbroker = start_mosquitto(tmp / "region-broker", extra=region_broker_extra)
         stack.callback(rbroker.stop)
-        yield await _start_region(stack, tmp, rbroker)
+        yield await _start_region(stack, tmp, rbroker, rollup)
 
 
-async def _start_region(stack: contextlib.AsyncExitStack, tmp: Path, rbroker: Mosquitto) -> RegionRig:
+async def _start_region(
+    stack: contextlib.AsyncExitStack, tmp: Path, rbroker: Mosquitto, rollup: RollupOptions | None
+) -> RegionRig:
     region = RegionCoordinator(
         load_or_create(tmp / "region"),
         RegionOptions(
@@ -139,6 +144,7 @@ async def _start_region(stack: contextlib.AsyncExitStack, tmp: Path, rbroker: Mo
             summary_interval_s=1.0,
             tick_s=0.2,
             task_timeout_s=3.0,
+            rollup=rollup or RollupOptions(),
         ),
     )
     effects: list[RegionEffect] = []
