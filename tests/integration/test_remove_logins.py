@@ -129,7 +129,7 @@ async def test_gateway_remove_login_deletes_its_login_and_bridge(tmp_path: Path,
     assert f"login {gateway_username(gateway_id)}" in done.stdout and "bridge gateway-g1.conf" in done.stdout
     assert not bridge.exists()
     # The coordinator restarts its broker without the bridge (maybe while we ask): ask until it answers.
-    await until(lambda: "restarting the broker" in procs.log("coord"), "the broker restart", procs, deadline)
+    await until(lambda: "broker restarted after" in procs.log("coord"), "the broker restart", procs, deadline)
     answer: list[bool] = []
 
     async def answered() -> bool:
