@@ -50,6 +50,7 @@ coordinator's absence. Fraud flags expire after ``flag_ttl_ms``; detectors look 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -152,13 +153,14 @@ class VerifierConfig:
     round_ms: int = 300_000
     vote_timeout_ms: int = 15_000
     panel: int = 5
-    # Challenge sizing and thresholds: proofs.PARAMS (chosen from measured noise) unless set here.
-    segments: int = proofs.PARAMS["cpu"].segments
-    opens: int = proofs.PARAMS["cpu"].opens
-    target_ms: int = proofs.PARAMS["cpu"].target_ms
-    slack: float = proofs.PARAMS["cpu"].slack
-    network_ms: int = proofs.PARAMS["cpu"].network_ms
-    min_rate_ratio: float = proofs.PARAMS["cpu"].min_rate_ratio
+    # Challenge sizing and thresholds: each workload's own proofs.PARAMS (chosen from its measured noise)
+    # unless set here; a value set here overrides it for every workload (:meth:`params`).
+    segments: int | None = None
+    opens: int | None = None
+    target_ms: int | None = None
+    slack: float | None = None
+    network_ms: int | None = None
+    min_rate_ratio: float | None = None
     policy: LevelPolicy = field(default_factory=LevelPolicy)
     stake_policy: stake_mod.StakePolicy = field(default_factory=stake_mod.StakePolicy)
     availability_window_ms: int = 3_600_000  # uptime is judged against the commitment per window
@@ -167,6 +169,20 @@ class VerifierConfig:
     max_open_checks: int = 24  # checks in flight at once; the rest wait their turn
     flag_ttl_ms: int = 24 * 3_600_000  # a fraud flag not raised again within this expires
     overclaim: credit.OverclaimTest = field(default_factory=credit.OverclaimTest)
+
+    def params(self, workload: str) -> proofs.Params:
+        """How ``workload`` is challenged and judged here: its ``proofs.PARAMS``, with the operator's
+        overrides (the fields set here) applied."""
+        p = proofs.PARAMS[workload]
+        return dataclasses.replace(
+            p,
+            segments=p.segments if self.segments is None else self.segments,
+            opens=p.opens if self.opens is None else self.opens,
+            target_ms=p.target_ms if self.target_ms is None else self.target_ms,
+            slack=p.slack if self.slack is None else self.slack,
+            network_ms=p.network_ms if self.network_ms is None else self.network_ms,
+            min_rate_ratio=p.min_rate_ratio if self.min_rate_ratio is None else self.min_rate_ratio,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +471,7 @@ class Verifier:
         if state.claim == check.claim and state.claim_of is not None:
             claimed = claimed_rates(state.claim_of).get(ch.workload, claimed)
         measured.add(credit.implied_rate(rate, ch.claimed_rate, claimed))
-        null = credit.null_ratio(proofs.expected_ms(ch), self.config.network_ms)
+        null = credit.null_ratio(proofs.expected_ms(ch), self.config.params(ch.workload).network_ms)
         if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
             est = measured.estimate()
             share = f"{est / ch.claimed_rate:.0%}" if est > 0 else "less"
@@ -692,6 +708,7 @@ class Verifier:
         c = self.config
         if workload == "bandwidth":
             return self._issue_bandwidth(member, slot, now_ms, rng)
+        p = c.params(workload)
         shape = proofs.claims(member.resources).get(workload, proofs.Claim(rate))  # lanes, capacity
         issued = proofs.make_challenge(
             c.coordinator,
@@ -700,11 +717,11 @@ class Verifier:
             rate,
             rng,
             now_ms,
-            segments=c.segments,
-            target_ms=c.target_ms,
-            opens=c.opens,
-            slack=c.slack,
-            network_ms=c.network_ms,
+            segments=p.segments,
+            target_ms=p.target_ms,
+            opens=p.opens,
+            slack=p.slack,
+            network_ms=p.network_ms,
             lanes=shape.lanes,
             capacity_bytes=shape.capacity_bytes,
         )
@@ -723,7 +740,7 @@ class Verifier:
         # Seat the panel before the subject hears of the challenge, so its proof finds them waiting.
         effects: list[VerifierEffect] = []
         for verifier in slot.panel:
-            args = {"challenge": wire, "round": slot.round, "min_rate_ratio": c.min_rate_ratio}
+            args = {"challenge": wire, "round": slot.round, "min_rate_ratio": p.min_rate_ratio}
             effects.append(self._cmd(verifier, "verify", args))
         effects.append(self._cmd(member.node, "challenge", {"challenge": wire}))
         return effects
@@ -817,7 +834,7 @@ class Verifier:
                 check.proof,
                 opening,
                 check.proof_at,
-                self.config.min_rate_ratio,
+                self.config.params(check.challenge.workload).min_rate_ratio,
                 check.revealed_at,
                 check.opened_at,
             )
