@@ -69,7 +69,7 @@ from nacl.signing import SigningKey
 
 from prsm_edge.node.agent import SEAT_WATCH_S
 from prsm_edge.node.prover import ProofWork, calibrate_cpu_rate, calibrate_table_rate
-from prsm_edge.protocol import proofs, topics
+from prsm_edge.protocol import credit, proofs, topics
 from prsm_edge.protocol.envelope import Signer, open_envelope
 from prsm_edge.protocol.group import (
     Group,
@@ -595,7 +595,12 @@ class Sim:
                 extra = 0
                 if ch is not None and ch.workload != "cpu":  # full-size tables have longer paths
                     extra = len(opening.openings) * 32 * math.ceil(math.log2(SCALE[ch.workload]))
-                self.at(self.now + 5, lambda: self._send(node, topics.Kind.NODE_PROOF, opening, extra))
+                hold = 5
+                if ch is not None and node.kind == "overclaim":
+                    # The rational cheat holds its opening back by the most network allowance credit
+                    # takes out of the timed interval (credit.allowance_ms), to be credited faster.
+                    hold += math.ceil(credit.ALLOWANCE_SHARE * proofs.expected_ms(ch))
+                self.at(self.now + hold, lambda: self._send(node, topics.Kind.NODE_PROOF, opening, extra))
         elif cmd.verb == "rebirth":
             self.birth(node)
 

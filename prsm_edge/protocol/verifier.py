@@ -470,8 +470,21 @@ class Verifier:
         claimed = ch.claimed_rate  # the whole claim's rate, where the check asked for less (a cap)
         if state.claim == check.claim and state.claim_of is not None:
             claimed = claimed_rates(state.claim_of).get(ch.workload, claimed)
-        measured.add(credit.implied_rate(rate, ch.claimed_rate, claimed))
-        null = credit.null_ratio(proofs.expected_ms(ch), self.config.params(ch.workload).network_ms)
+        # Credited over the proving time: the interval less the round trip the coordinator saw between
+        # its salt reveal and the opening (capped: credit.allowance_ms), so an honest node's figure is
+        # centred on its real rate. The overclaim test keeps the whole interval (its null allows for it).
+        network_ms = self.config.params(ch.workload).network_ms
+        trip = (
+            check.opened_at - check.revealed_at if check.opening is not None and check.revealed_at else None
+        )
+        allowance = credit.allowance_ms(trip, proofs.expected_ms(ch), network_ms)
+        net = (
+            credit.net_rate(proofs.total_work(ch), check.proof_at - ch.issued_ms, allowance)
+            if allowance
+            else rate
+        )
+        measured.add(credit.implied_rate(max(rate, net), ch.claimed_rate, claimed))
+        null = credit.null_ratio(proofs.expected_ms(ch), network_ms)
         if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
             est = measured.estimate()
             share = f"{est / ch.claimed_rate:.0%}" if est > 0 else "less"

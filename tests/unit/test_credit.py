@@ -129,6 +129,48 @@ async def test_an_honest_node_keeps_about_its_claim() -> None:
         assert net.v.credited(m)[0].capacity == CORES * got
 
 
+async def test_an_honest_node_is_credited_its_rate_net_of_the_round_trip_the_coordinator_saw() -> None:
+    """Fails on the old code: the whole interval (work and one network round trip) was timed, so a node
+    delivering exactly its claim, with a 100 ms round trip, was credited 3 / 3.1 = 0.968 of it."""
+    net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
+    for r in range(4):
+        await net.round(
+            T0 + r * ROUND,
+            delay=dict.fromkeys(net.members, TARGET_MS + NET_MS),
+            trip=dict.fromkeys(net.members, NET_MS),
+            settle_at=10_000,
+        )
+    for m in net.members.values():
+        got = net.v.credited_rates(m)["cpu"] / (CORES * PER_CORE)
+        assert got >= 0.995, (m.node, got)
+
+
+async def test_holding_the_opening_back_gains_at_most_the_capped_allowance() -> None:
+    # "n0" claims 1.2x, does honest work, and holds every opening back 2 s to have more time taken out.
+    net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
+    net.members["n0"].resources = claim(1.2)
+    for r in range(4):
+        delay = {n: arrival_ms(1.2 if n == "n0" else 1.0, 1.0) for n in net.members}
+        await net.round(T0 + r * ROUND, delay=delay, trip={"n0": 2_000}, settle_at=10_000)
+    work = CORES * PER_CORE * 1.2 * TARGET_MS  # the challenge was sized for the claim
+    elapsed = arrival_ms(1.2, 1.0)
+    most = work / (elapsed - credit.ALLOWANCE_SHARE * TARGET_MS)
+    got = net.v.credited_rates(net.members["n0"])["cpu"]
+    assert math.isclose(got, most, rel_tol=0.01), (got, most)
+    assert got <= CORES * PER_CORE / (1 - 1.2 * credit.ALLOWANCE_SHARE)  # ≤ 6.4 % above what it delivers
+
+
+def test_the_allowance_is_the_round_trip_capped() -> None:
+    assert credit.allowance_ms(None, 3_000, 500) == 0.0
+    assert credit.allowance_ms(-5, 3_000, 500) == 0.0
+    assert credit.allowance_ms(float("nan"), 3_000, 500) == 0.0
+    assert credit.allowance_ms(80, 3_000, 500) == 80
+    assert credit.allowance_ms(10_000, 3_000, 500) == credit.ALLOWANCE_SHARE * 3_000
+    assert credit.allowance_ms(10_000, 30_000, 500) == 500
+    assert credit.net_rate(3_000, 3_100, 100) == 1_000
+    assert credit.net_rate(3_000, 50, 100) == 3_000_000  # at least 1 ms left
+
+
 async def test_the_overclaim_test_flags_a_persistent_1_2x_overclaimer_not_honest_nodes() -> None:
     net = Net([f"n{i}" for i in range(6)], config=config(), resources=lambda: claim(1.0))
     net.v.sampler = AdaptiveSampler(threshold=10_000)  # every node checked every round
