@@ -96,6 +96,7 @@ from prsm_edge.protocol.messages import (
 )
 from prsm_edge.protocol.verifier import (
     LevelChange,
+    RecordContainment,
     RecordEvidence,
     RecordLedger,
     RecordSampling,
@@ -230,6 +231,7 @@ class Sim:
         self.store_ledger: list[LedgerEntry] = []
         self.store_evidence: dict[tuple[str, bytes], dict[str, object]] = {}
         self.store_sampling: dict[str, dict[str, int]] = {}
+        self.store_containment: dict[str, tuple[str, ...]] = {}  # pending re-checks, as the shell keeps them
         self.neutralised: dict[int, set[str]] = {}  # cycle → overclaimers neutralised at its end
         self.gain: dict[int, float] = {}  # cycle → g, the p99.5 of honest nodes' credited/true − 1
         self.epoch = 0
@@ -271,6 +273,7 @@ class Sim:
             [(n, claim, rec) for (n, claim), rec in self.store_evidence.items()], self.now
         )
         self.verifier.restore_sampling(list(self.store_sampling.items()))
+        self.verifier.restore_containment(list(self.store_containment.items()), self.now)
         self.verdicts_seen = 0
         self.next_round = self.now + 10_000  # warm-up: members re-announce before round 1
 
@@ -314,6 +317,8 @@ class Sim:
                     self.store_evidence[(node, claim)] = record
                 case RecordSampling(node=node, record=sampling):
                     self.store_sampling[node] = sampling
+                case RecordContainment(node=node, workloads=workloads):
+                    self.store_containment[node] = workloads
                 case RunCheck():
                     self.stats.verify_cpu += self.check_cost(e.challenge)
                     await self.apply(self.verifier.check_result(e.challenge_id, e.run()))

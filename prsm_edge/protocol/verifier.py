@@ -86,6 +86,7 @@ from prsm_edge.protocol.sampling import AdaptiveSampler, NodeRecord
 __all__ = [
     "CPU_RATE_KEY",
     "LevelChange",
+    "RecordContainment",
     "RecordEvidence",
     "RecordLedger",
     "RecordSampling",
@@ -218,6 +219,15 @@ class RecordSampling:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordContainment:
+    """Persist the workloads of ``node`` whose first late or slow result awaits its re-check (empty:
+    none), so a restart does not give the next late or slow result a second first chance."""
+
+    node: str
+    workloads: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RecordSlashEvidence:
     """Persist a slash's evidence under its digest (the one the ledger entry cites)."""
 
@@ -271,6 +281,7 @@ VerifierEffect = (
     | RecordLedger
     | RecordEvidence
     | RecordSampling
+    | RecordContainment
     | RecordSlashEvidence
     | VerifyQuote
     | RunCheck
@@ -365,6 +376,7 @@ class Verifier:
         self._sampling: dict[str, float] = {}
         self._queue: deque[_Pending] = deque()
         self._dirty: set[tuple[str, bytes]] = set()
+        self._contained_dirty: set[str] = set()  # nodes whose pending re-checks changed
         self._clock = 0
         self.verdicts: deque[tuple[str, proofs.Verdict]] = deque(maxlen=1024)  # recent, for inspection
         self.voided = 0
@@ -502,6 +514,16 @@ class Verifier:
             self.sampler.restore(node, NodeRecord.from_record(record))
         self.sampler.changed.clear()
 
+    def restore_containment(self, records: Iterable[tuple[str, object]], now_ms: int) -> None:
+        """Load the pending re-checks persisted by an earlier run (:class:`RecordContainment`): each
+        node's workloads whose first late or slow result awaits its re-check. Unknown names are dropped."""
+        for node, workloads in records:
+            if not isinstance(workloads, (list, tuple)):
+                continue
+            known = {w for w in workloads if isinstance(w, str) and w in proofs.WORKLOADS}
+            if known:
+                self._node(node, now_ms).contained |= known
+
     def level_of(self, node: str) -> VerificationLevel:
         """The level last reported for ``node`` (on the claim last seen)."""
         state = self.nodes.get(node)
@@ -529,6 +551,10 @@ class Verifier:
         for node in sorted(self.sampler.changed):
             effects.append(RecordSampling(node, self.sampler.record_of(node).to_record()))
         self.sampler.changed.clear()
+        for node in sorted(self._contained_dirty):
+            state = self.nodes.get(node)
+            effects.append(RecordContainment(node, tuple(sorted(state.contained)) if state else ()))
+        self._contained_dirty.clear()
         return effects
 
     def _level(self, member: Member, now_ms: int) -> list[VerifierEffect]:
@@ -1003,12 +1029,14 @@ class Verifier:
             # Containment (as Storj audits): a first late or slow result may be a busy moment on an
             # honest device, so it is checked again before it counts. A second one in a row counts.
             state.contained.add(workload)
+            self._contained_dirty.add(node)
             self.sampler.flag(node, checks=1)
             ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
             self.contained += 1
             return self._flush() + (self._level(member, now_ms) if member is not None else [])
-        if verdict.accepted:
+        if verdict.accepted and workload in state.contained:
             state.contained.discard(workload)
+            self._contained_dirty.add(node)
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )
