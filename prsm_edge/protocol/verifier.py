@@ -377,6 +377,7 @@ class Verifier:
         self._queue: deque[_Pending] = deque()
         self._dirty: set[tuple[str, bytes]] = set()
         self._contained_dirty: set[str] = set()  # nodes whose pending re-checks changed
+        self._trips: dict[str, credit.RoundTrips] = {}  # workload → recent reveal-to-opening round trips
         self._clock = 0
         self.verdicts: deque[tuple[str, proofs.Verdict]] = deque(maxlen=1024)  # recent, for inspection
         self.voided = 0
@@ -483,13 +484,17 @@ class Verifier:
         if state.claim == check.claim and state.claim_of is not None:
             claimed = claimed_rates(state.claim_of).get(ch.workload, claimed)
         # Credited over the proving time: the interval less the round trip the coordinator saw between
-        # its salt reveal and the opening (capped: credit.allowance_ms), so an honest node's figure is
-        # centred on its real rate. The overclaim test keeps the whole interval (its null allows for it).
+        # its salt reveal and the opening (at most the group's median, and capped: credit.RoundTrips,
+        # credit.allowance_ms), so an honest node's figure is centred on its real rate. The overclaim
+        # test keeps the whole interval (its null allows for the network).
         network_ms = self.config.params(ch.workload).network_ms
         trip = (
             check.opened_at - check.revealed_at if check.opening is not None and check.revealed_at else None
         )
-        allowance = credit.allowance_ms(trip, proofs.expected_ms(ch), network_ms)
+        trips = self._trips.setdefault(ch.workload, credit.RoundTrips())
+        allowance = trips.allowance(trip, proofs.expected_ms(ch), network_ms)
+        if trip is not None:
+            trips.add(trip)
         net = (
             credit.net_rate(proofs.total_work(ch), check.proof_at - ch.issued_ms, allowance)
             if allowance
