@@ -22,7 +22,8 @@ node's own calibration functions; signature checks at the measured cost of ``ope
 Population (fractions of ``--nodes``): honest 70 % (claims from calibration, ±15 % noise per proof,
 clock skew ±5 s), overclaimers 15 % (1.1–3× on the CPU rate, the CPU cores, the memory fill rate or the
 storage write rate; the rational cheat proves honestly when the overclaim fits inside the threshold and
-otherwise computes only the share of the work that meets the rate and fills the rest with junk), sybils
+otherwise computes only the share of the work that meets the rate and fills the rest with junk, and holds
+every opening back by the most network allowance credit could take out, 5 % of the expected time), sybils
 5 % (groups of 2–3 identities on one device, one fingerprint), withholders 3 % (commit, never open),
 plus 7 % honest nodes that join the 15 % + 5 % cheats as colluding verifiers (20 % in all: they vote
 accept for cheats and reject for everyone else). A coordinator restart (``--restart-cycle``) and a
@@ -267,7 +268,13 @@ class Sim:
             credited=lambda m: self.verifier.credited(m),
         )
         self.group.restore(list(self.store_members.values()))
-        cfg = VerifierConfig(site=SITE, group=GROUP, coordinator=c.node_id, round_ms=ROUND_MS)
+        cfg = VerifierConfig(
+            site=SITE,
+            group=GROUP,
+            coordinator=c.node_id,
+            round_ms=ROUND_MS,
+            credit_net_of_network=self.args.credit_net,
+        )
         self.verifier = Verifier(cfg, Ledger(list(self.store_ledger)), secret=self.rng.randbytes(32))
         self.verifier.restore_evidence(
             [(n, claim, rec) for (n, claim), rec in self.store_evidence.items()], self.now
@@ -603,7 +610,8 @@ class Sim:
                 hold = 5
                 if ch is not None and node.kind == "overclaim":
                     # The rational cheat holds its opening back by the most network allowance credit
-                    # takes out of the timed interval (credit.allowance_ms), to be credited faster.
+                    # could take out of the timed interval (credit.allowance_ms), to look faster; the
+                    # group's median round trip (credit.RoundTrips) is what bounds it.
                     hold += math.ceil(credit.ALLOWANCE_SHARE * proofs.expected_ms(ch))
                 self.at(self.now + hold, lambda: self._send(node, topics.Kind.NODE_PROOF, opening, extra))
         elif cmd.verb == "rebirth":
@@ -919,6 +927,11 @@ def main() -> None:
         "--restart-cycle", type=int, default=3, help="coordinator restart in this cycle (0: none)"
     )
     ap.add_argument("--outage-cycle", type=int, default=4, help="20 s broker outage in this cycle (0: none)")
+    ap.add_argument(
+        "--credit-net",
+        action="store_true",
+        help="credit rates net of the coordinator-observed round trip (VerifierConfig.credit_net_of_network)",
+    )
     ap.add_argument("--quick", action="store_true", help="shorter calibration at start")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the verifier logs every failed check: the table says it

@@ -170,6 +170,11 @@ class VerifierConfig:
     max_open_checks: int = 24  # checks in flight at once; the rest wait their turn
     flag_ttl_ms: int = 24 * 3_600_000  # a fraud flag not raised again within this expires
     overclaim: credit.OverclaimTest = field(default_factory=credit.OverclaimTest)
+    # Credit the rate over the proving time (the interval less the coordinator-observed round trip,
+    # credit.RoundTrips) instead of the whole interval. Off: with the lower-quartile estimate it lets an
+    # in-band overclaimer's lucky runs be credited above its true rate several times as often
+    # (docs/verification.md, "Credit by measurement"); it wants an estimator with a tighter margin first.
+    credit_net_of_network: bool = False
 
     def params(self, workload: str) -> proofs.Params:
         """How ``workload`` is challenged and judged here: its ``proofs.PARAMS``, with the operator's
@@ -483,16 +488,18 @@ class Verifier:
         claimed = ch.claimed_rate  # the whole claim's rate, where the check asked for less (a cap)
         if state.claim == check.claim and state.claim_of is not None:
             claimed = claimed_rates(state.claim_of).get(ch.workload, claimed)
-        # Credited over the proving time: the interval less the round trip the coordinator saw between
-        # its salt reveal and the opening (at most the group's median, and capped: credit.RoundTrips,
-        # credit.allowance_ms), so an honest node's figure is centred on its real rate. The overclaim
-        # test keeps the whole interval (its null allows for the network).
+        # With credit_net_of_network: credited over the proving time, the interval less the round trip
+        # the coordinator saw between its salt reveal and the opening (at most the group's median, and
+        # capped: credit.RoundTrips, credit.allowance_ms), so an honest node's figure is centred on its
+        # real rate. The overclaim test keeps the whole interval (its null allows for the network).
         network_ms = self.config.params(ch.workload).network_ms
         trip = (
             check.opened_at - check.revealed_at if check.opening is not None and check.revealed_at else None
         )
         trips = self._trips.setdefault(ch.workload, credit.RoundTrips())
         allowance = trips.allowance(trip, proofs.expected_ms(ch), network_ms)
+        if not self.config.credit_net_of_network:
+            allowance = 0.0
         if trip is not None:
             trips.add(trip)
         net = (
