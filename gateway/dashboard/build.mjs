@@ -13,6 +13,20 @@ const PAGES = [
   ['src/owner.js', 'src/owner.html', 'dist/owner/index.html', 200 * 1024] // the owner panel (the agent)
 ]
 const css = read('node_modules/uplot/dist/uPlot.min.css') + read('src/style.css')
+// The verifier worker, built first and handed to the pages as a string (started from a Blob URL).
+const worker = await build({
+  entryPoints: [new URL('src/verify-worker.js', here).pathname],
+  bundle: true,
+  minify: true,
+  format: 'iife',
+  platform: 'browser',
+  target: ['chrome110', 'firefox110', 'safari16'],
+  legalComments: 'none',
+  charset: 'utf8',
+  write: false,
+  logLevel: 'warning'
+})
+const define = { __VERIFY_WORKER__: JSON.stringify(worker.outputFiles[0].text) }
 let over = false
 for (const [entry, template, output, budget] of PAGES) {
   const result = await build({
@@ -24,6 +38,7 @@ for (const [entry, template, output, budget] of PAGES) {
     target: ['chrome110', 'firefox110', 'safari16'],
     legalComments: 'eof',
     charset: 'utf8',
+    define,
     write: false,
     logLevel: 'warning'
   })

@@ -8,6 +8,7 @@ logging refusals once per reason per unit, and resolving the callers of :meth:`s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from prsm_edge.coordinator.rollups import RegionRollupPublisher, RollupOptions, RollupStore
 from prsm_edge.errors import Reason
 from prsm_edge.identity import Identity, SeqStore
 from prsm_edge.io.clock import now_ms
@@ -24,6 +26,7 @@ from prsm_edge.io.store import RosterStore
 from prsm_edge.io.unit_pins import PinStore
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.group import Publish, Rejection
+from prsm_edge.protocol.messages import GroupSummary
 from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.region import (
     DrillVerdict,
@@ -59,6 +62,7 @@ class RegionOptions:
     pinned: dict[tuple[str, str], bytes] | None = None
     username: str | None = None
     password: str | None = None
+    rollup: RollupOptions = dataclasses.field(default_factory=RollupOptions)  # trend rollup cadence
 
 
 class RegionCoordinator:
@@ -92,6 +96,10 @@ class RegionCoordinator:
             )
         )
         self.region.restore_pins(self.pins.load())
+        # Trend rollup of the region (coordinator/rollups.py), retained on its coord/rollup, stored.
+        self.rollups = RegionRollupPublisher(
+            options.site, options.region, RollupStore(options.workdir / "rollups.sqlite"), options.rollup
+        )
         self.ready = asyncio.Event()
         self.listeners: list[Callable[[RegionEffect], None]] = []
         self._tasks: dict[str, asyncio.Future[LeaseGranted | TaskRefused]] = {}
@@ -211,6 +219,7 @@ class RegionCoordinator:
             await self._run()
         finally:
             self.pins.close()
+            self.rollups.store.close()
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -229,3 +238,7 @@ class RegionCoordinator:
             await asyncio.sleep(self.options.tick_s)
             if self.session.connected.is_set():
                 await self._apply(self.region.tick(now_ms()))
+                await self._apply(list(self.rollups.tick(self._rollup_units, now_ms())))
+
+    def _rollup_units(self) -> list[tuple[GroupSummary, bool]]:
+        return [(u.summary, u.alive) for u in self.region.units.values()]

@@ -6,13 +6,17 @@ rings go out as a signed retained ``coord/rollup`` (bounded: a week of hourly an
 buckets, packed) and their exact state (sums and counts) is written to ``rollups.sqlite`` in the
 coordinator's folder, from which a restarted coordinator carries on, so a restart leaves a gap in the
 trend, never an empty chart. A crash loses at most the samples since the last write.
+
+A regional coordinator keeps the same rings with :class:`RegionRollupPublisher`: its units are its
+groups' verified summaries (:func:`~prsm_edge.protocol.rollups.region_sample`), published retained on
+the region's own ``coord/rollup`` (``prsm/v1/{site}/{region}/coord/rollup``).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +26,10 @@ from prsm_edge.io.store import connect
 from prsm_edge.protocol import cbor, topics
 from prsm_edge.protocol.group import Member, Publish
 from prsm_edge.protocol.ledger import Ledger, LedgerKind
-from prsm_edge.protocol.messages import VerificationLevel
-from prsm_edge.protocol.rollups import DEFAULT_RESOLUTIONS, Resolution, Rollups, sample
+from prsm_edge.protocol.messages import GroupSummary, VerificationLevel
+from prsm_edge.protocol.rollups import DEFAULT_RESOLUTIONS, Resolution, Rollups, region_sample, sample
 
-__all__ = ["RollupOptions", "RollupPublisher", "RollupStore"]
+__all__ = ["RegionRollupPublisher", "RollupOptions", "RollupPublisher", "RollupStore"]
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +135,33 @@ class RollupPublisher:
             log.warning("could not store the trend rollup: %s", exc)
         message = self.rollups.message(self.site, self.group, now_ms)
         return [Publish(topics.coord_rollup(self.site, self.group), message, retain=True, qos=1)]
+
+
+class RegionRollupPublisher:
+    """Samples a region (its groups' summaries) and says when to publish its rollup; restores itself."""
+
+    def __init__(self, site: str, region: str, store: RollupStore, options: RollupOptions) -> None:
+        self.site, self.region = site, region
+        self.options = options
+        self.store = store
+        self.rollups = Rollups(options.resolutions)
+        self.rollups.restore(store.load())
+        self._next_sample_ms: int | None = None
+        self._next_publish_ms: int | None = None
+
+    def tick(self, units: Callable[[], Iterable[tuple[GroupSummary, bool]]], now_ms: int) -> list[Publish]:
+        """Sample when due (``units``: each group's last summary and whether it is alive); when a publish
+        is due, store the state and return the retained rollup (unsigned: the caller seals it)."""
+        o = self.options
+        if self._next_sample_ms is None or now_ms >= self._next_sample_ms:
+            self._next_sample_ms = now_ms + int(o.sample_s * 1000)
+            self.rollups.add(now_ms // 1000, region_sample(units()))
+        if self._next_publish_ms is not None and now_ms < self._next_publish_ms:
+            return []
+        self._next_publish_ms = now_ms + int(o.publish_s * 1000)
+        try:
+            self.store.save(self.rollups.to_state())
+        except StorageError as exc:
+            log.warning("could not store the region's trend rollup: %s", exc)
+        message = self.rollups.message(self.site, self.region, now_ms)
+        return [Publish(topics.coord_rollup(self.site, self.region), message, retain=True, qos=1)]

@@ -13,8 +13,9 @@ fixed sets (resource types, trust levels) and capped, so the published rollup is
 
 On the wire (:class:`~prsm_edge.protocol.messages.GroupRollup`) each resolution is a
 :class:`~prsm_edge.protocol.messages.RollupSeries`: ``count`` slots from ``start_s``, one byte string per
-column holding a big-endian unsigned integer per slot (2 bytes for gauges, 8 for ``earned``), all ones
-where no sample fell (the coordinator was down). Packed columns keep a week of history within the
+column holding a big-endian unsigned integer per slot (2 bytes for gauges, 8 for ``earned`` and for a
+column whose values outgrow 2 bytes, such as a region's node counts), all ones where no sample fell (the
+coordinator was down). Packed columns keep a week of history within the
 envelope's item limit (4096 CBOR items) and well under its 64 KiB size limit.
 """
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from prsm_edge.protocol.group import Member
-from prsm_edge.protocol.messages import GroupRollup, RollupSeries, VerificationLevel
+from prsm_edge.protocol.messages import GroupRollup, GroupSummary, RollupSeries, VerificationLevel
 
 __all__ = [
     "DEFAULT_RESOLUTIONS",
@@ -35,6 +36,7 @@ __all__ = [
     "Ring",
     "Rollups",
     "decode_column",
+    "region_sample",
     "sample",
     "width_of",
 ]
@@ -57,9 +59,9 @@ class Resolution:
 DEFAULT_RESOLUTIONS: Final = (Resolution(60, 360), Resolution(3600, 168))  # 6 hours, one week
 
 
-def width_of(column: str) -> int:
-    """Bytes per slot of a column on the wire."""
-    return COUNTER_WIDTH if column == EARNED else GAUGE_WIDTH
+def width_of(column: str, largest: int = 0) -> int:
+    """Bytes per slot of a column on the wire: 8 for ``earned`` or where a value needs more than 2."""
+    return COUNTER_WIDTH if column == EARNED or largest >= _missing(GAUGE_WIDTH) else GAUGE_WIDTH
 
 
 def _missing(width: int) -> int:
@@ -157,11 +159,11 @@ class Ring:
         count = newest - first + 1
         columns: dict[str, bytes] = {}
         for name in sorted({n for b in self.buckets.values() for n in b}):
-            width = width_of(name)
+            values = [self.value(index, name) for index in range(first, newest + 1)]
+            width = width_of(name, max((v for v in values if v is not None), default=0))
             top = _missing(width)
             out = bytearray()
-            for index in range(first, newest + 1):
-                value = self.value(index, name)
+            for value in values:
                 out += (top if value is None else min(value, top - 1)).to_bytes(width, "big")
             columns[name] = bytes(out)
         return RollupSeries(step_s=step, start_s=first * step, count=count, columns=columns)
@@ -239,4 +241,57 @@ def sample(
     for kind, share in sorted(utilization.items()):
         if share == share and share >= 0:  # finite and not negative (NaN fails the first test)
             out[f"util:{kind}"] = round(1000 * min(share, 1.0))
+    return out
+
+
+def _finite(x: object, high: float) -> float | None:
+    """A number from a summary, if it is one and within [0, high]."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    v = float(x)
+    return v if 0.0 <= v <= high else None  # NaN fails both comparisons
+
+
+def region_sample(units: Iterable[tuple[GroupSummary, bool]]) -> dict[str, int]:
+    """One sample of a region from its groups' last verified summaries and whether each is alive.
+
+    The columns are the group sample's where they apply, summed over the live groups: ``online`` and
+    ``members`` nodes, ``cpu`` (the groups' utilization weighted by their online nodes, ‰),
+    ``trust:<level>`` (nodes per level), ``util:<type>`` (leased share of each resource type: the
+    groups' demand ÷ supply from their market summaries, ‰), plus ``groups_alive`` and ``groups_dead``.
+    Values that are not finite or out of range are skipped (they come from the network).
+    """
+    out: dict[str, int] = {"groups_alive": 0, "groups_dead": 0, "online": 0, "members": 0}
+    weighted = 0.0
+    trust: dict[str, int] = {}
+    supply: dict[str, float] = {}
+    demand: dict[str, float] = {}
+    known = {level.value for level in VerificationLevel}
+    for summary, alive in units:
+        members = _finite(summary.members, 1e9)
+        out["members"] += int(members or 0)
+        if not alive:
+            out["groups_dead"] += 1
+            continue
+        out["groups_alive"] += 1
+        online = int(_finite(summary.online, 1e9) or 0)
+        out["online"] += online
+        weighted += (_finite(summary.utilization, 1.0) or 0.0) * online
+        for level, n in summary.trust.items():
+            count = _finite(n, 1e9)
+            if level in known and count is not None:
+                trust[level] = trust.get(level, 0) + int(count)
+        resources = summary.market.get("resources") if isinstance(summary.market, dict) else None
+        for kind, info in resources.items() if isinstance(resources, dict) else []:
+            if not isinstance(info, dict) or not isinstance(kind, str):
+                continue
+            s, d = _finite(info.get("supply"), 1e12), _finite(info.get("demand"), 1e12)
+            if s is not None and d is not None and s > 0:
+                supply[kind] = supply.get(kind, 0.0) + s
+                demand[kind] = demand.get(kind, 0.0) + d
+    if out["online"]:
+        out["cpu"] = round(1000 * weighted / out["online"])
+    out |= {f"trust:{level.value}": trust.get(level.value, 0) for level in VerificationLevel}
+    for kind in sorted(supply):
+        out[f"util:{kind}"] = round(1000 * min(1.0, demand[kind] / supply[kind]))
     return out

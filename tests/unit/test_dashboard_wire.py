@@ -97,3 +97,39 @@ def test_the_page_and_the_package_agree_on_every_verdict_and_node_id(tmp_path: P
         assert page[name][0] == python[0], name
         if python[0]:
             assert page[name][1] == python[1] and page[name][2] == python[1], name
+
+
+@pytest.mark.parametrize("kind", ["webcrypto", "javascript"])
+def test_the_batch_opener_agrees_with_the_package_under_either_verifier(tmp_path: Path, kind: str) -> None:
+    """EnvelopeOpener (what the live page uses: WebCrypto's Ed25519, or the JavaScript one in slices)
+    gives every envelope, in order, the verdict the Python package gives; an empty payload stays null."""
+    node = _node_runner()
+    cases = _cases()
+    shutil.copy(REPO / "gateway" / "dashboard" / "src" / "wire.js", tmp_path / "wire.js")
+    (tmp_path / "node_modules").symlink_to(BUILD / "node_modules")
+    script = tmp_path / "check.mjs"
+    script.write_text(
+        "import { EnvelopeOpener } from './wire.js'\n"
+        "const cases = JSON.parse(process.argv[2])\n"
+        f"const opener = new EnvelopeOpener({{ webCrypto: {'true' if kind == 'webcrypto' else 'false'} }})\n"
+        "const payloads = cases.map(([, b64]) => new Uint8Array(Buffer.from(b64, 'base64')))\n"
+        "const opened = await opener.openAll([...payloads, new Uint8Array(0), ...payloads])\n"
+        "const verdicts = opened.map((r) => (r ? [r.ok, r.signer ?? null] : null))\n"
+        "console.log(JSON.stringify([opener.kind, verdicts]))\n"
+    )
+    payload = json.dumps([[n, base64.b64encode(d).decode()] for n, d in cases])
+    result = subprocess.run(
+        [node, str(script), payload], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    used, verdicts = json.loads(result.stdout)
+    assert used == kind
+    want: list[list[object] | None] = []
+    for _, data in cases:
+        try:
+            want.append([True, open_envelope(data).signer])
+        except RejectedMessage:
+            want.append(None)
+    got = [v if v is None or v[0] else None for v in verdicts]  # a refusal is a refusal, whatever its reason
+    assert got == [*want, None, *want]
+    assert verdicts[len(cases)] is None

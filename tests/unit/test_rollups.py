@@ -9,7 +9,7 @@ from nacl.signing import SigningKey
 from prsm_edge.protocol import cbor
 from prsm_edge.protocol.envelope import PAYLOAD_LIMITS, Signer, open_envelope
 from prsm_edge.protocol.group import Member
-from prsm_edge.protocol.messages import GroupRollup, ResourceType, VerificationLevel, to_wire
+from prsm_edge.protocol.messages import GroupRollup, GroupSummary, ResourceType, VerificationLevel, to_wire
 from prsm_edge.protocol.rollups import (
     DEFAULT_RESOLUTIONS,
     EARNED,
@@ -17,6 +17,7 @@ from prsm_edge.protocol.rollups import (
     Ring,
     Rollups,
     decode_column,
+    region_sample,
     sample,
 )
 
@@ -159,3 +160,48 @@ def test_a_sample_of_the_group() -> None:
     assert got["util:compute_cpu"] == 250 and "util:storage_memory" not in got
     assert got[EARNED] == 1234
     assert "cpu" not in sample([member("c", False, 0.9)], lambda n: VerificationLevel.SELF_REPORTED, {}, 0)
+
+
+def summary(
+    group: str, online: int, util: float, trust: dict[str, int], market: dict[str, object]
+) -> GroupSummary:
+    return GroupSummary(
+        site="lab", group=group, epoch=1, tier=1, members=online + 2, online=online,
+        capacity={"compute_cpu": 4.0 * online}, trust=trust, utilization=util, market=market,
+    )  # fmt: skip
+
+
+def test_a_sample_of_the_region_sums_its_live_groups() -> None:
+    cpu_market = {"resources": {"compute_cpu": {"supply": 40.0, "demand": 10.0}}}
+    busy = {"resources": {"compute_cpu": {"supply": 60.0, "demand": 50.0}}}
+    junk = {"resources": {"x": {"supply": "a"}}}
+    units = [
+        (summary("g1", 10, 0.2, {"benchmarked": 8, "self_reported": 2}, cpu_market), True),
+        (summary("g2", 30, 0.6, {"benchmarked": 30}, busy), True),
+        (summary("g3", 50, 1.0, {"benchmarked": 50}, cpu_market), False),  # dead: only its members count
+        (summary("g4", 5, float("nan"), {"benchmarked": -3, "made_up": 7}, junk), True),
+    ]
+    got = region_sample(units)
+    assert got["groups_alive"] == 3 and got["groups_dead"] == 1
+    assert got["online"] == 45 and got["members"] == 12 + 32 + 52 + 7
+    assert got["cpu"] == round(1000 * (0.2 * 10 + 0.6 * 30) / 45)  # weighted by online; NaN counts as 0
+    assert got["trust:benchmarked"] == 38 and got["trust:self_reported"] == 2  # junk skipped
+    assert got["trust:hardware_attested"] == 0 and "trust:made_up" not in got
+    assert got["util:compute_cpu"] == 600  # (10 + 50) / (40 + 60), the dead group's market left out
+    assert "util:x" not in got
+    assert "cpu" not in region_sample([(summary("g3", 50, 1.0, {}, {}), False)])
+
+
+def test_a_region_of_thousands_of_groups_keeps_its_counts_on_the_wire() -> None:
+    """Node counts above 65,534 (a 5,000-group region) go out 8 bytes wide instead of being clipped;
+    a small group's columns stay 2 bytes wide."""
+    units = [(summary(f"g{i}", 100, 0.5, {"benchmarked": 100}, {}), True) for i in range(5000)]
+    rollups = Rollups(DEFAULT_RESOLUTIONS)
+    for minute in range(3):
+        rollups.add(T0 + 60 * minute, region_sample(units))
+    minutes = rollups.message("eu", "r1", T0 * 1000).series[0]
+    assert decode_column(minutes.columns["online"], minutes.count) == [500_000] * 3
+    assert len(minutes.columns["online"]) == 8 * 3 and len(minutes.columns["groups_alive"]) == 2 * 3
+    assert decode_column(minutes.columns["trust:benchmarked"], minutes.count) == [500_000] * 3
+    sealed = Signer(SigningKey.generate()).seal(rollups.message("eu", "r1", T0 * 1000), 1)
+    assert isinstance(open_envelope(sealed).message, GroupRollup)

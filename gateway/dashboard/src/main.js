@@ -4,17 +4,24 @@
 //
 // Settings come from the URL fragment (never sent to any server) and are then removed from the address
 // bar: #site=S&group=G&user=U&pass=P&broker=ws://host:port/mqtt&key=HEX (all optional; the broker
-// defaults to the page's own host and port, which is right when Mosquitto serves this page).
+// defaults to the page's own host and port, which is right when Mosquitto serves this page);
+// verifier=js forces the bundled JavaScript Ed25519 verifier even where WebCrypto has Ed25519.
+//
+// Messages are opened in batches (EnvelopeOpener in wire.js): signatures by WebCrypto's Ed25519 where
+// the browser has it (a secure context: http://localhost or 127.0.0.1, https), else by the JavaScript
+// verifier in short slices; only then does either model see them. The page says which verifier it uses.
 import mqtt from 'mqtt'
 import uPlot from 'uplot'
 import { GroupModel } from './model.js'
 import { RegionModel, REGION_FILTERS, renderRegion, bindRegion } from './region.js'
-import { hex, openEnvelope } from './wire.js'
-import { columnsOf, mergeTrends, rollupRows } from './trends.js'
+import { hex, openEnvelope, EnvelopeOpener, webCryptoEd25519 } from './wire.js'
+import { columnsOf, mergeTrends, regionRows, rollupRows } from './trends.js'
 
 const TREND_POINTS = 720 // 1 h at one sample every 5 s
 const TREND_EVERY_MS = 5000
 const RENDER_EVERY_MS = 500
+const MAX_BACKLOG = 50000 // messages received and not yet opened; beyond it the oldest are dropped (counted)
+const BATCH = 512
 const UNITS = { compute_cpu: 'cores', compute_gpu: 'GPUs', compute_tpu: 'TPUs', storage_persistent: 'GB', storage_memory: 'GB', storage_cache: 'GB', bandwidth_ingress: 'Mbit/s', bandwidth_egress: 'Mbit/s', specialized_quantum: 'qubits', specialized_edge: 'accelerators' }
 
 const $ = (id) => document.getElementById(id)
@@ -27,7 +34,7 @@ function readSettings () {
   const fromHash = new URLSearchParams(location.hash.slice(1))
   const saved = JSON.parse(sessionStorage.getItem('prsm-dash-settings') || '{}')
   const s = { ...saved }
-  for (const k of ['site', 'group', 'user', 'pass', 'broker', 'key']) if (fromHash.has(k)) s[k] = fromHash.get(k)
+  for (const k of ['site', 'group', 'user', 'pass', 'broker', 'key', 'verifier']) if (fromHash.has(k)) s[k] = fromHash.get(k)
   if (location.hash) history.replaceState(null, '', location.pathname + location.search)
   sessionStorage.setItem('prsm-dash-settings', JSON.stringify(s))
   if (!s.broker) {
@@ -77,7 +84,7 @@ function chart (el, title, series, y = {}) {
   }, [[], ...series.map(() => [])], el)
 }
 
-function main () {
+async function main () {
   const s = readSettings()
   $('broker').textContent = s.broker
   if (!s.site || !s.group) {
@@ -95,6 +102,14 @@ function main () {
   const region = new RegionModel({ site: s.site, region: s.group, pinnedKey: pinned }) // shown if tier >= 2
   window.prsmRegion = region
   bindRegion(region, $('region'))
+  const webCrypto = s.verifier !== 'js' && await webCryptoEd25519()
+  const opener = new EnvelopeOpener({ webCrypto, nested: (b) => (b.t === 'uprec' ? b.item : null) })
+  $('verifier').textContent = webCrypto
+    ? 'signatures: WebCrypto Ed25519 (the browser\'s own)'
+    : `signatures: JavaScript Ed25519${opener.threads ? ` in ${opener.threads} workers` : ''} (slower: ${globalThis.isSecureContext ? (s.verifier === 'js' ? 'chosen in the URL' : 'this browser has no WebCrypto Ed25519') : 'not a secure context; open the page as http://localhost or over https for WebCrypto'})`
+  $('verifier').className = 'badge ' + (webCrypto ? 'ok' : 'warn')
+  const pipe = { kind: opener.kind, threads: opener.threads, backlog: [], dropped: 0, opened: 0, busy: false }
+  window.prsmPipeline = pipe // for the benchmarks and the tests
 
   const utilChart = chart($('chart-util'), 'utilization %', [{ label: 'cpu %', stroke: '#4f9dff', width: 2 }], { range: [0, 100] })
   const nodesChart = chart($('chart-nodes'), 'nodes', [
@@ -138,21 +153,80 @@ function main () {
   client.on('reconnect', () => setConn('reconnecting…', 'warn'))
   client.on('close', () => setConn('disconnected', 'bad'))
   client.on('error', (err) => setConn('error: ' + err.message, 'bad'))
+  // Received messages wait (bounded) to be opened a batch at a time, in the order they came; each is
+  // shown only after its signature verified, and a failure is flagged by the models as before.
+  const pump = async () => {
+    if (pipe.busy) return
+    pipe.busy = true
+    try {
+      while (pipe.backlog.length) {
+        const batch = pipe.backlog.splice(0, BATCH)
+        const opened = await opener.openAll(batch.map((m) => m[1]))
+        for (let i = 0; i < batch.length; i++) {
+          const [topic, bytes, retained] = batch[i]
+          model.receive(topic, bytes, retained, opened[i])
+          region.receive(topic, bytes, retained, opened[i])
+        }
+        pipe.opened += batch.length
+        if (model.pinnedKey) localStorage.setItem(pinKey, hex(model.pinnedKey))
+        await new Promise((resolve) => setTimeout(resolve, 0)) // the page draws and takes clicks between batches
+      }
+    } finally {
+      pipe.busy = false
+    }
+  }
   client.on('message', (topic, payload, packet) => {
     const bytes = payload instanceof Uint8Array ? payload : new Uint8Array(payload)
-    model.receive(topic, bytes, !!packet.retain)
-    region.receive(topic, bytes, !!packet.retain)
-    if (model.pinnedKey) localStorage.setItem(pinKey, hex(model.pinnedKey))
+    pipe.backlog.push([topic, bytes, !!packet.retain])
+    if (pipe.backlog.length > MAX_BACKLOG) {
+      pipe.backlog.shift()
+      pipe.dropped++
+    }
+    pump()
   })
+
+  let regionCharts = null
+  const drawRegionCharts = () => {
+    if (!regionCharts) {
+      regionCharts = [
+        chart($('region-chart-nodes'), 'nodes', [
+          { label: 'online', stroke: '#3ecf8e', width: 2 },
+          { label: 'verified above self-report', stroke: '#f5a623', width: 2 }
+        ], { range: (u, min, max) => [0, Math.max(4, max ?? 0)] }),
+        chart($('region-chart-util'), 'utilization %', [{ label: 'utilization %', stroke: '#4f9dff', width: 2 }], { range: [0, 100] }),
+        chart($('region-chart-groups'), 'groups', [
+          { label: 'alive', stroke: '#3ecf8e', width: 2 },
+          { label: 'dead', stroke: '#ff6b6b', width: 2 }
+        ], { range: (u, min, max) => [0, Math.max(4, max ?? 0)] })
+      ]
+    }
+    // Only the region coordinator's signed rollup: a region's page keeps no sampler of its own.
+    const rows = regionRows(region.rollup)
+    window.prsmRegionTrendRows = rows // for the browser tests
+    const [t, u, o, v, alive, dead] = [0, 1, 2, 3, 4, 5].map((i) => rows.map((r) => r[i]))
+    const [nodes, util, groups] = regionCharts
+    nodes.setData([t, o, v])
+    util.setData([t, u.map((x) => (x === null ? null : 100 * x))])
+    groups.setData([t, alive, dead])
+    const now = Date.now() / 1000
+    for (const c of regionCharts) c.setScale('x', { min: Math.min(t.length ? t[0] : now, now - 600), max: now })
+  }
+  let drawnRollup = null
 
   let drawn = -1
   setInterval(() => {
+    $('verifier').dataset.backlog = pipe.backlog.length
     if (region.active) renderRegion(region, $('region'))
+    if (region.active && region.rollup !== drawnRollup) {
+      drawnRollup = region.rollup
+      drawRegionCharts()
+    }
     if (model.version === drawn && !document.hidden) { render(model, true); return }
     drawn = model.version
     render(model, false)
   }, RENDER_EVERY_MS)
   setInterval(() => {
+    if (region.active) return // a region's broker: its trends come from the region's rollup, not this sampler
     const o = model.overview()
     if (!model.coord && !o.online) return
     const verified = Object.entries(o.trust).filter(([k]) => k !== 'self_reported').reduce((a, [, n]) => a + n, 0)
@@ -161,6 +235,7 @@ function main () {
   }, TREND_EVERY_MS)
   window.addEventListener('resize', () => {
     for (const [c, el] of [[utilChart, 'chart-util'], [nodesChart, 'chart-nodes'], [earnedChart, 'chart-earned']]) c.setSize({ width: Math.max(280, $(el).clientWidth - 10), height: 160 })
+    if (regionCharts) regionCharts.forEach((c, i) => c.setSize({ width: Math.max(280, $(['region-chart-nodes', 'region-chart-util', 'region-chart-groups'][i]).clientWidth - 10), height: 160 }))
   })
 }
 

@@ -91,15 +91,18 @@ export class GroupModel {
     if (this.events.length > MAX_EVENTS) this.events.length = MAX_EVENTS
   }
 
-  /** Feed one MQTT message; `retained` is the packet's retain flag (a stored message, not a live one). */
-  receive (topic, payload, retained = false) {
+  /**
+   * Feed one MQTT message; `retained` is the packet's retain flag (a stored message, not a live one);
+   * `opened` is the payload already opened and its signature checked (EnvelopeOpener), else it is here.
+   */
+  receive (topic, payload, retained = false, opened = null) {
     const t = topicParts(topic)
     if (!t) return
-    if (t.kind === 'gw') return this.gatewayState(topic, t, payload)
+    if (t.kind === 'gw') return this.gatewayState(topic, t, payload, opened)
     if (t.site !== this.site || t.group !== this.group) return
     if (t.kind === 'node/bench') return // the network benchmark's raw echo bytes: not signed, not state
     if (payload.length === 0) return this.cleared(t)
-    const opened = openEnvelope(payload)
+    opened = opened || openEnvelope(payload)
     const nodeOfTopic = t.node || (t.kind === 'api/req' ? t.client : null)
     if (!opened.ok) return this.fail(topic, opened.reason, nodeOfTopic)
     if (t.kind === 'coord/state') return this.coordState(topic, opened)
@@ -107,7 +110,7 @@ export class GroupModel {
     if (t.kind === 'node') return this.fromNode(topic, t, opened, retained)
     // Everything else is the coordinator's.
     if (!this.coord) {
-      if (this.pending.length < MAX_PENDING) this.pending.push([topic, payload, retained])
+      if (this.pending.length < MAX_PENDING) this.pending.push([topic, payload, retained, opened])
       return
     }
     if (!sameBytes(opened.kid, this.coord.public_key)) {
@@ -143,7 +146,7 @@ export class GroupModel {
     this.version++
     const pending = this.pending
     this.pending = []
-    for (const [tp, pl, rt] of pending) this.receive(tp, pl, rt)
+    for (const [tp, pl, rt, op] of pending) this.receive(tp, pl, rt, op)
   }
 
   // An API request, signed by the client its topic names: a node, or an owner key (which is not a node
@@ -276,9 +279,9 @@ export class GroupModel {
     }
   }
 
-  gatewayState (topic, t, payload) {
+  gatewayState (topic, t, payload, opened) {
     if (t.site !== this.site) return
-    const opened = openEnvelope(payload)
+    opened = opened || openEnvelope(payload)
     if (!opened.ok) return this.fail(topic, opened.reason)
     if (opened.signer !== t.gateway && opened.body.gateway !== undefined && opened.body.gateway !== t.gateway) {
       return this.fail(topic, `gateway state signed by ${opened.signer}`)

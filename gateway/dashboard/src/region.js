@@ -16,9 +16,10 @@
 import { openEnvelope, sameBytes, hex } from './wire.js'
 
 const MAX_UNITS = 5000
-const MAX_PENDING = 2000
+const MAX_PENDING = 3 * MAX_UNITS // a region's whole retained state may come before the words it waits for
 const MAX_FAILURES = 100
 const REDRAW_MS = 2000
+const PAGE_ROWS = 50 // rows drawn at once: a region of thousands is paged, never drawn whole
 
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]))
 const num = (x, lo, hi) => (typeof x === 'number' && Number.isFinite(x) && x >= lo && x <= hi ? x : null)
@@ -35,6 +36,7 @@ function parts (topic) {
   if (p[3] === 'gw') return p.length === 6 && p[5] === 'state' ? { kind: 'gw', site: p[2], gateway: p[4] } : null
   const t = { site: p[2], group: p[3] }
   if (p.length === 6 && p[4] === 'coord' && p[5] === 'state') return { ...t, kind: 'coord' }
+  if (p.length === 6 && p[4] === 'coord' && p[5] === 'rollup') return { ...t, kind: 'rollup' }
   if (p.length === 5 && p[4] === 'summary') return { ...t, kind: 'summary' }
   if (p.length === 8 && p[4] === 'unit' && ['summary', 'state', 'stream'].includes(p[7])) {
     return { ...t, kind: 'unit/' + p[7], key: p[5] + '/' + p[6] }
@@ -50,6 +52,9 @@ export class RegionModel {
     this.pinnedKey = pinnedKey
     this.coord = null // the verified CoordState body, tier >= 2
     this.summary = null // the region's own signed summary
+    this.rollup = null // the region's signed retained trend rollup (trends.js reads it)
+    this.page = 0 // which PAGE_ROWS of the table are drawn
+    this.attention = false // draw only the groups that need attention
     this.units = new Map() // 'site/group' -> unit
     this.waitingRegion = new Map() // topic -> [payload, retained]
     this.waitingUnit = new Map() // topic -> [key, payload, retained]
@@ -91,15 +96,15 @@ export class RegionModel {
     if (map.size > MAX_PENDING) map.delete(map.keys().next().value)
   }
 
-  /** Feed one MQTT message. */
-  receive (topic, payload, retained = false) {
+  /** Feed one MQTT message (`opened`: already opened and checked by an EnvelopeOpener, else here). */
+  receive (topic, payload, retained = false, opened = null) {
     const t = parts(topic)
     if (!t || payload.length === 0) return
     if (t.kind !== 'gw' && (t.site !== this.site || t.group !== this.region)) return
-    const opened = openEnvelope(payload)
+    opened = opened || openEnvelope(payload)
     if (!opened.ok) return this.fail(topic, opened.reason, t.key || null)
     if (t.kind === 'coord') return this.coordState(topic, opened)
-    if (t.kind === 'summary' || t.kind === 'unit/state') return this.fromRegion(topic, t, opened, payload, retained)
+    if (t.kind === 'summary' || t.kind === 'unit/state' || t.kind === 'rollup') return this.fromRegion(topic, t, opened, payload, retained)
     if (t.kind === 'unit/summary') return this.unitSummary(topic, t.key, opened, payload, retained)
     if (t.kind === 'unit/stream') return this.stream(topic, t.key, opened)
     if (t.kind === 'gw') return this.gatewayState(topic, t.gateway, opened, payload, retained)
@@ -120,17 +125,20 @@ export class RegionModel {
     this.version++
     const waiting = [...this.waitingRegion.entries()]
     this.waitingRegion.clear()
-    for (const [tp, [pl, rt]] of waiting) this.receive(tp, pl, rt)
+    for (const [tp, [pl, rt, op]] of waiting) this.receive(tp, pl, rt, op)
   }
 
   fromRegion (topic, t, opened, payload, retained) {
-    if (!this.coord) return this.wait(this.waitingRegion, topic, [payload, retained])
+    if (!this.coord) return this.wait(this.waitingRegion, topic, [payload, retained, opened])
     const b = opened.body
     const key = t.kind === 'unit/state' ? t.key : null
     if (!sameBytes(opened.kid, this.coord.public_key)) return this.fail(topic, `signed by ${opened.signer}, not by the region's coordinator`, key)
     if (t.kind === 'summary') {
       if (b.t !== 'summary') return this.fail(topic, 'not a summary')
       this.summary = b
+    } else if (t.kind === 'rollup') {
+      if (b.t !== 'rollup' || b.site !== this.site || b.group !== this.region) return this.fail(topic, "not this region's rollup")
+      this.rollup = b
     } else {
       if (b.t !== 'ustate' || `${b.site}/${b.group}` !== key || b.region !== this.region) return this.fail(topic, "not this group's standing", key)
       const u = this.unit(key)
@@ -141,8 +149,8 @@ export class RegionModel {
       }
       u.standing = b
       u.bad.delete(topic)
-      for (const [tp, [k, pl, rt]] of [...this.waitingUnit.entries()]) {
-        if (k === key) { this.waitingUnit.delete(tp); this.receive(tp, pl, rt) }
+      for (const [tp, [k, pl, rt, op]] of [...this.waitingUnit.entries()]) {
+        if (k === key) { this.waitingUnit.delete(tp); this.receive(tp, pl, rt, op) }
       }
     }
     this.counts.verified++
@@ -151,7 +159,7 @@ export class RegionModel {
 
   unitSummary (topic, key, opened, payload, retained) {
     const u = this.units.get(key)
-    if (!u || !u.standing) return this.wait(this.waitingUnit, topic, [key, payload, retained])
+    if (!u || !u.standing) return this.wait(this.waitingUnit, topic, [key, payload, retained, opened])
     const b = opened.body
     if (!sameBytes(opened.kid, u.standing.public_key)) return this.fail(topic, `signed by ${opened.signer}, not by the key the region pinned for ${key}`, key)
     if (b.t !== 'summary' || `${b.site}/${b.group}` !== key) return this.fail(topic, "not this group's summary", key)
@@ -172,7 +180,7 @@ export class RegionModel {
     if (b.t !== 'gwstate' || opened.signer !== gateway || b.gateway !== gateway) return this.fail(topic, `gateway state signed by ${opened.signer}, not by ${gateway}`)
     const key = `${b.site}/${b.group}`
     const u = this.units.get(key)
-    if (!u || !u.standing) return this.wait(this.waitingUnit, topic, [key, payload, retained]) // perhaps another region's
+    if (!u || !u.standing) return this.wait(this.waitingUnit, topic, [key, payload, retained, opened]) // perhaps another region's
     if (!this.bound(u, opened)) return this.fail(topic, `${gateway} is not the gateway the region bound to ${key}`, key)
     if (!u.gateway || u.gateway.gateway !== b.gateway || count(b.bdseq) >= count(u.gateway.bdseq)) {
       u.gateway = b
@@ -189,7 +197,7 @@ export class RegionModel {
     const b = opened.body
     if (b.t !== 'uprec' || b.gateway !== opened.signer || `${b.site}/${b.group}` !== key) return this.fail(topic, 'a stream record must be signed by the gateway it names', key)
     if (!this.bound(u, opened)) return this.fail(topic, `${b.gateway} is not the gateway the region bound`, key)
-    const item = openEnvelope(b.item)
+    const item = opened.item || openEnvelope(b.item)
     if (!item.ok) return this.fail(topic, "the record's item: " + item.reason, key)
     if (!sameBytes(item.kid, u.standing.public_key)) return this.fail(topic, "the record's item is not signed by the group's coordinator", key)
     u.records++
@@ -252,10 +260,17 @@ function detail (model, u, now) {
 let drawnVersion = -1
 let drawnAt = 0
 
-/** Draw the region into #region (when the model changed, or every few seconds for the ages). */
+/** Whether a group needs the operator's eye: not alive, its link not up, or something refused. */
+function needsAttention (model, u) {
+  return model.status(u) !== 'alive' || model.link(u) !== 'up' || u.unverified > 0
+}
+
+/** Draw the region into #region (when the model changed, or every few seconds for the ages). Only one
+ * page of PAGE_ROWS groups is drawn, so a region of thousands costs what a region of hundreds does. */
 export function renderRegion (model, root) {
   const now = Date.now()
   if (model.version === drawnVersion && now - drawnAt < REDRAW_MS) return
+  if (model.pressed) return // a button is down on the table: redrawing now would lose the click
   drawnVersion = model.version
   drawnAt = now
   document.body.dataset.view = 'region'
@@ -272,7 +287,16 @@ export function renderRegion (model, root) {
     <table class="cap"><tr><th>resource</th><th>capacity (live groups)</th></tr>${Object.entries((s && s.capacity) || {}).sort().map(([k, v]) => `<tr><td>${esc(k)}</td><td>${num(v, 0, 1e12)?.toFixed(2) ?? '?'}</td></tr>`).join('')}</table>
     <table class="cap"><tr><th>trust level</th><th>nodes</th></tr>${Object.entries((s && s.trust) || {}).sort().map(([k, v]) => `<tr><td>${esc(k)}</td><td>${count(v)}</td></tr>`).join('')}</table></div>
     <p class="dim">Region ${esc(model.site)}/${esc(model.region)} · tier ${esc(c.tier)} · coordinator <span class="mono">${esc(c.coordinator)}</span> <span class="badge ${c.status === 'online' ? 'ok' : 'bad'}">${esc(c.status)}</span> · epoch ${esc(c.epoch)} · pinned key <span class="mono">${hex(model.pinnedKey, 8)}…</span> · totals from the region's own signed summary</p>`
-  const rows = groups.map((u) => {
+  const attention = groups.filter((u) => needsAttention(model, u))
+  const listed = model.attention ? attention : groups
+  const pages = Math.max(1, Math.ceil(listed.length / PAGE_ROWS))
+  model.page = Math.max(0, Math.min(model.page, pages - 1))
+  const first = model.page * PAGE_ROWS
+  const pager = `<div class="pager" data-test="region-pager"><button data-page="-1" ${model.page ? '' : 'disabled'}>‹ previous</button>
+    <span>groups <b>${listed.length ? first + 1 : 0}–${Math.min(first + PAGE_ROWS, listed.length)}</b> of <b data-test="region-listed">${listed.length}</b> · page ${model.page + 1} of ${pages}</span>
+    <button data-page="1" ${model.page + 1 < pages ? '' : 'disabled'}>next ›</button>
+    <label><input type="checkbox" data-attention ${model.attention ? 'checked' : ''}> only the ${attention.length} needing attention (not alive, link not up, or refused messages)</label></div>`
+  const rows = listed.slice(first, first + PAGE_ROWS).map((u) => {
     const st = model.status(u)
     const link = model.link(u)
     const sm = u.summary || {}
@@ -291,24 +315,53 @@ export function renderRegion (model, root) {
       <td>${g ? count(g.buffered) : '—'}</td>
       <td class="${g && count(g.dropped) ? 'bad' : ''}">${g ? count(g.dropped) : '—'}</td>
       <td>${ago(u.summaryMs === null ? null : now - u.summaryMs)}</td></tr>`
-  }).join('')
+  })
   const picked = model.selected && model.units.get(model.selected)
-  root.innerHTML = `${overview}
-    <table class="roster"><thead><tr><th>group</th><th>state</th><th>epoch</th><th>nodes</th><th>util</th><th>capacity</th><th>trust</th><th>pinned key</th><th>gateway link</th><th>buffered</th><th>dropped</th><th>summary</th></tr></thead>
-    <tbody id="region-groups">${rows}</tbody></table>
-    <p class="dim">Click a group for its details and where to open its roster.</p>
-    <div id="region-detail">${picked ? detail(model, picked, now) : ''}</div>
-    <h2>Unverified messages</h2>${model.failures.length
-      ? `<ul class="events" data-test="region-failures">${model.failures.slice(0, 20).map((f) => `<li class="bad">${new Date(f.at).toLocaleTimeString()} <span class="mono">${esc(f.topic)}</span>: ${esc(f.reason)}</li>`).join('')}</ul>`
-      : '<p class="ok">every message so far verified</p>'}`
+  if (!root.querySelector('#region-groups')) {
+    root.innerHTML = `<div id="rg-overview"></div><div id="rg-pager"></div>
+      <table class="roster"><thead><tr><th>group</th><th>state</th><th>epoch</th><th>nodes</th><th>util</th><th>capacity</th><th>trust</th><th>pinned key</th><th>gateway link</th><th>buffered</th><th>dropped</th><th>summary</th></tr></thead>
+      <tbody id="region-groups"></tbody></table>
+      <p class="dim">Click a group for its details and where to open its roster.</p>
+      <div id="region-detail"></div><h2>Unverified messages</h2><div id="rg-failures"></div>`
+    drawn.clear()
+  }
+  // Only what changed is written to the page: each part, and each row of the table, by its HTML.
+  put(root, '#rg-overview', overview)
+  put(root, '#rg-pager', pager)
+  put(root, '#region-detail', picked ? detail(model, picked, now) : '')
+  put(root, '#rg-failures', model.failures.length
+    ? `<ul class="events" data-test="region-failures">${model.failures.slice(0, 20).map((f) => `<li class="bad">${new Date(f.at).toLocaleTimeString()} <span class="mono">${esc(f.topic)}</span>: ${esc(f.reason)}</li>`).join('')}</ul>`
+    : '<p class="ok">every message so far verified</p>')
+  const tbody = root.querySelector('#region-groups')
+  const before = drawn.get('rows') || []
+  if (before.length !== rows.length || tbody.rows.length !== rows.length) tbody.innerHTML = rows.join('')
+  else rows.forEach((html, i) => { if (html !== before[i]) tbody.rows[i].outerHTML = html })
+  drawn.set('rows', rows)
 }
 
-/** Clicking a group's row shows its details (drill-down). */
+const drawn = new Map() // part -> the HTML last written there
+
+function put (root, selector, html) {
+  if (drawn.get(selector) === html) return
+  drawn.set(selector, html)
+  root.querySelector(selector).innerHTML = html
+}
+
+/** Clicking a group's row shows its details (drill-down) at once; the pager turns pages. */
 export function bindRegion (model, root) {
+  root.addEventListener('pointerdown', () => { model.pressed = true })
+  for (const end of ['pointerup', 'pointercancel']) window.addEventListener(end, () => { model.pressed = false }, true)
   root.addEventListener('click', (ev) => {
-    const row = ev.target.closest && ev.target.closest('tr[data-group]')
-    if (!row) return
-    model.selected = model.selected === row.dataset.group ? null : row.dataset.group
+    model.pressed = false
+    const el = ev.target.closest && ev.target.closest('tr[data-group], button[data-page], input[data-attention]')
+    if (!el) return
+    if (el.dataset.group) model.selected = model.selected === el.dataset.group ? null : el.dataset.group
+    else if (el.dataset.page) model.page += Number(el.dataset.page)
+    else { model.attention = el.checked; model.page = 0 }
     model.version++
+    const start = performance.now()
+    renderRegion(model, root)
+    // How long the click waited for the page (input delay) and took to draw: the benchmark reads it.
+    model.lastClick = { key: el.dataset.group || null, waitedMs: start - ev.timeStamp, drawMs: performance.now() - start }
   })
 }

@@ -49,10 +49,10 @@ export function decodeRollup (body) {
 }
 
 /**
- * Chart rows [t (s), cpu share 0–1, online, verified above self-report, FTNS earned in the slot] from the
- * rollup: the finest series where it reaches, a coarser one for the time before it.
+ * Rows [t (s), …pick(at, verifiedAt, i)] from the rollup: the finest series where it reaches, a coarser
+ * one for the time before it; a slot with no `online` value (no sample) is a row of nulls (a gap).
  */
-export function rollupRows (body) {
+function rowsOf (body, width, pick) {
   const rows = []
   let before = Infinity // rows already cover [before, …)
   for (const s of decodeRollup(body)) {
@@ -70,16 +70,29 @@ export function rollupRows (body) {
     for (let i = 0; i < s.count; i++) {
       const t = s.start + i * s.step
       if (t + s.step > before) break
-      const online = at('online', i)
-      if (online === null) { own.push([t, null, null, null, null]); continue }
-      const cpu = at('cpu', i)
-      const earned = at('earned', i)
-      own.push([t, cpu === null ? null : cpu / 1000, online, verifiedAt(i), earned === null ? null : earned / 1e6])
+      if (at('online', i) === null) { own.push([t, ...new Array(width).fill(null)]); continue }
+      own.push([t, ...pick(at, verifiedAt, i)])
     }
     rows.unshift(...own)
     if (s.count) before = Math.min(before, s.start)
   }
   return rows.sort((a, b) => a[0] - b[0])
+}
+
+const share = (x) => (x === null ? null : x / 1000)
+
+/** A group's chart rows [t (s), cpu share 0–1, online, verified above self-report, FTNS earned in the slot]. */
+export function rollupRows (body) {
+  return rowsOf(body, 4, (at, verifiedAt, i) => {
+    const earned = at('earned', i)
+    return [share(at('cpu', i)), at('online', i), verifiedAt(i), earned === null ? null : earned / 1e6]
+  })
+}
+
+/** A region's chart rows [t (s), utilization share 0–1, online nodes, verified above self-report, groups
+ * alive, groups dead] from the region coordinator's rollup (protocol/rollups.py region_sample). */
+export function regionRows (body) {
+  return rowsOf(body, 5, (at, verifiedAt, i) => [share(at('cpu', i)), at('online', i), verifiedAt(i), at('groups_alive', i), at('groups_dead', i)])
 }
 
 /** The rollup's rows, then the live buffer's rows [t, cpu, online, verified] newer than its last slot. */
@@ -91,5 +104,6 @@ export function mergeTrends (historyRows, liveRows) {
 
 /** Rows as uPlot columns. */
 export function columnsOf (rows) {
-  return [0, 1, 2, 3, 4].map((i) => rows.map((r) => r[i]))
+  const width = rows.length ? rows[0].length : 5
+  return Array.from({ length: width }, (_, i) => rows.map((r) => r[i]))
 }
