@@ -22,7 +22,8 @@ node's own calibration functions; signature checks at the measured cost of ``ope
 Population (fractions of ``--nodes``): honest 70 % (claims from calibration, ±15 % noise per proof,
 clock skew ±5 s), overclaimers 15 % (1.1–3× on the CPU rate, the CPU cores, the memory fill rate or the
 storage write rate; the rational cheat proves honestly when the overclaim fits inside the threshold and
-otherwise computes only the share of the work that meets the rate and fills the rest with junk), sybils
+otherwise computes only the share of the work that meets the rate and fills the rest with junk, and holds
+every opening back by the most network allowance credit could take out, 5 % of the expected time), sybils
 5 % (groups of 2–3 identities on one device, one fingerprint), withholders 3 % (commit, never open),
 plus 7 % honest nodes that join the 15 % + 5 % cheats as colluding verifiers (20 % in all: they vote
 accept for cheats and reject for everyone else). A coordinator restart (``--restart-cycle``) and a
@@ -69,7 +70,7 @@ from nacl.signing import SigningKey
 
 from prsm_edge.node.agent import SEAT_WATCH_S
 from prsm_edge.node.prover import ProofWork, calibrate_cpu_rate, calibrate_table_rate
-from prsm_edge.protocol import proofs, topics
+from prsm_edge.protocol import credit, proofs, topics
 from prsm_edge.protocol.envelope import Signer, open_envelope
 from prsm_edge.protocol.group import (
     Group,
@@ -96,6 +97,7 @@ from prsm_edge.protocol.messages import (
 )
 from prsm_edge.protocol.verifier import (
     LevelChange,
+    RecordContainment,
     RecordEvidence,
     RecordLedger,
     RecordSampling,
@@ -230,6 +232,7 @@ class Sim:
         self.store_ledger: list[LedgerEntry] = []
         self.store_evidence: dict[tuple[str, bytes], dict[str, object]] = {}
         self.store_sampling: dict[str, dict[str, int]] = {}
+        self.store_containment: dict[str, tuple[str, ...]] = {}  # pending re-checks, as the shell keeps them
         self.neutralised: dict[int, set[str]] = {}  # cycle → overclaimers neutralised at its end
         self.gain: dict[int, float] = {}  # cycle → g, the p99.5 of honest nodes' credited/true − 1
         self.epoch = 0
@@ -265,12 +268,19 @@ class Sim:
             credited=lambda m: self.verifier.credited(m),
         )
         self.group.restore(list(self.store_members.values()))
-        cfg = VerifierConfig(site=SITE, group=GROUP, coordinator=c.node_id, round_ms=ROUND_MS)
+        cfg = VerifierConfig(
+            site=SITE,
+            group=GROUP,
+            coordinator=c.node_id,
+            round_ms=ROUND_MS,
+            credit_net_of_network=self.args.credit_net,
+        )
         self.verifier = Verifier(cfg, Ledger(list(self.store_ledger)), secret=self.rng.randbytes(32))
         self.verifier.restore_evidence(
             [(n, claim, rec) for (n, claim), rec in self.store_evidence.items()], self.now
         )
         self.verifier.restore_sampling(list(self.store_sampling.items()))
+        self.verifier.restore_containment(list(self.store_containment.items()), self.now)
         self.verdicts_seen = 0
         self.next_round = self.now + 10_000  # warm-up: members re-announce before round 1
 
@@ -314,6 +324,8 @@ class Sim:
                     self.store_evidence[(node, claim)] = record
                 case RecordSampling(node=node, record=sampling):
                     self.store_sampling[node] = sampling
+                case RecordContainment(node=node, workloads=workloads):
+                    self.store_containment[node] = workloads
                 case RunCheck():
                     self.stats.verify_cpu += self.check_cost(e.challenge)
                     await self.apply(self.verifier.check_result(e.challenge_id, e.run()))
@@ -595,7 +607,13 @@ class Sim:
                 extra = 0
                 if ch is not None and ch.workload != "cpu":  # full-size tables have longer paths
                     extra = len(opening.openings) * 32 * math.ceil(math.log2(SCALE[ch.workload]))
-                self.at(self.now + 5, lambda: self._send(node, topics.Kind.NODE_PROOF, opening, extra))
+                hold = 5
+                if ch is not None and node.kind == "overclaim":
+                    # The rational cheat holds its opening back by the most network allowance credit
+                    # could take out of the timed interval (credit.allowance_ms), to look faster; the
+                    # group's median round trip (credit.RoundTrips) is what bounds it.
+                    hold += math.ceil(credit.ALLOWANCE_SHARE * proofs.expected_ms(ch))
+                self.at(self.now + hold, lambda: self._send(node, topics.Kind.NODE_PROOF, opening, extra))
         elif cmd.verb == "rebirth":
             self.birth(node)
 
@@ -909,6 +927,11 @@ def main() -> None:
         "--restart-cycle", type=int, default=3, help="coordinator restart in this cycle (0: none)"
     )
     ap.add_argument("--outage-cycle", type=int, default=4, help="20 s broker outage in this cycle (0: none)")
+    ap.add_argument(
+        "--credit-net",
+        action="store_true",
+        help="credit rates net of the coordinator-observed round trip (VerifierConfig.credit_net_of_network)",
+    )
     ap.add_argument("--quick", action="store_true", help="shorter calibration at start")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the verifier logs every failed check: the table says it

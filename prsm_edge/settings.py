@@ -81,7 +81,13 @@ class Settings(BaseModel):
     )
     priority_level: int = Field(default=5, ge=1, le=10, description="1 = lowest, 10 = highest")
     minimum_hourly_rate: Decimal = Field(
-        default=Decimal("0.1"), ge=0, le=1_000_000, decimal_places=6, description="FTNS per hour, at least"
+        # 0 by default: the seed's 0.1 FTNS/h is one core-hour at the starting CPU rate, so as a floor on
+        # every lease it refused all tasks under one core (and nearly all once the rate falls).
+        default=Decimal("0"),
+        ge=0,
+        le=1_000_000,
+        decimal_places=6,
+        description="FTNS per hour, at least",
     )
     automatic_scaling: bool = Field(default=True, description="let the agent scale the offer with load")
     market_participation: bool = Field(default=True, description="take part in the market at all")

@@ -5,7 +5,8 @@ gateway sets itself up against that coordinate-managed Mosquitto: it gives itsel
 (:func:`~prsm_edge.io.dynsec.gateway_role_acls`) through the broker's dynamic-security admin, and drops its
 rendered bridge into the broker's ``bridges`` folder, where ``coordinate`` picks it up by restarting its
 broker once (Mosquitto 2.0.11 has no bridge hot-add). Against any other broker (``--local URL``) the
-operator includes ``--bridge-conf FILE`` and runs that broker's ACLs.
+operator includes ``--bridge-conf FILE`` and runs that broker's ACLs. ``prsm-edge gateway remove-login``
+undoes that set-up: it deletes the gateway's login on that broker and its bridge.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from prsm_edge import paths, settings
-from prsm_edge.errors import BrokerError, ConfigError
+from prsm_edge.errors import BrokerError, ConfigError, LocalError
 from prsm_edge.gateway.bridge import render_bridge, write_bridge
 from prsm_edge.gateway.service import Gateway, GatewayOptions
-from prsm_edge.identity import load_or_create
-from prsm_edge.io.bridges import install_bridge
+from prsm_edge.identity import KEY_FILE, load_or_create
+from prsm_edge.io.bridges import install_bridge, remove_bridge
 from prsm_edge.io.broker import BRIDGE_DIR
 from prsm_edge.io.brokerinfo import LocalBroker, broker_folder, read_local_broker
-from prsm_edge.io.dynsec import DynSec, gateway_username
+from prsm_edge.io.dynsec import DynSec, gateway_role, gateway_username
 
 
 def register(sub: Any) -> None:
@@ -100,10 +103,27 @@ def register(sub: Any) -> None:
     parser.add_argument("--bridge-only", action="store_true", help="only write --bridge-conf, then exit")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="state folder (default: the data dir)")
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(handler=_run, action=None)
+    actions = parser.add_subparsers(
+        dest="action", metavar="{remove-login}", title="undoing the set-up (without one: run the gateway)"
+    )
+    actions.add_parser(
+        "remove-login",
+        help="delete this gateway's login on the group's broker, and its bridge",
+        description=(
+            "On the host of `prsm-edge coordinate` (same --group and --workdir, as the same user, while "
+            "it runs): delete the login the gateway gave itself on that broker (the broker disconnects "
+            "it at once and refuses it from then on) and remove its bridge from the broker's bridges "
+            "folder (`coordinate` restarts its broker without it). Stop the gateway first, or it makes "
+            "both again when it restarts. The group's login on the region's broker is the region's: "
+            "`prsm-edge region remove-group SITE/GROUP` there. Exit 1 if there was nothing to remove."
+        ),
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.action == "remove-login":
+        return asyncio.run(_remove_login(args))
     site = args.site or settings.load().site
     if args.uplink_password_file is not None:
         try:
@@ -208,6 +228,41 @@ async def _set_up(
             file=sys.stderr,
             flush=True,
         )
+
+
+async def _remove_login(args: argparse.Namespace) -> int:
+    """Delete the gateway's login on the coordinate-managed broker and its bridge there."""
+    root = args.workdir or paths.data_dir()
+    managed = None if args.local is not None else _managed_broker(root, args)
+    if managed is None:
+        raise LocalError(
+            f"no broker of `prsm-edge coordinate --group {args.group}` under {root}: run this on its host "
+            "(same --group and --workdir, as the same user); on a broker of your own, delete the "
+            "gateway's login with that broker's tools"
+        )
+    key_dir = root / "gateway" / args.group
+    removed = []
+    if (key_dir / KEY_FILE).is_file():
+        gateway_id = load_or_create(key_dir).node_id
+        try:
+            async with DynSec(
+                managed.connect_host, managed.port, managed.admin_username, managed.admin_password
+            ) as dynsec:
+                if await dynsec.remove_login(gateway_username(gateway_id), gateway_role(gateway_id)):
+                    removed.append(f"login {gateway_username(gateway_id)}")
+        except (BrokerError, aiomqtt.MqttError) as exc:
+            raise BrokerError(
+                f"could not reach the broker of `prsm-edge coordinate --group {args.group}` ({exc}); "
+                "is it running?"
+            ) from exc
+    name = f"gateway-{args.group}"
+    if await asyncio.to_thread(remove_bridge, broker_folder(root, args.group) / BRIDGE_DIR, name):
+        removed.append(f"bridge {name}.conf (the coordinator restarts its broker without it)")
+    if not removed:
+        print(f"no gateway login or bridge for {args.group} on this host: nothing removed")
+        return 1
+    print(f"removed the gateway of {args.group}: " + "; ".join(removed))
+    return 0
 
 
 async def _serve(gateway: Gateway, seconds: float | None) -> None:

@@ -5,6 +5,7 @@ login, anonymous clients may do nothing, and each group's gateway (and its bridg
 confined to the group's unit subtree. ``prsm-edge region add-group SITE/GROUP``, on the region's host,
 creates that login and prints the ``prsm-edge gateway`` options to use on the group's host;
 ``prsm-edge region add-client NAME`` creates a login that may submit tasks at the region.
+``remove-group``, ``remove-client`` and ``remove-viewer`` take a login away (the broker disconnects it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from prsm_edge.errors import ConfigError, LocalError
 from prsm_edge.identity import load_or_create
 from prsm_edge.io.broker import RunningBroker, start_broker
 from prsm_edge.io.brokerinfo import dashboard_dir, read_local_broker
-from prsm_edge.io.dynsec import ROLE_REGION, ROLE_REGION_CLIENT, ROLE_REGION_VIEWER, DynSec
+from prsm_edge.io.dynsec import (
+    ROLE_REGION,
+    ROLE_REGION_CLIENT,
+    ROLE_REGION_VIEWER,
+    DynSec,
+    unit_role,
+    unit_username,
+)
 from prsm_edge.protocol import topics
 
 _CLIENT_NAME = re.compile(r"[a-z0-9_-]{1,40}")
@@ -77,7 +85,7 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=_run, action=None)
     actions = parser.add_subparsers(
         dest="action",
-        metavar="{add-group,add-client,add-viewer}",
+        metavar="{add-group,add-client,add-viewer,remove-group,remove-client,remove-viewer}",
         title="logins on the region's broker (run on the region's host; without one: run the region)",
     )
     add_group = actions.add_parser(
@@ -121,6 +129,25 @@ def register(sub: Any) -> None:
         ),
     )
     add_viewer.add_argument("name", help="1–40 characters of a-z, 0-9, '_' or '-'")
+    for kind, what, arg in (
+        ("group", "a group's login (its gateway and bridge)", ("unit", "SITE/GROUP", "the group (lab/g1)")),
+        (
+            "client",
+            "a task-submitting login (region-client-NAME)",
+            ("name", None, "the NAME it was added as"),
+        ),
+        ("viewer", "a read-only login (region-viewer-NAME)", ("name", None, "the NAME it was added as")),
+    ):
+        remove = actions.add_parser(
+            f"remove-{kind}",
+            help=f"delete {what} from the region's broker",
+            description=(
+                f"Delete {what} from this host's region broker: the broker disconnects it at once and "
+                "refuses it from then on. Run it as the user of `prsm-edge region` with the same "
+                "--region and --workdir, while the region runs. Says so (exit 1) if no such login exists."
+            ),
+        )
+        remove.add_argument(arg[0], metavar=arg[1], help=arg[2])
 
 
 def _pins(path: Path | None) -> dict[tuple[str, str], bytes] | None:
@@ -225,6 +252,29 @@ async def _logins_at_start(
     return (username, password), viewer
 
 
+def _unit(text: str) -> tuple[str, str]:
+    site, _, group = text.partition("/")
+    if not (topics.valid_segment(site) and topics.valid_segment(group)):
+        raise ConfigError("SITE/GROUP: two names of 1–64 characters of a-z, 0-9, '_' or '-', e.g. lab/g1")
+    return site, group
+
+
+async def _remove(dynsec: DynSec, args: argparse.Namespace) -> int:
+    """Delete one login (and a group's own role); 1 if there was none."""
+    if args.action == "remove-group":
+        site, group = _unit(args.unit)
+        username, role = unit_username(site, group), unit_role(site, group)
+    else:
+        if not _CLIENT_NAME.fullmatch(args.name):
+            raise ConfigError("a login name is 1–40 characters of a-z, 0-9, '_' or '-'")
+        username, role = f"region-{args.action.removeprefix('remove-')}-{args.name}", None
+    if not await dynsec.remove_login(username, role):
+        print(f"no login {username} on the region's broker {args.site}/{args.region}: nothing removed")
+        return 1
+    print(f"removed login {username} from {args.site}/{args.region}: it is disconnected and refused")
+    return 0
+
+
 async def _logins(args: argparse.Namespace) -> int:
     folder = (args.workdir or paths.data_dir()) / "region" / args.region / "broker"
     if not (folder / "mosquitto.conf").is_file():
@@ -237,6 +287,8 @@ async def _logins(args: argparse.Namespace) -> int:
         broker.connect_host, broker.port, broker.admin_username, broker.admin_password
     ) as dynsec:
         await dynsec.setup_region(args.site, args.region)
+        if args.action.startswith("remove-"):
+            return await _remove(dynsec, args)
         password = secrets.token_hex(16)  # hex: never starts with '-', which a command line would misread
         if args.action in ("add-client", "add-viewer"):
             if not _CLIENT_NAME.fullmatch(args.name):
@@ -253,9 +305,7 @@ async def _logins(args: argparse.Namespace) -> int:
             if len(args.password) < 16 or any(c.isspace() for c in args.password):
                 raise ConfigError("--password needs at least 16 characters and no spaces")
             password = args.password
-        site, _, group = args.unit.partition("/")
-        if not (topics.valid_segment(site) and topics.valid_segment(group)):
-            raise ConfigError("SITE/GROUP: two names of 1–64 characters of a-z, 0-9, '_' or '-', e.g. lab/g1")
+        site, group = _unit(args.unit)
         username = await dynsec.add_unit(args.site, args.region, site, group, password)
     host = args.url_host or broker.connect_host
     shown = f"[{host}]" if ":" in host else host

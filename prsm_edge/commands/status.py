@@ -13,6 +13,8 @@ region's word on it (alive or dead, the pinned key), its signed summary and its 
 A group's table ends with its trends: sparklines of online nodes, utilization and earnings over the last
 hour and the last week, from the coordinator's retained rollup, taken only under the pinned coordinator
 key like every coordinator message (:mod:`prsm_edge.protocol.trendview`); ``--json`` carries the series.
+A region's table ends the same way, from the region coordinator's rollup under the pinned region key:
+nodes online, utilization, and groups alive and dead.
 """
 
 from __future__ import annotations
@@ -256,6 +258,7 @@ def render_region(snap: dict[str, Any]) -> str:
             f"capacity: {capacity}"
         )
         lines.append(f"trust levels: {trust}")
+    lines += render_trends(snap.get("trends"), region=True)
     lines.append(f"messages verified {snap['verified']}, unverified {snap['unverified']}")
     lines.append(
         f"{'group':<22} {'state':<12} {'epoch':>5} {'nodes':>9} {'util':>5} {'key':<17} "
@@ -316,29 +319,54 @@ def _span(step_s: int, per: int) -> str:
     return f"{seconds} s"
 
 
-def render_trends(trends: dict[str, Any] | None) -> list[str]:
-    """The trend lines of a group's table (the rollup's last hour and last week), or "no rollup yet"."""
+def _last(values: list[Any]) -> Any:
+    return next((v for v in reversed(values) if v is not None), None)
+
+
+def _most(values: list[Any]) -> Any:
+    return max((v for v in values if v is not None), default=0)
+
+
+def _window_lines(window: dict[str, Any], region: bool) -> list[str]:
+    """One window's sparklines: nodes online and utilization, then earnings (a group) or groups alive and
+    dead (a region, both scaled to the most groups seen so the two lines compare)."""
+    online, util = window["online"], window["utilization"]
+    most, now = _most(online), _last(online)
+    peak, now_util = _most(util), _last(util)
+    lines = [
+        f"    online  {sparkline(online, top=max(1, most))}  now {'—' if now is None else now}, max {most}",
+        f"    util    {sparkline(util, top=1.0)}  "
+        f"now {'—' if now_util is None else f'{100 * now_util:.0f} %'}, max {100 * peak:.0f} %",
+    ]
+    if not region:
+        earned = window["earned_ftns"]
+        earned_sum = sum(v for v in earned if v is not None)
+        return [*lines, f"    earned  {sparkline(earned, total=True)}  {earned_sum:.6f} FTNS in all"]
+    alive, dead = window["groups_alive"], window["groups_dead"]
+    top = max(1, _most([None if a is None else a + (d or 0) for a, d in zip(alive, dead, strict=True)]))
+    for label, values in (("alive", alive), ("dead", dead)):
+        last = _last(values)
+        lines.append(
+            f"    {label:<7} {sparkline(values, top=top)}  groups now {'—' if last is None else last}, "
+            f"max {_most(values)}"
+        )
+    return lines
+
+
+def render_trends(trends: dict[str, Any] | None, *, region: bool = False) -> list[str]:
+    """The trend lines of a group's (or, with ``region``, a region's) table: the rollup's last hour and
+    last week, or "no rollup yet"."""
+    who = "the region's coordinator" if region else "the coordinator"
     if trends is None:
-        return ["trends: no rollup yet (the coordinator publishes one a minute after it starts)"]
-    lines = [f"trends from the coordinator's rollup, {trends['age_s']:.0f} s old:"]
+        when = "when it starts, then every minute" if region else "a minute after it starts"
+        return [f"trends: no rollup yet ({who} publishes one {when})"]
+    lines = [f"trends from {who}'s rollup, {trends['age_s']:.0f} s old:"]
     for label, key in (("last hour", "hour"), ("last week", "week")):
         window = trends.get(key)
         if not window or not window["online"]:
             lines.append(f"  {label:<10} no samples")
             continue
-        online, util, earned = window["online"], window["utilization"], window["earned_ftns"]
-        per = math.ceil(len(online) / SPARK_WIDTH)
-        last = next((v for v in reversed(online) if v is not None), None)
-        last_util = next((v for v in reversed(util) if v is not None), None)
-        most = max((v for v in online if v is not None), default=0)
-        peak = max((v for v in util if v is not None), default=0.0)
-        earned_sum = sum(v for v in earned if v is not None)
-        now_online = "—" if last is None else str(last)
-        now_util = "—" if last_util is None else f"{100 * last_util:.0f} %"
-        lines += [
-            f"  {label:<10} one mark per {_span(window['step_s'], per)}",
-            f"    online  {sparkline(online, top=max(1, most))}  now {now_online}, max {most}",
-            f"    util    {sparkline(util, top=1.0)}  now {now_util}, max {100 * peak:.0f} %",
-            f"    earned  {sparkline(earned, total=True)}  {earned_sum:.6f} FTNS in all",
-        ]
+        per = math.ceil(len(window["online"]) / SPARK_WIDTH)
+        lines.append(f"  {label:<10} one mark per {_span(window['step_s'], per)}")
+        lines += _window_lines(window, region)
     return lines

@@ -70,6 +70,7 @@ from prsm_edge.protocol.messages import (
 from prsm_edge.protocol.placement import TaskSpec
 from prsm_edge.protocol.verifier import (
     LevelChange,
+    RecordContainment,
     RecordEvidence,
     RecordLedger,
     RecordSampling,
@@ -213,6 +214,7 @@ class Coordinator:
         # What was proven before a restart still counts (while current); levels follow from it.
         self.verifier.restore_evidence(self.evidence_store.load(), now_ms())
         self.verifier.restore_sampling(self.evidence_store.load_sampling())
+        self.verifier.restore_containment(self.evidence_store.load_containment(), now_ms())
         # Re-execution runs beside the event loop, a few at a time, so arrivals are stamped promptly.
         self._checks = asyncio.Semaphore(2)
         # Only an AK bound to a certified EK by credential activation is asked for quotes.
@@ -370,6 +372,8 @@ class Coordinator:
                     self.evidence_store.save(node, claim, record)
                 case RecordSampling(node=node, record=sampling):
                     self.evidence_store.save_sampling(node, sampling)
+                case RecordContainment(node=node, workloads=workloads):
+                    self.evidence_store.save_containment(node, workloads)
                 case RecordSlashEvidence(digest=digest, node=node, evidence=evidence):
                     self.evidence_store.save_slash(digest, node, evidence)
                 case RunCheck():

@@ -73,6 +73,9 @@ class GatewayOptions:
     uplink_username: str | None = None
     uplink_password: str | None = None
     keepalive_s: int = 10
+    # How long the coordinator's offline state (its Will) waits for an online one before it is reported:
+    # a restart of the group's broker hands out the Will of a connection the coordinator re-makes at once.
+    coordinator_grace_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -109,6 +112,7 @@ class Gateway:
         self.link = _Link(region_key=options.region_key or b"")
         self.pacer = Pacer(options.replay_rate, options.replay_burst)
         self._wake = asyncio.Event()
+        self._offline_pending: asyncio.Task[None] | None = None
         self._address = 0
         self._attempted = 0
         self._attempted_once = False
@@ -236,10 +240,7 @@ class Gateway:
             if msg.public_key != opened.kid:
                 return
             self.link.coordinator_key = opened.kid
-            changed = self.link.coordinator != msg.status
-            self.link.coordinator = msg.status
-            if changed:
-                await self._publish_state()
+            await self._coordinator_said(msg.status)
         elif isinstance(msg, GroupSummary) and (msg.site, msg.group) == (o.site, o.group):
             if self.link.coordinator_key and opened.kid != self.link.coordinator_key:
                 log.warning("gateway %s: a summary not signed by the group's coordinator", self.gateway_id)
@@ -339,6 +340,28 @@ class Gateway:
             await asyncio.sleep(self.options.state_interval_s)
             await self._publish_state()
 
+    async def _coordinator_said(self, status: str) -> None:
+        """Take the group coordinator's state; an ``offline`` after ``online`` counts after the grace."""
+        pending = self._offline_pending
+        if status == "offline" and self.link.coordinator == "online" and self.options.coordinator_grace_s > 0:
+            if pending is None or pending.done():
+                self._offline_pending = asyncio.create_task(
+                    self._offline_after(self.options.coordinator_grace_s)
+                )
+            return
+        if pending is not None:
+            pending.cancel()  # it came back (or said so again) within the grace: no flap reported upward
+            self._offline_pending = None
+        if self.link.coordinator != status:
+            self.link.coordinator = status
+            await self._publish_state()
+
+    async def _offline_after(self, grace_s: float) -> None:
+        await asyncio.sleep(grace_s)
+        log.info("gateway %s: the group's coordinator stayed offline for %.0f s", self.gateway_id, grace_s)
+        self.link.coordinator = "offline"
+        await self._publish_state()
+
     async def run(self) -> None:
         """Run until cancelled."""
         try:
@@ -348,4 +371,6 @@ class Gateway:
                 tg.create_task(self._pump(), name="gateway-stream")
                 tg.create_task(self._heartbeat(), name="gateway-state")
         finally:
+            if self._offline_pending is not None:
+                self._offline_pending.cancel()
             self.buffer.close()

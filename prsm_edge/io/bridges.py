@@ -25,7 +25,7 @@ from typing import Final
 from prsm_edge.errors import BrokerError
 from prsm_edge.io.broker import RunningBroker, bridge_files
 
-__all__ = ["POLL_S", "bridge_files", "install_bridge", "restart_on_change"]
+__all__ = ["POLL_S", "bridge_files", "install_bridge", "remove_bridge", "restart_on_change"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,22 @@ def install_bridge(folder: Path, name: str, text: str) -> bool:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     tmp.replace(path)
+    return True
+
+
+def remove_bridge(folder: Path, name: str) -> bool:
+    """Delete bridge ``name`` (``NAME.conf``) from ``folder``; True if it was there.
+
+    The broker's owner (``prsm-edge coordinate``) sees the change and restarts its broker without it.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise BrokerError(f"bad bridge name {name!r}")
+    try:
+        (folder / f"{name}.conf").unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise BrokerError(f"cannot remove the bridge {folder / name}.conf: {exc.strerror}") from None
     return True
 
 

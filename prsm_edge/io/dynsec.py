@@ -643,6 +643,24 @@ class DynSec:
         log.info("region broker login %s issued to group %s/%s", username, site, group)
         return username
 
+    async def remove_login(self, username: str, role: str | None = None) -> bool:
+        """Delete login ``username`` (the broker disconnects it) and its own ``role``; False if absent.
+
+        Only a role that belongs to this one login goes (a gateway's, a group's): shared roles stay.
+        """
+        try:
+            await self.command({"command": "getClient", "username": username})
+        except BrokerError as exc:
+            if "not found" in str(exc).lower():
+                return False
+            raise
+        commands: list[dict[str, Any]] = [{"command": "deleteClient", "username": username}]
+        if role is not None:
+            commands.append({"command": "deleteRole", "rolename": role})
+        await self.command(*commands)
+        log.info("broker login %s removed", username)
+        return True
+
     async def add_client(self, username: str, password: str, role: str) -> None:
         """Create (or reset) a client with one role, e.g. the coordinator's or a dashboard viewer's."""
         await self.command(*self._ensure_client(username, password, [(role, 0)]))

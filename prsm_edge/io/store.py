@@ -312,6 +312,10 @@ class EvidenceStore:
                 "CREATE TABLE IF NOT EXISTS sampling (node TEXT PRIMARY KEY, record BLOB NOT NULL, "
                 "seq INTEGER NOT NULL)"
             )
+            # Workloads whose first late or slow result awaits its re-check (verifier.RecordContainment).
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS containment (node TEXT PRIMARY KEY, workloads BLOB NOT NULL)"
+            )
             (seq,) = self._db.execute(
                 "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM evidence), "
                 "(SELECT COALESCE(MAX(seq), 0) FROM sampling))"
@@ -365,6 +369,34 @@ class EvidenceStore:
                 out.append((node, cbor.loads_checked(record)))
             except RejectedMessage as exc:
                 log.warning("skipping damaged sampling row for %s: %s", node, exc)
+        return out
+
+    def save_containment(self, node: str, workloads: tuple[str, ...]) -> None:
+        """Keep ``node``'s workloads awaiting their re-check; none: its row goes. At most ``max_rows``
+        nodes are kept (a re-check pending that long is past mattering for the others)."""
+        with _errors(self.path):
+            if not workloads:
+                self._db.execute("DELETE FROM containment WHERE node = ?", (node,))
+                return
+            self._db.execute(
+                "INSERT OR REPLACE INTO containment VALUES (?, ?)", (node, cbor.dumps(list(workloads)))
+            )
+            self._db.execute(
+                "DELETE FROM containment WHERE rowid NOT IN "
+                "(SELECT rowid FROM containment ORDER BY rowid DESC LIMIT ?)",
+                (self.max_rows,),
+            )
+
+    def load_containment(self) -> list[tuple[str, object]]:
+        """Every stored (node, workloads awaiting a re-check); damaged rows are skipped."""
+        with _errors(self.path):
+            rows = self._db.execute("SELECT node, workloads FROM containment").fetchall()
+        out: list[tuple[str, object]] = []
+        for node, workloads in rows:
+            try:
+                out.append((node, cbor.loads_checked(workloads)))
+            except RejectedMessage as exc:
+                log.warning("skipping damaged containment row for %s: %s", node, exc)
         return out
 
     def save_slash(self, digest: bytes, node: str, evidence: dict[str, object]) -> None:

@@ -47,7 +47,6 @@ from prsm_edge.protocol.envelope import open_envelope
 from prsm_edge.protocol.guardrails import Governor
 from prsm_edge.protocol.membership import parse_token, token_proof
 from prsm_edge.protocol.messages import (
-    MICRO,
     ApiRequest,
     ApiResponse,
     BandwidthChunk,
@@ -117,7 +116,7 @@ class AgentOptions:
     guardrails: Guardrails = field(default_factory=Guardrails)
     can_coordinate: bool = False
     security_level: str = "standard"
-    min_hourly_rate_micro: int = MICRO // 10
+    min_hourly_rate_micro: int = 0  # as Settings.minimum_hourly_rate: take what the market pays
     uptime_commitment: float = 0.95
     priority_level: int = 5
     sample: Callable[[], Sample] = sensor_sample

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from prsm_edge.errors import LocalError, Reason, RejectedMessage
-from prsm_edge.protocol.messages import TRUST_SCORE, ResourceType, VerificationLevel
+from prsm_edge.protocol.messages import RESOURCE_UNITS, TRUST_SCORE, ResourceType, VerificationLevel
 
 __all__ = [
     "SECURITY_RANK",
@@ -52,6 +52,7 @@ __all__ = [
     "Weights",
     "allocate",
     "check_owner_terms",
+    "explain_shortfall",
     "hard_filter",
     "safety_check",
 ]
@@ -307,13 +308,88 @@ def allocate(
             remaining[t] -= v
     short = {t.value: round(v, 6) for t, v in remaining.items() if v > 1e-6}
     if short:
-        raise AllocationRefused("capacity", f"members cannot cover {short}", filtered)
+        detail = explain_shortfall(task, remaining, filtered, candidates, rates)
+        raise AllocationRefused("capacity", detail, filtered)
     alloc = Allocation(task.task_id, strategy, tuple(placements), scores, filtered)
     violations = safety_check(task, alloc, candidates, rates)
     if violations:
         first = violations[0]
         raise AllocationRefused(first.constraint, f"{first.node}: {first.detail}", filtered)
     return alloc
+
+
+def _amounts(amounts: Mapping[ResourceType, float]) -> str:
+    return " + ".join(f"{v:g} {RESOURCE_UNITS.get(t, t.value)} ({t.value})" for t, v in amounts.items())
+
+
+def _ftns(micro: float) -> str:
+    return f"{micro / 1_000_000:g} FTNS/h"
+
+
+def explain_shortfall(
+    task: Task,
+    remaining: Mapping[ResourceType, float],
+    filtered: Mapping[str, str],
+    candidates: Sequence[Candidate],
+    rates: Mapping[ResourceType, int],
+) -> str:
+    """Say why members could not cover ``task``: how much is short, and each filter with its figures.
+
+    An operator reads this to act (lower a minimum rate, raise a percentage, wait for a member), so
+    every filter that left members out is named with how many it left out and the numbers it compared.
+    """
+    short = {t: v for t, v in remaining.items() if v > 1e-6}
+    head = (
+        f"no members offer {_amounts(task.amounts)} at ≤ {_ftns(task.max_price_micro_per_hour)}"
+        f" ({_amounts(short)} short)"
+    )
+    if not candidates:
+        return f"{head}: the group has no members"
+    by_node = {c.node: c for c in candidates}
+    groups: dict[str, list[Candidate]] = {}
+    for node, why in filtered.items():
+        if node in by_node:
+            groups.setdefault(why, []).append(by_node[node])
+    parts = [
+        f"{len(members)} filtered by {why.replace('_', ' ')}{_figures(why, members, task, rates)}"
+        for why, members in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    ]
+    placed = len(candidates) - sum(len(m) for m in groups.values())
+    free = {t: sum(c.free(t) for c in candidates if c.node not in filtered) for t in task.amounts}
+    if placed:
+        parts.append(f"{placed} usable with {_amounts(free)} free in all")
+    return f"{head}: " + "; ".join(parts)
+
+
+def _figures(why: str, members: list[Candidate], task: Task, rates: Mapping[ResourceType, int]) -> str:
+    """The numbers behind one filter's verdict on ``members`` (all failed it)."""
+    match why:
+        case "minimum_hourly_rate":
+            shares = ({t: min(c.free(t), v) for t, v in task.amounts.items()} for c in members)
+            pays = max(_price(share, rates) for share in shares)
+            asks = min(c.min_hourly_rate_micro for c in members)
+            return f" (their share would pay ≤ {_ftns(pays)}; they ask ≥ {_ftns(asks)})"
+        case "trust_level":
+            return f" (below the task's minimum level {task.min_level.value})"
+        case "security_level":
+            level = max(members, key=lambda c: SECURITY_RANK.get(c.security_level, 99)).security_level
+            return f" (owners ask up to {level}; the task runs at {task.security_level})"
+        case "priority":
+            top = max(c.priority_level for c in members)
+            return f" (task priority {task.priority}; owners allow ≤ {top})"
+        case "uptime_commitment":
+            most = max(c.uptime_commitment for c in members)
+            return f" (they commit ≤ {most:g}; the task needs {task.min_uptime:g})"
+        case "latency":
+            best = min(c.latency_ms for c in members if c.latency_ms is not None)
+            return f" (best {best:g} ms; the task allows {task.max_latency_ms or 0:g} ms)"
+        case "allocation_percentage":
+            return " (no free capacity of the requested kinds within their owners' offer)"
+        case "offering":
+            return " (holding capacity back: paused or over a guardrail)"
+        case "temperature_limit" | "power_limit":
+            return " (over their owners' limit now)"
+    return ""
 
 
 def safety_check(

@@ -44,18 +44,25 @@ from prsm_edge.protocol import proofs
 from prsm_edge.protocol.messages import ResourceSpec
 
 __all__ = [
+    "ALLOWANCE_SHARE",
     "WINDOW",
     "Measured",
     "OverclaimTest",
+    "RoundTrips",
+    "allowance_ms",
     "credited_rates",
     "credited_resources",
     "estimate",
     "implied_rate",
+    "net_rate",
     "null_ratio",
 ]
 
 WINDOW: Final = 8  # measurements kept per workload and claim
 CAPPED: Final = 1.02  # a check asking this much less than the claim was capped (not rounded down)
+ALLOWANCE_SHARE: Final = 0.05  # the most network time taken out of a timed interval, of the expected time
+TRIPS_KEPT: Final = 256  # round trips kept, group-wide, per workload
+TRIPS_MIN: Final = 16  # round trips needed before any network time is taken out
 
 
 def estimate(rates: Sequence[float]) -> float:
@@ -80,6 +87,63 @@ def implied_rate(measured: float, checked: float, claimed: float) -> float:
     if not (math.isfinite(claimed) and claimed > checked * CAPPED):
         return measured  # asked for the whole claim (whole table lines round it down a little)
     return max(measured, claimed * min(1.0, measured / checked))
+
+
+def allowance_ms(round_trip_ms: float | None, expected_ms: float, network_ms: float) -> float:
+    """The network time taken out of a check's timed interval before its rate is credited.
+
+    The coordinator times a commitment from the challenge's issue to the proof's arrival on its own
+    clock, so the interval holds one round trip of network besides the work. It sees that round trip
+    again, on its own stamps, between the salt reveal and the opening's arrival (``round_trip_ms``; the
+    opening itself is quick to make). The prover can only lengthen that second round trip, never shorten
+    it, so :class:`RoundTrips` passes at most the group's median, and the allowance is capped here at
+    :data:`ALLOWANCE_SHARE` of the expected time (and at the published ``network_ms``) whatever the
+    network. None (no opening: bandwidth, a withheld one) takes nothing out.
+    """
+    if round_trip_ms is None or not math.isfinite(round_trip_ms) or round_trip_ms <= 0:
+        return 0.0
+    if not (math.isfinite(expected_ms) and expected_ms > 0 and math.isfinite(network_ms)):
+        return 0.0
+    return min(float(round_trip_ms), ALLOWANCE_SHARE * expected_ms, max(0.0, network_ms))
+
+
+@dataclass(slots=True)
+class RoundTrips:
+    """The reveal-to-opening round trips the coordinator saw lately, group-wide (bounded).
+
+    A node can lengthen its own round trip (hold its opening back) but not the group's: the allowance a
+    check gets is its own round trip, at most the group's median (:meth:`allowance`). A node that holds
+    back gains no more than what the typical honest node's network takes; one whose network is really
+    slower than most is credited a little under its rate (as before), never over it.
+    """
+
+    trips: deque[float] = field(default_factory=lambda: deque(maxlen=TRIPS_KEPT))
+
+    def add(self, trip_ms: float) -> None:
+        """A timed check's opening came back ``trip_ms`` after the salt reveal."""
+        if math.isfinite(trip_ms) and trip_ms > 0:
+            self.trips.append(float(trip_ms))
+
+    def typical(self) -> float | None:
+        """The median round trip; None while fewer than :data:`TRIPS_MIN` are known (after a restart)."""
+        if len(self.trips) < TRIPS_MIN:
+            return None
+        values = sorted(self.trips)
+        return values[len(values) // 2]
+
+    def allowance(self, trip_ms: float | None, expected_ms: float, network_ms: float) -> float:
+        """What to take out of a check's timed interval (:func:`allowance_ms` of ``min(own, median)``)."""
+        typical = self.typical()
+        if trip_ms is None or typical is None:
+            return 0.0
+        return allowance_ms(min(trip_ms, typical), expected_ms, network_ms)
+
+
+def net_rate(work: float, elapsed_ms: float, allowance: float) -> float:
+    """Work units per second over the timed interval less the network allowance (at least 1 ms left)."""
+    if not (math.isfinite(work) and work > 0 and math.isfinite(elapsed_ms)):
+        return 0.0
+    return work * 1000.0 / max(1.0, elapsed_ms - max(0.0, allowance))
 
 
 def null_ratio(expected_ms: float, network_ms: float) -> float:

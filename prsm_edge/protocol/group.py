@@ -26,6 +26,7 @@ cannot take down a node that has already reconnected. Nodes that miss heartbeats
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -274,6 +275,9 @@ class Group:
         )
         self._dirty = _Dirty()
         self.claims = ClaimSet([])  # what the last summary's claims_root commits to
+        # Digest of the last accepted message on each member's retained topics (birth, state): the
+        # broker hands these copies out again on every re-subscription (after a broker restart).
+        self._retained: dict[tuple[str, topics.Kind], bytes] = {}
         # The join policy's gate for births of nodes the group does not know (None: anyone may birth).
         self.admit: Callable[[str], bool] | None = None
 
@@ -377,6 +381,13 @@ class Group:
             return []  # federation traffic: the gateway's and the region's business
         if not payload:
             return []  # a cleared retained message
+        retained_key = (parsed.node, kind) if kind in _RETAINED_KINDS else None
+        if retained_key is not None and self._retained.get(retained_key) == _digest(payload):
+            # The very bytes we accepted last on this topic, delivered again (the broker's retained copy
+            # on re-subscription): not news, so neither applied again nor an honest member's "replay".
+            # Any other old message on the topic still meets the replay check below.
+            self.accepted["retained_again"] += 1
+            return []
         opened = open_envelope(payload)
         owner = parsed.client if kind is topics.Kind.API_REQ else parsed.node
         if opened.signer != owner:
@@ -397,9 +408,9 @@ class Group:
             raise RejectedMessage(Reason.WRONG_TOPIC_OWNER, f"message names {body_node}, topic {owner}")
         match kind, msg:
             case topics.Kind.NODE_STATE, NodeState():
-                return self._state(msg, now_ms)
+                return self._remember(retained_key, payload, self._state(msg, now_ms))
             case topics.Kind.NODE_BIRTH, NodeBirth():
-                return self._birth(msg, opened, now_ms, payload)
+                return self._remember(retained_key, payload, self._birth(msg, opened, now_ms, payload))
             case topics.Kind.NODE_TELEMETRY, Heartbeat():
                 return self._heartbeat(msg, now_ms)
             case topics.Kind.NODE_CLAIM, ResourceClaim():
@@ -415,6 +426,17 @@ class Group:
                 # is a duplicate index, which the bandwidth meter ignores.
                 return [Verification(self._member(owner).node, msg, now_ms)]
         raise RejectedMessage(Reason.MALFORMED, f"a {type(msg).__name__} does not belong on {kind.value}")
+
+    def _remember(
+        self, key: tuple[str, topics.Kind] | None, payload: bytes, effects: list[Effect]
+    ) -> list[Effect]:
+        """Note the retained message just handled (unless it was refused), to know its copies later."""
+        if key is not None and not any(isinstance(e, Rejection) for e in effects):
+            self._retained.pop(key, None)
+            self._retained[key] = _digest(payload)
+            while len(self._retained) > 2 * len(_RETAINED_KINDS) * self.config.max_members:
+                self._retained.pop(next(iter(self._retained)))
+        return effects
 
     def _fresh(self, node: str, msg: Message, now_ms: int, *, birth: bool = False) -> int:
         return self._guard.check(node, msg.seq, msg.ts, now_ms, allow_reset=birth)
@@ -438,6 +460,8 @@ class Group:
         if self.members.pop(node, None) is None:
             return False
         self._guard.forget(node)
+        for kind in _RETAINED_KINDS:
+            self._retained.pop((node, kind), None)
         self._dirty.roster = self._dirty.summary = True
         return True
 
@@ -638,6 +662,13 @@ class Group:
             claims_root=self.claims.root,
             claims=len(self.claims),
         )
+
+
+_RETAINED_KINDS: Final = (topics.Kind.NODE_BIRTH, topics.Kind.NODE_STATE)
+
+
+def _digest(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=16).digest()
 
 
 def _topic_node(topic: str) -> str:

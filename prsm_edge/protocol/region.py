@@ -599,35 +599,49 @@ class Region:
         """Route a task from this process (the shell's API); the answer comes as an effect later."""
         return self._route(task, now_ms, rng, "", "")
 
-    def candidates(self, task: TaskSpec, rng: random.Random) -> list[UnitKey]:
-        """A few units that can take ``task``: sampled, own site first, best first; never a full scan."""
+    def candidates(
+        self, task: TaskSpec, rng: random.Random, unfit: Counter[str] | None = None
+    ) -> list[UnitKey]:
+        """A few units that can take ``task``: sampled, own site first, best first; never a full scan.
+
+        ``unfit`` (if given) counts why sampled units were passed over, for a refusal to name.
+        """
         k = self.config.sample
         picked: list[Unit] = []
         pools = [self._by_site.get(task.origin_site, []), self._order] if task.origin_site else [self._order]
+        checked: set[UnitKey] = set()
         for pool in pools:
             sample = list(pool) if len(pool) <= k else [pool[rng.randrange(len(pool))] for _ in range(k)]
-            seen = {u.key_id for u in picked}
-            picked.extend(
-                u
-                for u in (self.units[s] for s in dict.fromkeys(sample))
-                if u.key_id not in seen and self._fits(u, task)
-            )
+            for u in (self.units[s] for s in dict.fromkeys(sample)):
+                if u.key_id in checked:
+                    continue
+                checked.add(u.key_id)
+                why = self._unfit(u, task)
+                if not why:
+                    picked.append(u)
+                elif unfit is not None:
+                    unfit[why] += 1
             if picked:
                 break
         own = task.origin_site
         picked.sort(key=lambda u: (u.site != own, -self._score(u, task)))
         return [u.key_id for u in picked[: self.config.attempts]]
 
-    def _fits(self, unit: Unit, task: TaskSpec) -> bool:
-        if not unit.alive or len(unit.holds) >= _MAX_HOLDS:
-            return False
-        if any(unit.free(kind.value) < amount for kind, amount in task.resources.items()):
-            return False
+    def _unfit(self, unit: Unit, task: TaskSpec) -> str:
+        """Why ``unit`` cannot take ``task`` (``""``: it can), in words a refusal can count."""
+        if not unit.alive:
+            return "dead"
+        if len(unit.holds) >= _MAX_HOLDS:
+            return "holding too many reservations"
+        for kind, amount in task.resources.items():
+            if unit.free(kind.value) < amount:
+                return f"short of {kind.value}"
         need = LEVEL_ORDER[task.min_level]
-        return any(
+        trusted = any(
             LEVEL_ORDER.get(VerificationLevel(level), 0) >= need and n > 0
             for level, n in unit.summary.trust.items()
         )
+        return "" if trusted else f"no member at {task.min_level.value} or above"
 
     def _score(self, unit: Unit, task: TaskSpec) -> float:
         headroom = min(
@@ -645,11 +659,11 @@ class Region:
             return self._refuse(
                 task.task_id, "the region has too many tasks in flight", requester, request_txid
             )
-        found = self.candidates(task, rng)
+        unfit: Counter[str] = Counter()
+        found = self.candidates(task, rng, unfit)
         if not found:
-            return self._refuse(
-                task.task_id, "no group with matching capacity and trust", requester, request_txid
-            )
+            why = _no_group(task, unfit, len(self.units))
+            return self._refuse(task.task_id, why, requester, request_txid)
         pending = _Pending(task, found, 0, now_ms, "", requester, request_txid)
         self._pending[task.task_id] = pending
         return self._place(pending, now_ms)
@@ -732,7 +746,7 @@ class Region:
         pending.attempt += 1
         while pending.attempt < len(pending.candidates):
             unit = self.units.get(pending.candidates[pending.attempt])
-            if unit is not None and self._fits(unit, pending.task):  # others may have taken it since
+            if unit is not None and not self._unfit(unit, pending.task):  # others may have taken it since
                 return self._place(pending, now_ms)
             pending.attempt += 1
         del self._pending[pending.task.task_id]
@@ -882,3 +896,13 @@ def _topic_unit(topic: str) -> str:
     if parsed.unit_site:
         return f"{parsed.unit_site}/{parsed.unit_group}"
     return parsed.gateway or parsed.client
+
+
+def _no_group(task: TaskSpec, unfit: Counter[str], units: int) -> str:
+    """A refusal naming what the sampled groups lacked, so an operator knows what to change."""
+    wanted = ", ".join(f"{amount:g} {kind.value}" for kind, amount in task.resources.items())
+    head = f"no group offers {wanted} with a member at {task.min_level.value} or above"
+    if not unfit:
+        return f"{head}: the region has no groups" if not units else head
+    counts = "; ".join(f"{n} {why}" for why, n in unfit.most_common())
+    return f"{head}: of {sum(unfit.values())} sampled (of {units} groups), {counts}"

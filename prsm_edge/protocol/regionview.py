@@ -9,9 +9,10 @@ applies the same ones):
 2. ``coord/state`` must be a :class:`CoordState` signed by the key it names, for the coordinator id
    derived from it; that key is pinned (given by the caller, else the first seen); a tier-1 state is a
    group's (the broker is not a region's) and is left alone;
-3. the region's summary and each unit's standing (``unit/{site}/{group}/state``: alive or dead, the
-   coordinator key the region pinned for the group, the gateway it bound) must be signed by the pinned
-   region key; they wait (bounded) until the region's state has arrived;
+3. the region's summary, its trend rollup (``coord/rollup``: it must name this region, and an older one
+   than the rollup held is not taken) and each unit's standing (``unit/{site}/{group}/state``: alive or
+   dead, the coordinator key the region pinned for the group, the gateway it bound) must be signed by
+   the pinned region key; they wait (bounded) until the region's state has arrived;
 4. a group's summary must name its unit and be signed by the key the region pinned for that group; a
    gateway's link state must be signed by the gateway it names and, once the region bound a gateway to
    the group, by that one; a gateway's stream record likewise. What comes before the group's standing
@@ -33,7 +34,15 @@ from prsm_edge.errors import RejectedMessage, TopicError
 from prsm_edge.protocol import topics
 from prsm_edge.protocol.envelope import Opened, open_envelope
 from prsm_edge.protocol.groupview import Unverified
-from prsm_edge.protocol.messages import CoordState, GatewayState, GroupSummary, UnitState, UplinkRecord
+from prsm_edge.protocol.messages import (
+    CoordState,
+    GatewayState,
+    GroupRollup,
+    GroupSummary,
+    UnitState,
+    UplinkRecord,
+)
+from prsm_edge.protocol.trendview import region_trends
 
 __all__ = ["MAX_UNITS", "RegionView", "UnitView"]
 
@@ -70,6 +79,7 @@ class RegionView:
     pinned_key: bytes | None = None
     coord: CoordState | None = None
     summary: GroupSummary | None = None
+    rollup: GroupRollup | None = None
     units: dict[UnitKey, UnitView] = field(default_factory=dict)
     failures: deque[Unverified] = field(default_factory=lambda: deque(maxlen=MAX_FAILURES))
     verified: int = 0
@@ -97,7 +107,7 @@ class RegionView:
         match kind:
             case topics.Kind.COORD_STATE:
                 self._coord_state(topic, opened, now_ms)
-            case topics.Kind.SUMMARY | topics.Kind.UNIT_STATE:
+            case topics.Kind.SUMMARY | topics.Kind.UNIT_STATE | topics.Kind.COORD_ROLLUP:
                 self._from_region(topic, payload, opened, now_ms)
             case topics.Kind.UNIT_SUMMARY if unit_key is not None:
                 self._unit_summary(topic, unit_key, payload, opened, now_ms)
@@ -159,6 +169,13 @@ class RegionView:
         if isinstance(msg, GroupSummary) and topics.summary(self.site, self.region) == topic:
             self.verified += 1
             self.summary = msg
+        elif isinstance(msg, GroupRollup) and topics.coord_rollup(self.site, self.region) == topic:
+            if (msg.site, msg.group) != (self.site, self.region):
+                self._fail(topic, f"a rollup of {msg.site}/{msg.group}, not of this region", now_ms)
+                return
+            self.verified += 1
+            if self.rollup is None or msg.at_ms >= self.rollup.at_ms:
+                self.rollup = msg
         elif isinstance(msg, UnitState) and msg.region == self.region and key is not None:
             if topic != topics.unit(topics.Kind.UNIT_STATE, self.site, self.region, *key):
                 self._fail(topic, "a group's standing on another group's topic", now_ms)
@@ -331,6 +348,10 @@ class RegionView:
                 "utilization": s.utilization,
             },
             "groups": groups,
+            # The region's trend rollup, cut to the last hour and week (None: no rollup yet).
+            "trends": None
+            if self.rollup is None
+            else {**region_trends(self.rollup), "age_s": (now_ms - self.rollup.at_ms) / 1000},
             "alive": sum(1 for g in groups if g["status"] == "alive"),
             "verified": self.verified,
             "unverified": self.unverified,

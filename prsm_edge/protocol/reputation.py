@@ -47,6 +47,7 @@ from prsm_edge.protocol.messages import TRUST_SCORE, VerificationLevel
 
 __all__ = [
     "DAY_MS",
+    "UNPANELLED",
     "WEIGHTS",
     "Dimension",
     "LevelPolicy",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 DAY_MS: Final = 86_400_000
+# Workloads no peer panel can re-check (peers see none of a bandwidth check's bytes): a claim made only of
+# these has no peer rung, and the coordinator's own current pass of all of it stands in for the quorum.
+UNPANELLED: Final = frozenset({"bandwidth"})
 HOUR_MS: Final = 3_600_000
 
 
@@ -220,7 +224,9 @@ class TrustEvidence:
         """Which levels' own evidence is current, each on its own (not yet the ladder).
 
         ``workloads`` are those the claim can be checked with: ``benchmarked`` needs a current pass of
-        every one of them (``None``: of at least one workload).
+        every one of them (``None``: of at least one workload). A claim whose workloads are all
+        :data:`UNPANELLED` (bandwidth only) never gets a panel, so its ``peer_verified`` rests on the
+        coordinator's current pass of all of them instead of a quorum (and it then holds ``benchmarked``).
         """
 
         def fresh(at: int | None, validity: int) -> bool:
@@ -229,12 +235,16 @@ class TrustEvidence:
         covered = set(self.covers(now_ms, policy))
         if workloads is None:
             benchmarked = bool(covered)
+            unpanelled = False
         else:
             wanted = set(workloads)
             benchmarked = bool(wanted) and wanted <= covered
+            unpanelled = bool(wanted) and wanted <= UNPANELLED  # nothing a panel could have voted on
         return {
             VerificationLevel.SELF_REPORTED: True,
-            VerificationLevel.PEER_VERIFIED: fresh(self.quorum_ms, policy.peer_validity_ms)
+            VerificationLevel.PEER_VERIFIED: (
+                fresh(self.quorum_ms, policy.peer_validity_ms) or (unpanelled and benchmarked)
+            )
             and not self.failed,
             VerificationLevel.BENCHMARKED: benchmarked,
             VerificationLevel.ECONOMICALLY_STAKED: self.required_stake_micro > 0

@@ -50,6 +50,7 @@ coordinator's absence. Fraud flags expire after ``flag_ttl_ms``; detectors look 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -85,6 +86,7 @@ from prsm_edge.protocol.sampling import AdaptiveSampler, NodeRecord
 __all__ = [
     "CPU_RATE_KEY",
     "LevelChange",
+    "RecordContainment",
     "RecordEvidence",
     "RecordLedger",
     "RecordSampling",
@@ -152,13 +154,14 @@ class VerifierConfig:
     round_ms: int = 300_000
     vote_timeout_ms: int = 15_000
     panel: int = 5
-    # Challenge sizing and thresholds: proofs.PARAMS (chosen from measured noise) unless set here.
-    segments: int = proofs.PARAMS["cpu"].segments
-    opens: int = proofs.PARAMS["cpu"].opens
-    target_ms: int = proofs.PARAMS["cpu"].target_ms
-    slack: float = proofs.PARAMS["cpu"].slack
-    network_ms: int = proofs.PARAMS["cpu"].network_ms
-    min_rate_ratio: float = proofs.PARAMS["cpu"].min_rate_ratio
+    # Challenge sizing and thresholds: each workload's own proofs.PARAMS (chosen from its measured noise)
+    # unless set here; a value set here overrides it for every workload (:meth:`params`).
+    segments: int | None = None
+    opens: int | None = None
+    target_ms: int | None = None
+    slack: float | None = None
+    network_ms: int | None = None
+    min_rate_ratio: float | None = None
     policy: LevelPolicy = field(default_factory=LevelPolicy)
     stake_policy: stake_mod.StakePolicy = field(default_factory=stake_mod.StakePolicy)
     availability_window_ms: int = 3_600_000  # uptime is judged against the commitment per window
@@ -167,6 +170,25 @@ class VerifierConfig:
     max_open_checks: int = 24  # checks in flight at once; the rest wait their turn
     flag_ttl_ms: int = 24 * 3_600_000  # a fraud flag not raised again within this expires
     overclaim: credit.OverclaimTest = field(default_factory=credit.OverclaimTest)
+    # Credit the rate over the proving time (the interval less the coordinator-observed round trip,
+    # credit.RoundTrips) instead of the whole interval. Off: with the lower-quartile estimate it lets an
+    # in-band overclaimer's lucky runs be credited above its true rate several times as often
+    # (docs/verification.md, "Credit by measurement"); it wants an estimator with a tighter margin first.
+    credit_net_of_network: bool = False
+
+    def params(self, workload: str) -> proofs.Params:
+        """How ``workload`` is challenged and judged here: its ``proofs.PARAMS``, with the operator's
+        overrides (the fields set here) applied."""
+        p = proofs.PARAMS[workload]
+        return dataclasses.replace(
+            p,
+            segments=p.segments if self.segments is None else self.segments,
+            opens=p.opens if self.opens is None else self.opens,
+            target_ms=p.target_ms if self.target_ms is None else self.target_ms,
+            slack=p.slack if self.slack is None else self.slack,
+            network_ms=p.network_ms if self.network_ms is None else self.network_ms,
+            min_rate_ratio=p.min_rate_ratio if self.min_rate_ratio is None else self.min_rate_ratio,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +221,15 @@ class RecordSampling:
 
     node: str
     record: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordContainment:
+    """Persist the workloads of ``node`` whose first late or slow result awaits its re-check (empty:
+    none), so a restart does not give the next late or slow result a second first chance."""
+
+    node: str
+    workloads: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +286,7 @@ VerifierEffect = (
     | RecordLedger
     | RecordEvidence
     | RecordSampling
+    | RecordContainment
     | RecordSlashEvidence
     | VerifyQuote
     | RunCheck
@@ -349,6 +381,8 @@ class Verifier:
         self._sampling: dict[str, float] = {}
         self._queue: deque[_Pending] = deque()
         self._dirty: set[tuple[str, bytes]] = set()
+        self._contained_dirty: set[str] = set()  # nodes whose pending re-checks changed
+        self._trips: dict[str, credit.RoundTrips] = {}  # workload → recent reveal-to-opening round trips
         self._clock = 0
         self.verdicts: deque[tuple[str, proofs.Verdict]] = deque(maxlen=1024)  # recent, for inspection
         self.voided = 0
@@ -454,8 +488,27 @@ class Verifier:
         claimed = ch.claimed_rate  # the whole claim's rate, where the check asked for less (a cap)
         if state.claim == check.claim and state.claim_of is not None:
             claimed = claimed_rates(state.claim_of).get(ch.workload, claimed)
-        measured.add(credit.implied_rate(rate, ch.claimed_rate, claimed))
-        null = credit.null_ratio(proofs.expected_ms(ch), self.config.network_ms)
+        # With credit_net_of_network: credited over the proving time, the interval less the round trip
+        # the coordinator saw between its salt reveal and the opening (at most the group's median, and
+        # capped: credit.RoundTrips, credit.allowance_ms), so an honest node's figure is centred on its
+        # real rate. The overclaim test keeps the whole interval (its null allows for the network).
+        network_ms = self.config.params(ch.workload).network_ms
+        trip = (
+            check.opened_at - check.revealed_at if check.opening is not None and check.revealed_at else None
+        )
+        trips = self._trips.setdefault(ch.workload, credit.RoundTrips())
+        allowance = trips.allowance(trip, proofs.expected_ms(ch), network_ms)
+        if not self.config.credit_net_of_network:
+            allowance = 0.0
+        if trip is not None:
+            trips.add(trip)
+        net = (
+            credit.net_rate(proofs.total_work(ch), check.proof_at - ch.issued_ms, allowance)
+            if allowance
+            else rate
+        )
+        measured.add(credit.implied_rate(max(rate, net), ch.claimed_rate, claimed))
+        null = credit.null_ratio(proofs.expected_ms(ch), network_ms)
         if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
             est = measured.estimate()
             share = f"{est / ch.claimed_rate:.0%}" if est > 0 else "less"
@@ -472,6 +525,16 @@ class Verifier:
         for node, record in records:
             self.sampler.restore(node, NodeRecord.from_record(record))
         self.sampler.changed.clear()
+
+    def restore_containment(self, records: Iterable[tuple[str, object]], now_ms: int) -> None:
+        """Load the pending re-checks persisted by an earlier run (:class:`RecordContainment`): each
+        node's workloads whose first late or slow result awaits its re-check. Unknown names are dropped."""
+        for node, workloads in records:
+            if not isinstance(workloads, (list, tuple)):
+                continue
+            known = {w for w in workloads if isinstance(w, str) and w in proofs.WORKLOADS}
+            if known:
+                self._node(node, now_ms).contained |= known
 
     def level_of(self, node: str) -> VerificationLevel:
         """The level last reported for ``node`` (on the claim last seen)."""
@@ -500,6 +563,10 @@ class Verifier:
         for node in sorted(self.sampler.changed):
             effects.append(RecordSampling(node, self.sampler.record_of(node).to_record()))
         self.sampler.changed.clear()
+        for node in sorted(self._contained_dirty):
+            state = self.nodes.get(node)
+            effects.append(RecordContainment(node, tuple(sorted(state.contained)) if state else ()))
+        self._contained_dirty.clear()
         return effects
 
     def _level(self, member: Member, now_ms: int) -> list[VerifierEffect]:
@@ -692,6 +759,7 @@ class Verifier:
         c = self.config
         if workload == "bandwidth":
             return self._issue_bandwidth(member, slot, now_ms, rng)
+        p = c.params(workload)
         shape = proofs.claims(member.resources).get(workload, proofs.Claim(rate))  # lanes, capacity
         issued = proofs.make_challenge(
             c.coordinator,
@@ -700,11 +768,11 @@ class Verifier:
             rate,
             rng,
             now_ms,
-            segments=c.segments,
-            target_ms=c.target_ms,
-            opens=c.opens,
-            slack=c.slack,
-            network_ms=c.network_ms,
+            segments=p.segments,
+            target_ms=p.target_ms,
+            opens=p.opens,
+            slack=p.slack,
+            network_ms=p.network_ms,
             lanes=shape.lanes,
             capacity_bytes=shape.capacity_bytes,
         )
@@ -723,7 +791,7 @@ class Verifier:
         # Seat the panel before the subject hears of the challenge, so its proof finds them waiting.
         effects: list[VerifierEffect] = []
         for verifier in slot.panel:
-            args = {"challenge": wire, "round": slot.round, "min_rate_ratio": c.min_rate_ratio}
+            args = {"challenge": wire, "round": slot.round, "min_rate_ratio": p.min_rate_ratio}
             effects.append(self._cmd(verifier, "verify", args))
         effects.append(self._cmd(member.node, "challenge", {"challenge": wire}))
         return effects
@@ -817,7 +885,7 @@ class Verifier:
                 check.proof,
                 opening,
                 check.proof_at,
-                self.config.min_rate_ratio,
+                self.config.params(check.challenge.workload).min_rate_ratio,
                 check.revealed_at,
                 check.opened_at,
             )
@@ -973,12 +1041,14 @@ class Verifier:
             # Containment (as Storj audits): a first late or slow result may be a busy moment on an
             # honest device, so it is checked again before it counts. A second one in a row counts.
             state.contained.add(workload)
+            self._contained_dirty.add(node)
             self.sampler.flag(node, checks=1)
             ev.history.append((now_ms, f"{verdict.reason.value}: checked again before it counts"))
             self.contained += 1
             return self._flush() + (self._level(member, now_ms) if member is not None else [])
-        if verdict.accepted:
+        if verdict.accepted and workload in state.contained:
             state.contained.discard(workload)
+            self._contained_dirty.add(node)
         result = peers.tally(
             [*check.votes.values(), *check.conflicting], check.panel, subject=node, round_=check.round
         )

@@ -17,6 +17,7 @@ from prsm_edge.io.dynsec import (
     ROLE_COORDINATOR,
     ROLE_VIEWER,
     DynSec,
+    gateway_role,
     node_role,
     node_role_acls,
 )
@@ -336,3 +337,21 @@ async def test_a_member_still_reaches_every_topic_it_needs(broker: RunningBroker
             + [f"{BASE}/api/{m}/req/n1" for m in NODE_API_METHODS]
         )
         assert await passed(spy, n1, own, f"{BASE}/node/n1/state") == own
+
+
+async def test_a_removed_gateway_login_is_disconnected_refused_and_its_role_gone(
+    broker: RunningBroker, ds: DynSec
+) -> None:
+    username = await ds.add_gateway("lab", "g1", "gwx", "pw-gateway-x")
+    async with _client(broker, "gwx", username, "pw-gateway-x") as gw:
+        assert await ds.remove_login(username, gateway_role("gwx")) is True
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(3):
+                async for _ in gw.messages:
+                    pass
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with _client(broker, "gwx2", username, "pw-gateway-x"):
+            pass
+    assert await ds.remove_login(username, gateway_role("gwx")) is False  # not there: says so
+    (reply,) = await ds.command({"command": "listRoles"})
+    assert gateway_role("gwx") not in reply["data"]["roles"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
+from prsm_edge.coordinator.rollups import RollupOptions
 from prsm_edge.coordinator.service import Coordinator
 from prsm_edge.errors import Reason
 from prsm_edge.gateway.bridge import render_bridge
@@ -25,7 +27,7 @@ from prsm_edge.protocol import messages as m
 from prsm_edge.protocol import topics as t
 from prsm_edge.protocol.envelope import Signer
 from prsm_edge.protocol.placement import TaskSpec
-from prsm_edge.protocol.region import LeaseGranted, RegionEffect, StreamItem
+from prsm_edge.protocol.region import LeaseGranted, RegionEffect, StreamItem, UnitChange
 from tests.conftest import Mosquitto, free_port, start_mosquitto
 from tests.integration.groupkit import agent_options, coordinator, cpu, eventually
 
@@ -62,7 +64,16 @@ class RegionRig:
     effects: list[RegionEffect]
 
 
-def _group(tmp: Path, name: str, site: str, region_url: str, uplinks: tuple[str, ...] = ()) -> GroupRig:
+def _group(
+    stack: contextlib.AsyncExitStack,
+    tmp: Path,
+    name: str,
+    site: str,
+    region_url: str,
+    uplinks: tuple[str, ...] = (),
+) -> GroupRig:
+    """One group's broker, coordinator, agent and gateway; its broker is stopped when ``stack`` closes,
+    whatever fails after it started (then its tasks first: the stack unwinds last-in first-out)."""
     gw_ident = load_or_create(tmp / name / "gateway")
     bridge = render_bridge(
         site=site,
@@ -75,6 +86,7 @@ def _group(tmp: Path, name: str, site: str, region_url: str, uplinks: tuple[str,
         restart_cap_s=2,
     )
     broker = start_mosquitto(tmp / name / "broker", extra=bridge)
+    stack.callback(broker.stop)
     coord = coordinator(broker.url, tmp / name / "coord", site=site, group=name)
     agent = Agent(agent_options(broker.url, tmp / name / "agent", site=site, group=name, resources=cpu(4.0)))
     gateway = Gateway(
@@ -91,14 +103,36 @@ def _group(tmp: Path, name: str, site: str, region_url: str, uplinks: tuple[str,
             replay_burst=2,
             state_interval_s=1.0,
             keepalive_s=2,
+            coordinator_grace_s=1.0,
         ),
     )
-    return GroupRig(name, site, broker, coord, agent, gateway)
+    rig = GroupRig(name, site, broker, coord, agent, gateway)
+    stack.push_async_callback(rig.stop)
+    return rig
+
+
+async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 @contextlib.asynccontextmanager
-async def region_of_three(tmp: Path, region_broker_extra: str = "") -> AsyncIterator[RegionRig]:
-    rbroker = start_mosquitto(tmp / "region-broker", extra=region_broker_extra)
+async def region_of_three(
+    tmp: Path, region_broker_extra: str = "", rollup: RollupOptions | None = None
+) -> AsyncIterator[RegionRig]:
+    """The region and its three groups; everything started is stopped, also when a part fails to start."""
+    async with contextlib.AsyncExitStack() as stack:
+        rbroker = start_mosquitto(tmp / "region-broker", extra=region_broker_extra)
+        stack.callback(rbroker.stop)
+        yield await _start_region(stack, tmp, rbroker, rollup)
+
+
+async def _start_region(
+    stack: contextlib.AsyncExitStack, tmp: Path, rbroker: Mosquitto, rollup: RollupOptions | None
+) -> RegionRig:
     region = RegionCoordinator(
         load_or_create(tmp / "region"),
         RegionOptions(
@@ -110,33 +144,25 @@ async def region_of_three(tmp: Path, region_broker_extra: str = "") -> AsyncIter
             summary_interval_s=1.0,
             tick_s=0.2,
             task_timeout_s=3.0,
+            rollup=rollup or RollupOptions(),
         ),
     )
     effects: list[RegionEffect] = []
     region.listeners.append(effects.append)
-    groups = {name: _group(tmp, name, site, rbroker.url) for name, site in SITES.items()}
+    groups = {name: _group(stack, tmp, name, site, rbroker.url) for name, site in SITES.items()}
     region_task = asyncio.create_task(region.run())
+    stack.push_async_callback(_cancel, region_task)  # after the groups' tasks, before the brokers
     for g in groups.values():
         g.tasks = [asyncio.create_task(r.run()) for r in (g.coordinator, g.agent, g.gateway)]
-    try:
-        await eventually(
-            lambda: (
-                region.region.alive_count == 3
-                and all(u.summary.online == 1 for u in region.region.units.values())
-            ),
-            timeout=20,
-            what="three groups alive at the region, each with its member",
-        )
-        yield RegionRig(rbroker, region, groups, effects)
-    finally:
-        for g in groups.values():
-            await g.stop()
-        region_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await region_task
-        for g in groups.values():
-            g.broker.stop()
-        rbroker.stop()
+    await eventually(
+        lambda: (
+            region.region.alive_count == 3
+            and all(u.summary.online == 1 for u in region.region.units.values())
+        ),
+        timeout=20,
+        what="three groups alive at the region, each with its member",
+    )
+    return RegionRig(rbroker, region, groups, effects)
 
 
 async def test_region_sees_three_groups_routes_a_task_and_drills_down(tmp_path: Path) -> None:
@@ -274,38 +300,31 @@ async def test_uplink_cut_and_restored_loses_nothing_duplicates_nothing(tmp_path
 
 
 async def test_gateway_fails_over_to_its_second_uplink_address(tmp_path: Path) -> None:
-    rbroker = start_mosquitto(tmp_path / "region-broker")
-    dead = f"mqtt://127.0.0.1:{free_port()}"  # the primary is down
-    region = RegionCoordinator(
-        load_or_create(tmp_path / "region"),
-        RegionOptions(
-            site=RSITE, region=REGION, broker_url=rbroker.url, workdir=tmp_path / "region", tick_s=0.2
-        ),
-    )
-    g = _group(tmp_path, "g1", "lab", rbroker.url, uplinks=(dead, rbroker.url))
-    tasks = [asyncio.create_task(x.run()) for x in (region, g.coordinator, g.gateway)]
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        rbroker = start_mosquitto(tmp_path / "region-broker")
+        stack.callback(rbroker.stop)
+        dead = f"mqtt://127.0.0.1:{free_port()}"  # the primary is down
+        region = RegionCoordinator(
+            load_or_create(tmp_path / "region"),
+            RegionOptions(
+                site=RSITE, region=REGION, broker_url=rbroker.url, workdir=tmp_path / "region", tick_s=0.2
+            ),
+        )
+        g = _group(stack, tmp_path, "g1", "lab", rbroker.url, uplinks=(dead, rbroker.url))
+        g.tasks = [asyncio.create_task(x.run()) for x in (region, g.coordinator, g.gateway)]
         await eventually(
             lambda: region.region.alive_count == 1, timeout=20, what="the group reached the region"
         )
         assert g.gateway.uplink.address.port == rbroker.port
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        g.broker.stop()
-        rbroker.stop()
 
 
 async def test_gateway_holds_its_birth_until_the_region_is_online(tmp_path: Path) -> None:
-    rbroker = start_mosquitto(tmp_path / "region-broker")
-    g = _group(tmp_path, "g1", "lab", rbroker.url)
-    seen: list[str] = []
-    tasks = [asyncio.create_task(x.run()) for x in (g.coordinator, g.gateway)]
-    region_task: asyncio.Task[None] | None = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        rbroker = start_mosquitto(tmp_path / "region-broker")
+        stack.callback(rbroker.stop)
+        g = _group(stack, tmp_path, "g1", "lab", rbroker.url)
+        seen: list[str] = []
+        g.tasks = [asyncio.create_task(x.run()) for x in (g.coordinator, g.gateway)]
         async with aiomqtt.Client("127.0.0.1", rbroker.port, identifier="watcher") as watcher:
             await watcher.subscribe(f"{t.ROOT}/{RSITE}/{REGION}/unit/#", qos=1)
             await watcher.subscribe(t.gateway_state("lab", g.gateway.gateway_id), qos=1)
@@ -325,15 +344,83 @@ async def test_gateway_holds_its_birth_until_the_region_is_online(tmp_path: Path
                     site=RSITE, region=REGION, broker_url=rbroker.url, workdir=tmp_path / "region", tick_s=0.2
                 ),
             )
-            region_task = asyncio.create_task(region.run())
+            stack.push_async_callback(_cancel, asyncio.create_task(region.run()))
             summary_topic = t.unit(t.Kind.UNIT_SUMMARY, RSITE, REGION, "lab", "g1")
             await eventually(lambda: summary_topic in seen, what="birth after the region came online")
             await eventually(lambda: region.region.alive_count == 1, what="the region knows the group")
             watching.cancel()
+
+
+async def test_a_region_that_fails_to_start_partway_leaves_no_broker_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Mosquitto] = []
+    real_start, real_coordinator = start_mosquitto, coordinator
+
+    def recording(tmp: Path, extra: str = "") -> Mosquitto:
+        started.append(real_start(tmp, extra))
+        return started[-1]
+
+    def failing(url: str, workdir: Path, **kw: object) -> Coordinator:
+        if kw.get("group") == "g2":
+            raise RuntimeError("g2's coordinator cannot start")
+        return real_coordinator(url, workdir, **kw)
+
+    monkeypatch.setattr(sys.modules[__name__], "start_mosquitto", recording)
+    monkeypatch.setattr(sys.modules[__name__], "coordinator", failing)
+    try:
+        with pytest.raises(RuntimeError, match="g2's coordinator"):
+            async with region_of_three(tmp_path):
+                pytest.fail("the region started although g2 could not")
+        assert len(started) == 3  # the region's broker, g1's and g2's
+        assert [b.port for b in started if b.process.poll() is None] == []  # none left running
     finally:
-        for task in [*tasks, *([region_task] if region_task else [])]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        g.broker.stop()
-        rbroker.stop()
+        for broker in started:
+            broker.stop()
+
+
+async def test_a_group_broker_restart_is_not_reported_as_the_coordinator_going_offline(
+    tmp_path: Path,
+) -> None:
+    """The broker hands out the coordinator's Will after a restart of its own (the coordinator only lost
+    its connection); the gateway must not report the group's coordinator offline to the region for it."""
+    async with region_of_three(tmp_path) as rig:
+        g1 = rig.groups["g1"]
+        reconnects = g1.coordinator.session.connections
+        await asyncio.to_thread(g1.broker.restart)
+        await eventually(lambda: g1.coordinator.session.connections > reconnects, timeout=20)
+        await eventually(lambda: g1.gateway.local.connected.is_set(), timeout=20, what="gateway back")
+        await asyncio.sleep(3 * 1.0)  # a few of the gateway's state intervals
+        kills = [e for e in rig.effects if isinstance(e, UnitChange) and not e.alive]
+        assert [k.why for k in kills if k.why == "coordinator offline"] == []
+
+
+async def test_the_coordinators_will_goes_up_only_if_the_coordinator_stays_offline(tmp_path: Path) -> None:
+    async with region_of_three(tmp_path) as rig:
+        g1 = rig.groups["g1"]
+        coord = g1.coordinator
+        topic = t.coord_state("lab", "g1")
+
+        def sealed(status: str) -> bytes:
+            return coord.signer.seal(coord.group.state_message(status)[1], now_ms())
+
+        def reported_offline() -> bool:
+            return any(
+                isinstance(e, UnitChange) and e.group == "g1" and e.why == "coordinator offline"
+                for e in rig.effects
+            )
+
+        async with aiomqtt.Client("127.0.0.1", g1.broker.port, identifier="as-the-broker") as c:
+            # What a restarted broker hands out: the Will of the coordinator's lost connection, and then
+            # the coordinator's own online state once it has reconnected.
+            await c.publish(topic, sealed("offline"), qos=1, retain=True)
+            await eventually(lambda: g1.gateway.local.connected.is_set())
+            await asyncio.sleep(0.3)
+            await c.publish(topic, sealed("online"), qos=1, retain=True)
+            await asyncio.sleep(2 * 1.0)  # twice the gateway's grace
+            assert g1.gateway.link.coordinator == "online" and not reported_offline()
+            # A coordinator that stays offline is reported once the grace has passed.
+            await _cancel(g1.tasks[0])
+            await c.publish(topic, sealed("offline"), qos=1, retain=True)
+            await eventually(reported_offline, what="the group's coordinator reported offline")
+            assert g1.gateway.link.coordinator == "offline"

@@ -1,5 +1,6 @@
-"""`prsm-edge status` against a real region's broker (the federation test's three groups): the region table,
-the same data as JSON, and --watch following a group that stops."""
+"""`prsm-edge status` against a real region's broker (the federation test's three groups): the region table
+with its trends (the region's signed rollup), the same data as JSON, and --watch following a group that
+stops."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import IO
 
 import pytest
 
+from prsm_edge.coordinator.rollups import RollupOptions
+from prsm_edge.protocol.rollups import Resolution
 from tests.integration.test_federation import REGION, RSITE, region_of_three
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -45,7 +48,9 @@ async def prsm(home: Path, *args: str, seconds: float = 30) -> tuple[int, str, s
 
 async def test_status_on_a_region_shows_every_group_as_table_and_json(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    async with region_of_three(tmp_path) as rig:
+    # The region samples 5 times a second into 1-second buckets and republishes its rollup each 0.5 s.
+    quick = RollupOptions(sample_s=0.2, publish_s=0.5, resolutions=(Resolution(1, 600), Resolution(60, 60)))
+    async with region_of_three(tmp_path, rollup=quick) as rig:
         broker = f"mqtt://127.0.0.1:{rig.broker.port}"
         key = rig.region.identity.public_key.hex()
         base = ("status", "--broker", broker, "--site", RSITE, "--group", REGION, "--key", key)
@@ -68,12 +73,28 @@ async def test_status_on_a_region_shows_every_group_as_table_and_json(tmp_path: 
             assert g["capacity"] == {"compute_cpu": 4.0}
         assert snap["summary"]["capacity"] == {"compute_cpu": 12.0}
         assert snap["unverified"] == 0
+        # The region's trends, from its retained rollup under the pinned key (published from its start).
+        assert snap["trends"] is not None and snap["trends"]["hour"]["step_s"] == 1
+        assert snap["trends"]["week"]["step_s"] == 60
+
+        # Once a whole bucket has passed with all three alive, the newest says so: poll the CLI for it.
+        for _ in range(15):
+            code, out, err = await prsm(home, *base, "--json")
+            assert code == 0, err
+            hour = json.loads(out.splitlines()[-1])["trends"]["hour"]
+            if hour["groups_alive"][-1] == 3:
+                break
+            await asyncio.sleep(0.5)
+        assert hour["groups_alive"][-1] == 3 and hour["groups_dead"][-1] == 0, hour
+        assert hour["online"][-1] == 3 and hour["utilization"][-1] is not None  # one node in each group
 
         # The table shows the same.
         code, out, err = await prsm(home, *base)
         assert code == 0, err
         assert f"region {RSITE}/{REGION}" in out and "3/3 groups alive" in out
         assert all(f"{site}/{name}" in out for name, site in (("g1", "lab"), ("g2", "lab"), ("g3", "far")))
+        assert "trends from the region's coordinator's rollup" in out and "no rollup yet" not in out
+        assert any(line.startswith("    alive") and "groups now 3" in line for line in out.splitlines())
 
         # A wrong pinned key: nothing from this region is believed.
         wrong = ("status", "--broker", broker, "--site", RSITE, "--group", REGION, "--key", "00" * 32)

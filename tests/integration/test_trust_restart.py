@@ -96,3 +96,16 @@ async def test_a_restart_keeps_each_nodes_run_of_verified_results(
         assert status["credited"]["cpu"] == round(min(measured, claimed_rates(member.resources)["cpu"]), 3)
         assert status["overclaims"] == {}
         second.evidence_store.close()
+
+
+async def test_a_restarted_coordinator_reads_the_pending_rechecks_back(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Fails on the old code: the coordinator's verifier started with no pending re-check, so a node's
+    first late result before a restart was forgotten and its next one contained again."""
+    first = coordinator(mosquitto.url, tmp_path / "coord", verify=True, verification=fast_rounds())
+    first.evidence_store.save_containment("node-a", ("cpu", "storage"))
+    first.evidence_store.close()
+    second = coordinator(mosquitto.url, tmp_path / "coord", verify=True, verification=fast_rounds())
+    assert second.verifier.nodes["node-a"].contained == {"cpu", "storage"}
+    second.evidence_store.close()

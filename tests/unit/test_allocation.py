@@ -68,6 +68,7 @@ def test_each_owner_constraint_is_a_named_hard_filter(
     with pytest.raises(AllocationRefused) as exc:
         allocate(task(**task_kw), [bad], RATES)
     assert exc.value.filtered["bad"] == constraint
+    assert f"1 filtered by {constraint.replace('_', ' ')}" in exc.value.detail  # named, with figures
     # and with a good member beside it, the task goes there, with the reason the other was left out
     alloc = allocate(task(**task_kw), [bad, cand("good", priority_level=10)], RATES)
     assert [p.node for p in alloc.placements] == ["good"]
@@ -241,3 +242,46 @@ def test_owner_terms_from_the_network_are_kept_and_checked() -> None:
         effects = birth(bytes([3 + i]) * 32, **bad)
         assert [e.reason for e in effects if isinstance(e, Rejection)] == [Reason.IMPLAUSIBLE], bad
     assert len(g.members) == 1
+
+
+def test_a_capacity_refusal_names_each_filter_with_its_figures() -> None:
+    pricey = [cand(f"p{i}", min_hourly_rate_micro=1_000_000) for i in range(3)]
+    with pytest.raises(AllocationRefused) as exc:
+        allocate(task(2.0, max_price_micro_per_hour=500_000), pricey, RATES)
+    assert exc.value.constraint == "capacity"
+    assert exc.value.detail == (
+        "no members offer 2 cores (compute_cpu) at ≤ 0.5 FTNS/h (2 cores (compute_cpu) short): "
+        "3 filtered by minimum hourly rate (their share would pay ≤ 0.2 FTNS/h; they ask ≥ 1 FTNS/h)"
+    )
+    # Several filters, most common first, and what the usable members had free.
+    mixed = [
+        cand("busy", held={CPU: 4.0}),
+        cand("paused", offering=False),
+        cand("low", level=L.SELF_REPORTED),
+        cand("low2", level=L.SELF_REPORTED),
+        cand("small", cores=0.5),
+    ]
+    with pytest.raises(AllocationRefused) as exc:
+        allocate(task(2.0, min_level=L.BENCHMARKED), mixed, RATES)
+    assert exc.value.detail.endswith(
+        "2 filtered by trust level (below the task's minimum level benchmarked); "
+        "1 filtered by allocation percentage (no free capacity of the requested kinds within their owners' "
+        "offer); 1 filtered by offering (holding capacity back: paused or over a guardrail); "
+        "1 usable with 0.5 cores (compute_cpu) free in all"
+    )
+    with pytest.raises(AllocationRefused) as exc:
+        allocate(task(1.0), [], RATES)
+    assert exc.value.detail.endswith(": the group has no members")
+
+
+def test_a_default_member_takes_an_ordinary_task_under_one_core() -> None:
+    """The default owner's minimum rate must not refuse a small task (0.5 core, 1 GB) at starting rates."""
+    from prsm_edge.node.agent import AgentOptions
+    from prsm_edge.settings import Settings
+
+    floor = Settings().min_hourly_rate_micro
+    assert AgentOptions.__dataclass_fields__["min_hourly_rate_micro"].default == floor
+    member = cand("default", min_hourly_rate_micro=floor)
+    small = task(0.5, amounts={CPU: 0.5, MEM: 1.0})
+    alloc = allocate(small, [member], RATES)
+    assert [p.node for p in alloc.placements] == ["default"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -37,6 +38,11 @@ def config() -> VerifierConfig:
     return VerifierConfig(
         site="s", group="g", coordinator="coord", segments=32, opens=4, target_ms=TARGET_MS, spread=0.0
     )
+
+
+def net_config() -> VerifierConfig:
+    """As :func:`config`, crediting the rate net of the coordinator-observed round trip."""
+    return dataclasses.replace(config(), credit_net_of_network=True)
 
 
 def claim(factor: float) -> list[ResourceSpec]:
@@ -127,6 +133,68 @@ async def test_an_honest_node_keeps_about_its_claim() -> None:
         assert 0.85 * TARGET_MS / (TARGET_MS + NET_MS) - 0.01 <= got <= 1.0, (m.node, got)
         assert net.v.overclaims(m) == {}
         assert net.v.credited(m)[0].capacity == CORES * got
+
+
+async def test_an_honest_node_is_credited_its_rate_net_of_the_round_trip_the_coordinator_saw() -> None:
+    """Fails on the old code: the whole interval (work and one network round trip) was timed, so a node
+    delivering exactly its claim, with a 100 ms round trip, was credited about 3 / 3.1 of it."""
+    net = Net([f"n{i}" for i in range(20)], config=net_config(), resources=lambda: claim(1.0))
+    for r in range(5):  # the first 16 checks only fill the group's round trips (nothing taken out)
+        await net.round(
+            T0 + r * ROUND,
+            delay=dict.fromkeys(net.members, TARGET_MS + NET_MS),
+            trip=dict.fromkeys(net.members, NET_MS),
+            settle_at=10_000,
+        )
+    for m in net.members.values():
+        got = net.v.credited_rates(m)["cpu"] / (CORES * PER_CORE)
+        assert got >= 0.995, (m.node, got)
+
+
+async def test_by_default_the_whole_interval_is_credited() -> None:
+    # Off by default (VerifierConfig.credit_net_of_network): the same node is credited 3 / 3.1 or so.
+    net = Net([f"n{i}" for i in range(20)], config=config(), resources=lambda: claim(1.0))
+    for r in range(3):
+        await net.round(
+            T0 + r * ROUND,
+            delay=dict.fromkeys(net.members, TARGET_MS + NET_MS),
+            trip=dict.fromkeys(net.members, NET_MS),
+            settle_at=10_000,
+        )
+    for m in net.members.values():
+        got = net.v.credited_rates(m)["cpu"] / (CORES * PER_CORE)
+        assert 0.95 <= got <= 0.985, (m.node, got)
+
+
+async def test_holding_the_opening_back_gains_nothing_over_the_groups_round_trip() -> None:
+    # "n0" claims 1.2x, does honest work, and holds every opening back 2 s to have more time taken out;
+    # the others' openings come back in NET_MS.
+    net = Net([f"n{i}" for i in range(20)], config=net_config(), resources=lambda: claim(1.0))
+    net.members["n0"].resources = claim(1.2)
+    for r in range(5):
+        delay = {n: arrival_ms(1.2 if n == "n0" else 1.0, 1.0) for n in net.members}
+        trip = {n: 2_000 if n == "n0" else NET_MS for n in net.members}
+        await net.round(T0 + r * ROUND, delay=delay, trip=trip, settle_at=10_000)
+    got = net.v.credited_rates(net.members["n0"])["cpu"]
+    assert got <= 1.005 * CORES * PER_CORE, got / (CORES * PER_CORE)  # what it delivers, not more
+    # Alone (no group median yet to bound it) it would have had the cap: never more than 5 %.
+    trips = credit.RoundTrips()
+    assert trips.allowance(2_000, TARGET_MS, 500) == 0.0
+    for _ in range(credit.TRIPS_MIN):
+        trips.add(NET_MS)
+    assert trips.allowance(2_000, TARGET_MS, 500) == NET_MS
+    assert trips.allowance(30, TARGET_MS, 500) == 30
+
+
+def test_the_allowance_is_the_round_trip_capped() -> None:
+    assert credit.allowance_ms(None, 3_000, 500) == 0.0
+    assert credit.allowance_ms(-5, 3_000, 500) == 0.0
+    assert credit.allowance_ms(float("nan"), 3_000, 500) == 0.0
+    assert credit.allowance_ms(80, 3_000, 500) == 80
+    assert credit.allowance_ms(10_000, 3_000, 500) == credit.ALLOWANCE_SHARE * 3_000
+    assert credit.allowance_ms(10_000, 30_000, 500) == 500
+    assert credit.net_rate(3_000, 3_100, 100) == 1_000
+    assert credit.net_rate(3_000, 50, 100) == 3_000_000  # at least 1 ms left
 
 
 async def test_the_overclaim_test_flags_a_persistent_1_2x_overclaimer_not_honest_nodes() -> None:

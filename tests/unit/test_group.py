@@ -102,6 +102,23 @@ def test_replayed_and_stale_messages_are_refused_and_counted() -> None:
     assert g.rejected == {Reason.REPLAY: 1, Reason.STALE: 1}
 
 
+def test_the_brokers_retained_copy_again_is_not_a_replay_but_an_older_retained_message_is() -> None:
+    g, n = group(), Node(1)
+    first_birth = n.birth(T0)
+    g.receive(*first_birth, T0)
+    online = n.state(T0 + 1, "online")
+    g.receive(*online, T0 + 1)
+    g.receive(*n.heartbeat(T0 + 2), T0 + 2)
+    # A broker restart: on re-subscription the broker hands out its retained birth and state again.
+    assert g.receive(*first_birth, T0 + 3) == [] and g.receive(*online, T0 + 3) == []
+    assert g.rejected == {} and g.accepted["retained_again"] == 2
+    # The member re-announces (new session); its old birth and state are now plain replays.
+    g.receive(*n.birth(T0 + 4, bdseq=2), T0 + 4)
+    assert reasons(g.receive(*first_birth, T0 + 5)) == [Reason.REPLAY]
+    assert g.members[n.id].bdseq == 2
+    assert g.receive(*online, T0 + 5) == []  # a state of an older session: ignored, as before
+
+
 def test_sequence_gap_asks_for_rebirth() -> None:
     g, n = group(), Node(1)
     g.receive(*n.birth(T0), T0)

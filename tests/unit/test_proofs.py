@@ -452,7 +452,7 @@ def test_the_live_verifier_rejects_a_1_6x_overclaimer_with_its_defaults() -> Non
     claiming 1.6x its real rate pass every check."""
     from prsm_edge.protocol.verifier import VerifierConfig
 
-    c = VerifierConfig(site="s", group="g", coordinator="c")
+    c = VerifierConfig(site="s", group="g", coordinator="c").params("cpu")
     real, salt = proofs.make_challenge(
         "c", "nP", "cpu", 1e7, random.Random(2), NOW, segments=c.segments, target_ms=c.target_ms,
         opens=c.opens, slack=c.slack, network_ms=c.network_ms,

@@ -318,9 +318,17 @@ def test_task_needing_more_trust_or_capacity_than_any_group_is_refused() -> None
     trusted = TaskSpec(
         task_id="t", resources={ResourceType.COMPUTE_CPU: 1}, min_level=VerificationLevel.BENCHMARKED
     )
-    assert [type(e) for e in r.submit(trusted, NOW, random.Random(0))] == [TaskRefused]
+    (refused,) = r.submit(trusted, NOW, random.Random(0))
+    assert isinstance(refused, TaskRefused)
+    assert refused.reason == (
+        "no group offers 1 compute_cpu with a member at benchmarked or above: "
+        "of 1 sampled (of 1 groups), 1 no member at benchmarked or above"
+    )
+    r.receive(*FakeGroup("lab", "g2", cpu=4.0).summary(NOW), NOW)
     big = TaskSpec(task_id="u", resources={ResourceType.COMPUTE_CPU: 100})
-    assert [type(e) for e in r.submit(big, NOW, random.Random(0))] == [TaskRefused]
+    (refused,) = r.submit(big, NOW, random.Random(0))
+    assert isinstance(refused, TaskRefused)
+    assert refused.reason.endswith("of 2 sampled (of 2 groups), 2 short of compute_cpu")
 
 
 def test_unanswered_task_moves_on_after_the_timeout_and_a_stream_lease_settles_it() -> None:

@@ -24,7 +24,7 @@ SEED_DEFAULTS = {
     "max_cpu_temperature": 80.0,
     "max_power_consumption": 100.0,
     "priority_level": 5,
-    "minimum_hourly_rate": Decimal("0.1"),
+    "minimum_hourly_rate": Decimal("0"),
     "automatic_scaling": True,
     "market_participation": True,
     "uptime_commitment": 0.95,
@@ -279,7 +279,7 @@ def test_cli_set_show_validate(_isolated_home: Path, capsys: pytest.CaptureFixtu
     out = json.loads(capsys.readouterr().out)
     cpu = out["settings"]["cpu_allocation_percentage"]
     assert cpu == {"value": 0.7, "source": "file", "origin": f"{_isolated_home / 'settings.toml'}:3"}
-    assert out["settings"]["minimum_hourly_rate"]["value"] == "0.1"
+    assert out["settings"]["minimum_hourly_rate"]["value"] == "0"
     assert out["profile"]
     assert cli.main(["settings", "validate"]) == 0
     assert "ok:" in capsys.readouterr().out

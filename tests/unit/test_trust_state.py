@@ -25,8 +25,10 @@ from prsm_edge.protocol.messages import (
 from prsm_edge.protocol.verifier import (
     CPU_RATE_KEY,
     LevelChange,
+    RecordContainment,
     RecordEvidence,
     RecordLedger,
+    RecordSampling,
     Verifier,
     VerifierConfig,
     VerifierEffect,
@@ -62,6 +64,10 @@ class Shell:
                 self.evidence.save(e.node, e.claim, e.record)
             elif isinstance(e, RecordLedger):
                 self.ledger.append(e.entries)
+            elif isinstance(e, RecordSampling):
+                self.evidence.save_sampling(e.node, e.record)
+            elif isinstance(e, RecordContainment):
+                self.evidence.save_containment(e.node, e.workloads)
 
     def close(self) -> None:
         self.evidence.close()
@@ -273,3 +279,50 @@ async def test_a_node_late_on_one_resource_every_round_is_counted_not_contained_
     assert slashes, "the second late CPU check in a row counts (a performance slash)"
     assert v.nodes["s"].evidence.failed.keys() == {"cpu"}
     assert all(v.sampler.record_of(n).failures == 0 for n in ("n0", "n1", "n2", "n3", "n4"))
+
+
+async def test_a_pending_recheck_survives_a_restart(tmp_path: Path) -> None:
+    """Fails on the old code: the re-check pending after a first late result lived only in memory, so
+    after a coordinator restart the next late result was "first" again (a free pass a restart)."""
+    net = Net([f"n{i}" for i in range(6)])
+    shell = Shell(tmp_path)
+    _, effects = fund_and_stake(net, "n0", T0)
+    shell.apply(effects)
+    shell.apply(await net.round(T0, delay={"n0": 60_000}, settle_at=70_000))  # n0 late: contained
+    assert net.v.contained == 1 and net.v.nodes["n0"].contained == {"cpu"}
+    assert shell.evidence.load_containment() == [("n0", ["cpu"])]
+    staked = net.v.ledger.stake("n0")
+    shell.close()
+
+    # The coordinator restarts; the evidence store (real SQLite) is all the new run has.
+    shell = Shell(tmp_path)
+    v = Verifier(net.v.config, Ledger(shell.ledger.load()), secret=random.Random(2).randbytes(32))
+    v.restore_evidence(shell.evidence.load(), T0 + 300_000)
+    v.restore_sampling(shell.evidence.load_sampling())
+    v.restore_containment(shell.evidence.load_containment(), T0 + 300_000)
+    v.opening_beacon(net.members.values())
+    net.v = v
+    shell.apply(await net.round(T0 + 300_000, delay={"n0": 60_000}, settle_at=70_000))  # late again
+    assert v.contained == 0  # this one counts
+    assert v.sampler.record_of("n0").failures == 1
+    assert v.ledger.stake("n0") < staked  # slashed for performance
+    assert ("n0", ["cpu"]) in shell.evidence.load_containment()  # still awaiting a passing check
+
+    # A passing check of the workload clears it, and the store with it.
+    shell.apply(await net.round(T0 + 600_000, settle_at=70_000))
+    assert not v.nodes["n0"].contained
+    assert shell.evidence.load_containment() == []
+    shell.close()
+
+
+def test_the_containment_table_drops_what_is_not_a_workload(tmp_path: Path) -> None:
+    store = EvidenceStore(tmp_path / "e.sqlite", max_rows=2)
+    for node in ("a", "b", "c"):
+        store.save_containment(node, ("cpu",))
+    assert sorted(n for n, _ in store.load_containment()) == ["b", "c"]  # bounded
+    store.save_containment("b", ())
+    assert store.load_containment() == [("c", ["cpu"])]
+    store.close()
+    v = Verifier(VerifierConfig(site="s", group="g", coordinator="c"), Ledger(), secret=bytes(32))
+    v.restore_containment([("x", ["cpu", "warp-drive", 7]), ("y", "cpu"), ("z", [])], T0)
+    assert v.nodes["x"].contained == {"cpu"} and "y" not in v.nodes and "z" not in v.nodes

@@ -107,9 +107,11 @@ class Net:
         settle_at: int = 1_000,
         before_settle: Callable[[], None] | None = None,
         tamper: Callable[[str, ProofOpening], ProofOpening | None] | None = None,
+        trip: dict[str, int] | None = None,
     ) -> list[VerifierEffect]:
-        """One full round: claims, beacon, challenges, proofs, openings, votes, settling."""
-        delay = delay or {}
+        """One full round: claims, beacon, challenges, proofs, openings, votes, settling. ``delay``: when
+        a node's proof arrives after the issue; ``trip``: its opening after the salt reveal (1 ms)."""
+        delay, trip = delay or {}, trip or {}
         effects = self.v.observe_claims(list(self.members.values()), now)
         effects += self.v.start_round(list(self.members.values()), now, self.rng)
         cmds = [e.message for e in effects if isinstance(e, Publish) and isinstance(e.message, NodeCommand)]
@@ -139,9 +141,10 @@ class Net:
                 if changed is None:
                     continue  # the node withholds its opening
                 opening = changed
-            effects += run_checks(self.v, self.v.on_opening(opening, at + 1, self.raw(node, opening, at + 1)))
+            back = at + trip.get(node, 1)
+            effects += run_checks(self.v, self.v.on_opening(opening, back, self.raw(node, opening, back)))
             for p in panels.get(cid, []):
-                vote = await self.works[p].observe(node, opening, at + 1)
+                vote = await self.works[p].observe(node, opening, back)
                 if silent:
                     assert vote is None
                     continue
