@@ -360,6 +360,13 @@ class Coordinator:
     async def _apply_verifier(self, effects: list[VerifierEffect]) -> None:
         for effect in effects:
             match effect:
+                case Publish(message=NodeCommand(verb="challenge")):
+                    # The panel is seated first (the verifier emits its "verify" commands before this),
+                    # and a panelist subscribes to its subject's proofs when its seat arrives: with the
+                    # send queue the seats could still be queued when the subject hears of the challenge
+                    # and answers, so the subject waits until the broker has taken every seat.
+                    await self.session.flush(within_s=2.0)
+                    await self._apply([effect])
                 case Publish():
                     await self._apply([effect])
                 case LevelChange(node=node, level=level):
