@@ -12,6 +12,10 @@ there are four or fewer): what the node has delivered in at least three of four 
 that claims more than it delivers gains nothing by it; an honest node is credited a little under its
 claim (the network's share of the timed interval and the low side of its noise), and more as its checks
 accumulate. A workload never checked keeps its claim (it earns no level above self-reported either).
+Opt-in (:func:`mean_margin`, ``VerifierConfig.credit_estimator = "mean"``): the mean less
+:data:`MARGIN_Z` standard errors, the spread floored at the noise model's (:data:`PROOF_SPREAD`). It
+lets an in-band overclaimer gain no more often than the lower quartile at any number of measurements,
+and credits honest nodes more from four on, less below (``benchmarks/credit_margin.py``).
 
 :func:`credited_resources` maps the credited rates back onto the resources: where the claimed capacity
 sets the rate (CPU: cores × per-core rate; bandwidth: Mbit/s) the capacity is scaled; where it does not
