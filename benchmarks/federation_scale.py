@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import gc
 import json
 import os
 import random
@@ -49,45 +51,89 @@ def pct(values: list[float], q: float) -> float:
 
 
 # ---- the region, in its own process ------------------------------------------------------------------
+def _lane(topic: str) -> str:
+    return "tasks" if "/api/" in topic else "main"
+
+
 async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks: int) -> None:
-    """Run the real RegionCoordinator, log what it accepted, and (optionally) submit tasks."""
+    """Run the real RegionCoordinator; log when each message reached it, was handled and was taken."""
     from prsm_edge.coordinator.region import RegionCoordinator, RegionOptions
     from prsm_edge.identity import load_or_create
-    from prsm_edge.protocol.messages import ResourceType
-    from prsm_edge.protocol.placement import TaskSpec
-    from prsm_edge.protocol.region import LeaseGranted, UnitChange
+    from prsm_edge.protocol.envelope import open_envelope
+    from prsm_edge.protocol.region import LeaseGranted, TaskPlaced, UnitChange
 
+    # Stamp each message as paho hands it over (it then waits in the session's incoming queue, in order).
+    arrivals: dict[str, collections.deque[float]] = {
+        "main": collections.deque(),
+        "tasks": collections.deque(),
+    }
+    on_message = aiomqtt.Client._on_message
+
+    def stamp(self: aiomqtt.Client, client: Any, userdata: Any, message: Any) -> None:
+        arrivals[_lane(message.topic)].append(time.time())
+        on_message(self, client, userdata, message)
+
+    aiomqtt.Client._on_message = stamp  # type: ignore[method-assign]
+    gc_pauses: list[tuple[int, float]] = []  # generation, seconds: a stall of the whole event loop
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(gc_watch)
     coord = RegionCoordinator(
         load_or_create(workdir),
-        RegionOptions(site=SITE, region=REGION, broker_url=url, workdir=workdir, max_units=50_000),
+        RegionOptions(
+            site=SITE,
+            region=REGION,
+            broker_url=url,
+            workdir=workdir,
+            max_units=50_000,
+            quiet_heap=os.environ.get("FEDSCALE_GC") != "default",  # as `prsm-edge region` runs it
+        ),
     )
-    accepted: list[tuple[str, int, float]] = []
+    accepted: list[tuple[str, int, float, float, float]] = []  # group, seq, arrived, handled, accepted
+    submits: list[tuple[str, float, float, float]] = []  # a client's submit: txid, arrived, handled, decided
     deaths: list[tuple[str, float]] = []
     births: list[float] = []
     route_ms: list[float] = []
-    route_cpu_ms: list[float] = []
+    placed: dict[str, float] = {}
+    leased: dict[str, float] = {}
     original = coord.region.receive
 
+    taken: dict[str, float] = {}  # when the session handed the message being handled to the coordinator
+
+    def handing(handler: Any) -> Any:
+        async def handle(topic: str, payload: bytes) -> None:
+            queue = arrivals[_lane(topic)]
+            taken[topic] = queue.popleft() if queue else time.time()
+            await handler(topic, payload)
+
+        return handle
+
+    coord.session.handler = handing(coord.session.handler)
+    coord.tasks.handler = handing(coord.tasks.handler)
+
     def receive(topic: str, payload: bytes, now: int) -> Any:
+        handled = time.time()
+        arrived = taken.pop(topic, handled)
+        t0 = time.perf_counter()
         effects = original(topic, payload, now)
         if topic.endswith("/summary"):
             parts = topic.split("/")
             unit = coord.region.units.get((parts[-3], parts[-2]))
             if unit is not None and unit.envelope == payload:  # accepted, or the held one again
-                accepted.append((parts[-2], unit.summary.seq, time.time()))
+                accepted.append((parts[-2], unit.summary.seq, arrived, handled, time.time()))
+        elif "/api/submit/req/" in topic:  # decided: placed (or refused) and the answer queued
+            request = open_envelope(payload).message
+            submits.append((getattr(request, "txid", ""), arrived, handled, time.time()))
+            route_ms.append((time.perf_counter() - t0) * 1000)
         return effects
 
-    coord.region.receive = receive  # type: ignore[method-assign]
-    original_submit = coord.region.submit
-
-    def submit(task: Any, now: int, rng: random.Random) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        effects = original_submit(task, now, rng)
-        route_ms.append((time.perf_counter() - t0) * 1000)
-        route_cpu_ms.append((time.thread_time() - c0) * 1000)
-        return effects
-
-    coord.region.submit = submit  # type: ignore[method-assign]
+    coord.region.receive = receive  # type: ignore[method-assign,assignment]
 
     def listen(effect: object) -> None:
         if isinstance(effect, UnitChange):
@@ -95,29 +141,15 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
                 births.append(time.time())
             elif not effect.alive:
                 deaths.append((effect.group, time.time()))
+        elif isinstance(effect, TaskPlaced) and effect.attempt == 0:
+            placed[effect.task_id] = time.time()
+        elif isinstance(effect, LeaseGranted):
+            leased[effect.task_id] = time.time()
 
     coord.listeners.append(listen)
     runner = asyncio.create_task(coord.run())
     await coord.ready.wait()
     online_at = time.time()
-    alloc_ms: list[float] = []
-    refused = 0
-    if tasks:
-        await asyncio.sleep(min(15.0, seconds / 3))  # let the picture fill first
-        for i in range(tasks):
-            site = random.choice(("lab", "far", "mid"))
-            task = TaskSpec(task_id=f"t{i}", resources={ResourceType.COMPUTE_CPU: 4.0}, origin_site=site)
-            t0 = time.perf_counter()
-            try:
-                result = await coord.submit(task, wait_s=10)
-            except TimeoutError:
-                refused += 1
-                continue
-            if isinstance(result, LeaseGranted):
-                alloc_ms.append((time.perf_counter() - t0) * 1000)
-            else:
-                refused += 1
-            await asyncio.sleep(0.05)
     await asyncio.sleep(max(0.0, online_at + seconds - time.time()))
     runner.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -128,15 +160,73 @@ async def region_main(url: str, workdir: Path, out: Path, seconds: float, tasks:
                 "online_at": online_at,
                 "epoch": coord.epoch,
                 "accepted": accepted,
+                "submits": submits,
                 "deaths": deaths,
                 "births": births,
-                "alloc_ms": alloc_ms,
                 "route_ms": route_ms,
-                "route_cpu_ms": route_cpu_ms,
+                "confirm_ms": [1000 * (leased[t] - placed[t]) for t in placed if t in leased],
+                "placed": len(placed),
                 "cpu_s": sum(os.times()[:2]),
-                "refused": refused,
                 "rejected": {k.value: v for k, v in coord.region.rejected.items()},
                 "units": len(coord.region.units),
+                "send_refused": coord.session.refused_outgoing + coord.tasks.refused_outgoing,
+                "gc_pauses": gc_pauses,
+            }
+        )
+    )
+
+
+# ---- a client submitting tasks at the region over MQTT ---------------------------------------------
+async def submitter_main(port: int, out: Path, tasks: int, start_after: float) -> None:
+    """Submit tasks as a client would (signed ``submit`` requests); time the region's two answers."""
+    from prsm_edge.io.session import no_delay
+    from prsm_edge.protocol import topics
+    from prsm_edge.protocol.envelope import Signer, open_envelope
+    from prsm_edge.protocol.messages import ApiRequest, ApiResponse
+
+    me = Signer(SigningKey.generate())
+    sent: dict[str, float] = {}
+    placed: dict[str, float] = {}
+    leased: dict[str, float] = {}
+    refused = 0
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"submitter-{me.node_id}") as client:
+        no_delay(client)
+        await client.subscribe(topics.api(topics.Kind.API_RESP, SITE, REGION, "submit", me.node_id), qos=1)
+
+        async def answers() -> None:
+            nonlocal refused
+            async for message in client.messages:
+                msg = open_envelope(bytes(message.payload)).message
+                if not isinstance(msg, ApiResponse):
+                    continue
+                if not msg.ok:
+                    refused += 1
+                elif msg.result.get("status") == "placed":
+                    placed.setdefault(msg.txid, time.time())
+                elif msg.result.get("status") == "leased":
+                    leased.setdefault(msg.txid, time.time())
+
+        reader = asyncio.create_task(answers())
+        await asyncio.sleep(start_after)  # let the region's picture fill first
+        topic = topics.api(topics.Kind.API_REQ, SITE, REGION, "submit", me.node_id)
+        for i in range(tasks):
+            site = random.choice(("lab", "far", "mid"))
+            params = {"task_id": f"t{i}", "resources": {"compute_cpu": 4.0}, "origin_site": site}
+            req = ApiRequest(txid=f"q{i}", method="submit", requester=me.node_id, params=params)
+            sent[req.txid] = time.time()
+            await client.publish(topic, me.seal(req, int(time.time() * 1000)), qos=1)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(6)
+        reader.cancel()
+    out.write_text(  # noqa: ASYNC240 - once, at the end
+        json.dumps(
+            {
+                "placed_ms": [1000 * (placed[t] - sent[t]) for t in sent if t in placed],
+                "leased_ms": [1000 * (leased[t] - sent[t]) for t in sent if t in leased],
+                "refused": refused,
+                "sent": len(sent),
+                "sent_at": sent,
+                "placed_at": placed,
             }
         )
     )
@@ -158,6 +248,7 @@ class Groups:
         self.silent: set[int] = set()
         self.sent: list[tuple[str, int, float, str]] = []  # group, seq, when, why
         self.last: dict[int, tuple[str, bytes, int]] = {}  # what each gateway holds: its latest summary
+        self.out: dict[tuple[str, int], float] = {}  # when each summary was handed to its connection
         self.published = 0
         self.rng = rng
 
@@ -186,10 +277,31 @@ class Groups:
         return topic, payload, seq
 
 
-async def publisher(client: aiomqtt.Client, queue: asyncio.Queue[tuple[str, bytes]], groups: Groups) -> None:
+Outgoing = tuple[str, bytes, str, int]  # topic, payload, group, seq
+
+
+async def publisher(client: aiomqtt.Client, queue: asyncio.Queue[Outgoing], groups: Groups) -> None:
+    """One connection standing in for many bridges: publications leave in order, PUBACKs awaited aside.
+
+    (Awaiting each PUBACK before the next publish would make the simulator, not the region, the
+    bottleneck: one round trip per summary per connection.)
+    """
+    window = asyncio.Semaphore(200)
+
+    async def one(topic: str, payload: bytes) -> None:
+        try:
+            await client.publish(topic, payload, qos=1, retain=True)
+        finally:
+            window.release()
+
+    pending: set[asyncio.Task[None]] = set()
     while True:
-        topic, payload = await queue.get()
-        await client.publish(topic, payload, qos=1, retain=True)
+        topic, payload, group, seq = await queue.get()
+        await window.acquire()
+        groups.out.setdefault((group, seq), time.time())  # (a birth sends the held summary again)
+        task = asyncio.create_task(one(topic, payload))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
         groups.published += 1
 
 
@@ -202,6 +314,7 @@ async def simulate(
     connections: int,
 ) -> None:
     """Publish periodic summaries, changes at the next tick, answer task requests, rebirth on request."""
+    from prsm_edge.io.session import no_delay
     from prsm_edge.protocol import topics
     from prsm_edge.protocol.envelope import open_envelope
     from prsm_edge.protocol.messages import (
@@ -214,18 +327,25 @@ async def simulate(
     )
 
     index = {name: i for i, name in enumerate(groups.names)}
-    queues: list[asyncio.Queue[tuple[str, bytes]]] = [asyncio.Queue() for _ in range(connections)]
+    queues: list[asyncio.Queue[Outgoing]] = [asyncio.Queue() for _ in range(connections)]
     async with contextlib.AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(
                 aiomqtt.Client(
-                    "127.0.0.1", port, identifier=f"sim-gw-{c}", max_queued_outgoing_messages=100_000
+                    "127.0.0.1",
+                    port,
+                    identifier=f"sim-gw-{c}",
+                    max_queued_outgoing_messages=100_000,
+                    max_inflight_messages=200,
                 )
             )
-            for c in range(connections)
+            for c in range(connections + 1)
         ]
+        for client in clients:
+            client.pending_calls_threshold = 10_000  # many publications outstanding is the point here
+            no_delay(client)  # as the real Session does (and the shipped broker config does its side)
         workers = [asyncio.create_task(publisher(clients[c], queues[c], groups)) for c in range(connections)]
-        listener = clients[0]
+        listener = clients[connections]  # the groups' coordinators answer tasks on their own connections
         await listener.subscribe(f"{topics.ROOT}/{SITE}/{REGION}/unit/+/+/api/region-task/req/+", qos=1)
         await listener.subscribe(topics.coord_state(SITE, REGION), qos=1)
         region_epoch = -1
@@ -236,7 +356,9 @@ async def simulate(
             else:
                 topic, payload, seq = groups.last[i] = groups.seal(i)
             groups.sent.append((groups.names[i], seq, time.time(), why))
-            queues[i % connections].put_nowait((topic, payload))
+            queues[i % connections].put_nowait((topic, payload, groups.names[i], seq))
+
+        answering_now: set[asyncio.Task[None]] = set()
 
         async def answer() -> None:
             nonlocal region_epoch
@@ -276,12 +398,20 @@ async def simulate(
                 topic = topics.unit_api(
                     topics.Kind.UNIT_API_RESP, SITE, REGION, parts[5], parts[6], "region-task", msg.requester
                 )
-                await listener.publish(topic, groups.signers[i].seal(resp, now), qos=1)
+                reply = asyncio.create_task(listener.publish(topic, groups.signers[i].seal(resp, now), qos=1))
+                answering_now.add(reply)
+                reply.add_done_callback(answering_now.discard)
 
         answering = asyncio.create_task(answer())
         tick = 0.05
+        frozen_at = 0.0
         while not stop.is_set():
             now = time.time()
+            if now - frozen_at >= 1.0:
+                # 5,000 groups' keys and the run's records live in this one process: keep full
+                # collections from stalling the stand-ins for 5,000 separate coordinators.
+                gc.freeze()
+                frozen_at = now
             for i in range(groups.n):
                 if i in groups.silent:
                     continue
@@ -344,6 +474,7 @@ def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
         "max_queued_messages 200000\nmax_inflight_messages 100\nuser root\n"
+        "set_tcp_nodelay true\n"  # as broker/mosquitto.conf.template ships
     )
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
@@ -375,6 +506,30 @@ def spawn_region(port: int, workdir: Path, out: Path, seconds: float, tasks: int
     )
 
 
+def spawn_submitter(port: int, out: Path, tasks: int, start_after: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--role",
+            "submitter",
+            "--port",
+            str(port),
+            "--out",
+            str(out),
+            "--tasks",
+            str(tasks),
+            "--seconds",
+            str(start_after),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+
+
+def stages(rows: list[float]) -> str:
+    return f"{1000 * pct(rows, 0.5):.1f} / {1000 * pct(rows, 0.99):.1f}"
+
+
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="fedscale-"))
     broker, port = start_broker(tmp)
@@ -386,12 +541,17 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     stop, storm = asyncio.Event(), asyncio.Event()
     steady_s = args.steady
     region1 = spawn_region(port, tmp / "region", tmp / "r1.json", steady_s, args.tasks)
+    submitter = spawn_submitter(port, tmp / "submit.json", args.tasks, args.warmup)
     proc = psutil.Process(region1.pid)
+    broker_proc = psutil.Process(broker.pid)
     sim = asyncio.create_task(simulate(port, groups, stop, args.change_rate, storm, args.connections))
     try:
-        await asyncio.sleep(args.interval + 2)  # every group has published once; the region has them all
+        # Every group has published once and the region's cold start (every key pinned at first sight,
+        # every unit's standing published) is over: the steady state begins.
+        await asyncio.sleep(args.warmup)
         print("steady state: measuring …", file=sys.stderr)
         cpu0, t0, pub0 = sum(proc.cpu_times()[:2]), time.time(), groups.published
+        bcpu0, load0 = sum(broker_proc.cpu_times()[:2]), os.getloadavg()[0]
         rss = [proc.memory_info().rss]
         kill_at = time.time() + 2
         killed: set[int] = set()
@@ -400,12 +560,15 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(psutil.Error):
                 rss.append(proc.memory_info().rss)
                 cpu1, t1, pub1 = sum(proc.cpu_times()[:2]), time.time(), groups.published
+                bcpu1, load1 = sum(broker_proc.cpu_times()[:2]), os.getloadavg()[0]
             if not killed and time.time() >= kill_at:
                 killed = set(rng.sample(range(args.groups), args.deaths))
                 groups.silent |= killed
                 kill_time = time.time()
         region1.wait()
+        await asyncio.to_thread(submitter.wait)
         steady = json.loads((tmp / "r1.json").read_text())
+        submitted = json.loads((tmp / "submit.json").read_text())
         # Phase 2: the region restarts (new epoch): every gateway sends its birth at once.
         print("rebirth storm: restarting the region …", file=sys.stderr)
         groups.silent.clear()
@@ -420,14 +583,38 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         broker.wait()
     # ---- figures ---------------------------------------------------------------------------------
     wall = t1 - t0
-    accept_at = {(g, seq): when for g, seq, when in steady["accepted"]}
+    accept_at = {(g, seq): when for g, seq, _, _, when in steady["accepted"]}
+    stamps = {(g, seq): (arrived, handled, when) for g, seq, arrived, handled, when in steady["accepted"]}
     sent = [(g, seq, when, why) for g, seq, when, why in groups.sent if (g, seq) in accept_at]
     transit = [accept_at[(g, s)] - w for g, s, w, _ in sent if w >= t0]
-    claim_vis = [accept_at[(g, s)] - float(why[7:]) for g, s, w, why in sent if why.startswith("change@")]
+    # Where a summary's time goes: the simulator's own queue, the broker hop, the region's incoming
+    # queue, the region's handling.
+    sim_lag, hop, queued, handling = [], [], [], []
+    for g, s, w, _ in sent:
+        out = groups.out.get((g, s))
+        if w < t0 or out is None:
+            continue
+        arrived, handled, when = stamps[(g, s)]
+        sim_lag.append(out - w)
+        hop.append(arrived - out)
+        queued.append(handled - arrived)
+        handling.append(when - handled)
+    submit_queued = [handled - arrived for _, arrived, handled, _ in steady["submits"]]
+    decision = [decided - arrived for _, arrived, _, decided in steady["submits"]]
+    # The client's round trip, split: to the region (broker hop in), the decision, back (hop out).
+    hop_in, hop_out = [], []
+    for txid, arrived, _, decided in steady["submits"]:
+        if txid in submitted["sent_at"]:
+            hop_in.append(arrived - submitted["sent_at"][txid])
+        if txid in submitted["placed_at"]:
+            hop_out.append(submitted["placed_at"][txid] - decided)
+    claim_vis = [
+        accept_at[(g, s)] - float(why[7:]) for g, s, w, why in sent if why.startswith("change@") and w >= t0
+    ]
     # Telemetry changes: at a random instant, visible with the group's next periodic summary.
     periodic: dict[str, list[tuple[float, float]]] = {}
     for g, s, w, why in sent:
-        if why == "periodic":
+        if why == "periodic" and w >= t0:  # steady state (the region's start-up is the storm's phase)
             periodic.setdefault(g, []).append((w, accept_at[(g, s)]))
     tele_vis = []
     for rows in periodic.values():
@@ -440,10 +627,12 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             tele_vis.append(nxt - change)
     death = [when - kill_time for g, when in steady["deaths"] if groups.names.index(g) in killed]
     births = sorted(reborn["births"])
-    storm_accept = {(g, seq): when for g, seq, when in reborn["accepted"]}
+    storm_accept = {(g, seq): when for g, seq, _, _, when in reborn["accepted"]}
     storm_sent = [storm_accept.get((g, s)) for g, s, w, why in groups.sent if why == "birth"]
     storm_done = max((a for a in storm_sent if a is not None), default=float("nan")) - reborn["online_at"]
     absorb = births[-1] - reborn["online_at"] if len(births) >= args.groups else float("nan")
+    first = sorted(steady["births"])
+    cold = first[-1] - steady["online_at"] if len(first) >= args.groups else float("nan")
     return core | {
         "groups": args.groups,
         "nodes": args.groups * NODES_PER_GROUP,
@@ -451,6 +640,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "steady_window_s": round(wall, 1),
         "region_cpu_pct_of_one_core": round(100 * (cpu1 - cpu0) / wall, 1),
         "region_rss_mib_max": round(max(rss) / 2**20, 1),
+        "broker_cpu_pct_of_one_core": round(100 * (bcpu1 - bcpu0) / wall, 1),
+        "load_average_start_end": f"{load0:.1f} / {load1:.1f}",
         "region_tier_msgs_per_s": round((pub1 - pub0) / wall, 1),
         "group_tier_msgs_per_s_stated": args.groups * NODES_PER_GROUP / 10.0,
         "transit_p50_ms": round(1000 * pct(transit, 0.5), 1),
@@ -462,27 +653,47 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "deaths_seen": f"{len(death)}/{args.deaths}",
         "death_visible_max_s": round(max(death), 1) if death else None,
         "death_visible_p50_s": round(pct(death, 0.5), 1) if death else None,
+        "cold_start_all_units_pinned_s": round(cold, 2),
         "rebirth_units": len(births),
         "rebirth_all_units_known_s": round(absorb, 2),
         "rebirth_storm_absorb_s": round(storm_done, 2),
         "rebirth_births_accepted": f"{sum(a is not None for a in storm_sent)}/{len(storm_sent)}",
         "restarted_region_cpu_s_total": round(reborn["cpu_s"], 2),
-        "alloc_e2e_p50_ms": round(pct(steady["alloc_ms"], 0.5), 1),
-        "alloc_e2e_p99_ms": round(pct(steady["alloc_ms"], 0.99), 1),
+        "summary_stage_sim_queue_p50_p99_ms": stages(sim_lag),
+        "summary_stage_broker_hop_p50_p99_ms": stages(hop),
+        "summary_stage_region_queue_p50_p99_ms": stages(queued),
+        "summary_stage_region_handling_p50_p99_ms": stages(handling),
+        "alloc_region_decision_p50_p99_ms": stages(decision),
+        "alloc_client_to_region_p50_p99_ms": stages(hop_in),
+        "alloc_region_to_client_p50_p99_ms": stages(hop_out),
+        "alloc_placed_answer_p50_ms": round(pct(submitted["placed_ms"], 0.5), 1),
+        "alloc_placed_answer_p99_ms": round(pct(submitted["placed_ms"], 0.99), 1),
+        "alloc_lease_confirmed_p50_ms": round(pct(submitted["leased_ms"], 0.5), 1),
+        "alloc_lease_confirmed_p99_ms": round(pct(submitted["leased_ms"], 0.99), 1),
+        "alloc_submit_region_queue_p99_ms": round(1000 * pct(submit_queued, 0.99), 2),
         "alloc_route_decision_p99_ms": round(pct(steady["route_ms"], 0.99), 2),
-        "alloc_route_decision_cpu_p99_ms": round(pct(steady["route_cpu_ms"], 0.99), 3),
-        "tasks_leased": f"{len(steady['alloc_ms'])}/{args.tasks}",
+        "alloc_region_confirm_p99_ms": round(pct(steady["confirm_ms"], 0.99), 1),
+        "tasks_placed_leased_refused": (
+            f"{len(submitted['placed_ms'])}/{len(submitted['leased_ms'])}/{submitted['refused']}"
+            f" of {submitted['sent']}"
+        ),
+        "region_gc_full_collections_max_ms": round(
+            1000 * max((t for g, t in steady["gc_pauses"] if g == 2), default=0.0), 1
+        ),
+        "region_gc_collections_over_20ms": sum(t > 0.02 for _, t in steady["gc_pauses"]),
         "rejected_at_region": steady["rejected"],
+        "region_send_queue_refused": steady["send_refused"],
         "median_of": len(transit),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=("bench", "region"), default="bench")
+    parser.add_argument("--role", choices=("bench", "region", "submitter"), default="bench")
     parser.add_argument("--groups", type=int, default=5000)
     parser.add_argument("--interval", type=float, default=10.0, help="summary interval (s)")
-    parser.add_argument("--steady", type=float, default=60.0, help="steady-state phase length (s)")
+    parser.add_argument("--steady", type=float, default=60.0, help="region's first run, in all (s)")
+    parser.add_argument("--warmup", type=float, default=22.0, help="first part of it, not measured (s)")
     parser.add_argument("--storm-s", type=float, default=20.0, help="how long the restarted region runs")
     parser.add_argument("--deaths", type=int, default=20, help="groups that fall silent")
     parser.add_argument("--tasks", type=int, default=200, help="tasks submitted at the region")
@@ -497,9 +708,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "region":
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        asyncio.run(
-            region_main(f"mqtt://127.0.0.1:{args.port}", args.workdir, args.out, args.seconds, args.tasks)
-        )
+        run = region_main(f"mqtt://127.0.0.1:{args.port}", args.workdir, args.out, args.seconds, args.tasks)
+        profile = os.environ.get("FEDSCALE_PROFILE")  # a path: write the region's cProfile there
+        if profile and args.tasks:
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                asyncio.run(run)
+            prof.dump_stats(profile)
+        else:
+            asyncio.run(run)
+        return
+    if args.role == "submitter":
+        asyncio.run(submitter_main(args.port, args.out, args.tasks, args.seconds))
         return
     result = asyncio.run(orchestrate(args))
     width = max(len(k) for k in result)

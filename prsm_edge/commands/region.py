@@ -218,6 +218,7 @@ async def _region(args: argparse.Namespace) -> None:
             pinned=pins,
             username=login[0],
             password=login[1],
+            quiet_heap=True,  # this process is the coordinator's own: keep full collections rare
         )
         coord = RegionCoordinator(identity, options)
         task = asyncio.create_task(coord.run())

@@ -252,6 +252,7 @@ class Coordinator:
             goodbye=self._goodbye,
             clean_session=False,
             max_queued=20_000,
+            send_queue=10_000,  # publishing never waits for a PUBACK: arrivals are stamped as they come
         )
         self.federation = RegionRequests(
             self.group, self.signer, self.session, options.region, engine=self._place_for_region
@@ -515,6 +516,7 @@ class Coordinator:
             await self.session.publish(
                 topics.node_cmd(o.site, o.group, node, "redirect"), self.signer.seal(cmd, now_ms()), qos=1
             )
+        await self.session.flush()  # out before the caller stops us
 
     def deposit(self, account: str, amount_micro: int, key: str, memo: str = "operator deposit") -> None:
         """Credit ``account`` in the group's ledger (idempotent by ``key``)."""

@@ -6,6 +6,11 @@ rebuilds the connection with capped, jittered backoff when it fails. Before each
 per connection). Incoming messages are bounded in size before anything decodes them and queued in a
 bounded queue. QoS 1 publications go through the on-disk :class:`~prsm_edge.io.store.Outbox` and are
 deleted only after the broker's PUBACK, so they survive a broker or agent restart.
+
+A session built with ``send_queue=N`` never waits for a broker in :meth:`Session.publish`: the
+publication joins a bounded queue (full: refused and counted) and a sender task hands it to the client in
+order, keeping at most ``send_window`` acknowledgements outstanding. A handler that publishes therefore
+never holds up the reading of the next message, whose arrival time may matter (a proof's deadline).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = ["BrokerAddress", "ConnectParams", "Session", "no_delay", "parse_url"]
 log = logging.getLogger(__name__)
 
 MAX_INCOMING_BYTES: Final = 64 * 1024
+_READ_SLICE: Final = 16  # messages handled back to back before the event loop gets a turn
 _AUTH_FAILURES: Final = {4, 5, 134, 135}  # bad user name or password / not authorised (3.1.1 and 5)
 
 
@@ -90,6 +96,14 @@ def no_delay(client: aiomqtt.Client) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
 class _Reconnect(Exception):
     """Raised inside the connection's task group to start over at once."""
 
@@ -116,6 +130,8 @@ class Session:
         max_queued: int = 1000,
         backoff: Backoff | None = None,
         rng: Callable[[], float] = random.random,
+        send_queue: int = 0,
+        send_window: int = 100,
     ) -> None:
         self.address = parse_url(url)
         self.client_id = client_id
@@ -135,8 +151,17 @@ class Session:
         self.connections = 0
         self.oversized = 0
         self._client: aiomqtt.Client | None = None
+        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the current client's incoming queue
         self._wake = asyncio.Event()
         self._reconnect = asyncio.Event()
+        self.send_window = max(1, send_window)
+        # Publications waiting for the sender task (send_queue > 0); None: publish() waits for the broker.
+        self._outgoing: asyncio.Queue[_Outgoing] | None = (
+            asyncio.Queue(maxsize=send_queue) if send_queue > 0 else None
+        )
+        self.refused_outgoing = 0  # the send queue was full
+        self.unacknowledged = 0  # sent from the queue, but the broker's acknowledgement never came
+        self._in_flight = 0  # taken from the send queue, acknowledgement not yet in
 
     # ---- subscriptions made while running --------------------------------------------------------
     async def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -164,15 +189,44 @@ class Session:
 
     # ---- publishing --------------------------------------------------------------------------
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bool:
-        """Publish now if connected (False if not: the message is dropped). For live-only data."""
+        """Publish now if connected (False if not: the message is dropped). For live-only data.
+
+        With a send queue this never waits: True means queued for the sender (False: not connected, or
+        the queue is full); without one it waits for the broker's acknowledgement (QoS 1).
+        """
         client = self._client
         if client is None:
             return False
+        if self._outgoing is not None:
+            try:
+                self._outgoing.put_nowait(_Outgoing(topic, payload, qos, retain))
+            except asyncio.QueueFull:
+                self.refused_outgoing += 1
+                if self.refused_outgoing % 1000 == 1:
+                    log.warning(
+                        "%s: send queue full (%d); %d publications refused so far",
+                        self.client_id,
+                        self._outgoing.maxsize,
+                        self.refused_outgoing,
+                    )
+                return False
+            return True
         try:
             await _publish(client, topic, payload, qos, retain, 10)
         except aiomqtt.MqttError as exc:
             log.debug("publish to %s failed: %s", topic, exc)
             return False
+        return True
+
+    async def flush(self, within_s: float = 5.0) -> bool:
+        """Wait until every queued publication is sent and acknowledged (True), or ``within_s`` passes."""
+        queue = self._outgoing
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while queue is not None and (not queue.empty() or self._in_flight) and self._client is not None:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
         return True
 
     def enqueue(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
@@ -206,8 +260,12 @@ class Session:
                 websocket_path=self.address.path,
                 protocol=aiomqtt.ProtocolVersion.V311,
                 max_queued_incoming_messages=self.max_queued,
+                queue_type=self._inbox_type(),
+                max_inflight_messages=self.send_window if self._outgoing is not None else None,
                 timeout=10,
             )
+            if self._outgoing is not None:
+                client.pending_calls_threshold = self.send_window + 10  # the window is expected
             try:
                 async with client:
                     await self._connected(client)
@@ -225,11 +283,23 @@ class Session:
             finally:
                 self._client = None
                 self.connected.clear()
+                self._drop_outgoing()
             if requested:
                 continue
             delay = self.backoff.next_delay(self.rng(), auth_failure=auth_failure)
             log.debug("%s: next attempt in %.2f s", self.client_id, delay)
             await asyncio.sleep(delay)
+
+    def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's hook for its incoming queue: a plain bounded queue this session can also read."""
+        session = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                session._inbox = self
+
+        return Inbox
 
     async def _connected(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -250,6 +320,8 @@ class Session:
                 tg.create_task(self._watch_reconnect(), name=f"{self.client_id}-reconnect")
                 if self.outbox is not None:
                     tg.create_task(self._pump(client, self.outbox), name=f"{self.client_id}-outbox")
+                if self._outgoing is not None:
+                    tg.create_task(self._send(client, self._outgoing), name=f"{self.client_id}-send")
                 if self.on_connect is not None:
                     await self.on_connect()
         except asyncio.CancelledError:
@@ -268,16 +340,65 @@ class Session:
         raise _Reconnect
 
     async def _read(self, client: aiomqtt.Client) -> None:
+        """Hand incoming messages to the handler, a slice at a time.
+
+        aiomqtt's iterator costs a task and a wait per message; messages already queued behind the one
+        it returns are taken directly, at most ``_READ_SLICE`` before control goes back to the event
+        loop, so a burst is cheaper to read and still cannot hold the loop for long.
+        """
         async for message in client.messages:
-            payload = message.payload
-            if len(payload) > MAX_INCOMING_BYTES:
-                self.oversized += 1
-                log.debug("dropping a %d-byte message on %s", len(payload), message.topic.value)
-                continue
-            try:
-                await self.handler(message.topic.value, bytes(payload))
-            except PrsmEdgeError as exc:
-                log.warning("handling a message on %s failed: %s", message.topic.value, exc)
+            await self._deliver(message)
+            inbox = self._inbox
+            for _ in range(_READ_SLICE - 1):
+                if inbox is None or inbox.empty():
+                    break
+                await self._deliver(inbox.get_nowait())
+
+    async def _deliver(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if len(payload) > MAX_INCOMING_BYTES:
+            self.oversized += 1
+            log.debug("dropping a %d-byte message on %s", len(payload), message.topic.value)
+            return
+        try:
+            await self.handler(message.topic.value, bytes(payload))
+        except PrsmEdgeError as exc:
+            log.warning("handling a message on %s failed: %s", message.topic.value, exc)
+
+    def _drop_outgoing(self) -> None:
+        """The connection is gone: what it had not sent yet is dropped, as an unqueued publish would be."""
+        queue = self._outgoing
+        if queue is None or queue.empty():
+            return
+        lost, self._in_flight = 0, 0
+        while not queue.empty():
+            queue.get_nowait()
+            lost += 1
+        log.debug("%s: %d queued publications dropped with the connection", self.client_id, lost)
+
+    async def _send(self, client: aiomqtt.Client, queue: asyncio.Queue[_Outgoing]) -> None:
+        """Hand queued publications to the client in order; their acknowledgements are awaited aside.
+
+        Each publication gets its own small task, created in queue order: a task's first step hands the
+        packet to paho before its first await, so packets leave in the order they were queued.
+        """
+        window = asyncio.Semaphore(self.send_window)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                item = await queue.get()
+                self._in_flight += 1
+                await window.acquire()
+                tg.create_task(self._send_one(client, item, window))
+
+    async def _send_one(self, client: aiomqtt.Client, item: _Outgoing, window: asyncio.Semaphore) -> None:
+        try:
+            await _publish(client, item.topic, item.payload, item.qos, item.retain, 10)
+        except aiomqtt.MqttError as exc:
+            self.unacknowledged += 1
+            log.debug("%s: publish to %s not acknowledged: %s", self.client_id, item.topic, exc)
+        finally:
+            self._in_flight -= 1
+            window.release()
 
     async def _pump(self, client: aiomqtt.Client, outbox: Outbox) -> None:
         while True:

@@ -30,7 +30,11 @@ and calls :meth:`Region.tick` about once a second. Rules, in order, each refusal
    rule; at most one request per unit per ``rebirth_gap_ms``).
 4. Tasks (``api/submit`` on the region's tree, or :meth:`submit`) are routed by sampling a few units,
    own site first, keeping those whose free capacity and trust cover the task, ranked by headroom, trust
-   and measured round-trip time; the best is asked (``region-task``), the next on refusal or timeout.
+   and measured round-trip time. The region decides at once from its own picture: the best unit's
+   capacity is reserved here (:class:`TaskPlaced`, answered to the requester as ``placed``) and the unit
+   is asked to confirm (``region-task``). Its signed lease confirms the placement (the reservation then
+   holds until the lease ends); a refusal or no answer within ``task_timeout_ms`` releases it and the
+   next candidate is tried. A group is never waited on before the region has answered.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ __all__ = [
     "RegionConfig",
     "RegionEffect",
     "StreamItem",
+    "TaskPlaced",
     "TaskRefused",
     "Unit",
     "UnitChange",
@@ -81,6 +86,20 @@ __all__ = [
 UnitKey = tuple[str, str]
 _MAX_COUNT: Final = 10**9  # nodes behind one unit, at any tier
 _DEFAULT_RTT_MS: Final = 50.0
+_MAX_HOLDS: Final = 4096  # reservations held on one unit; a unit holding this many takes no more tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Capacity of one unit reserved by this region for one task, until ``until_ms``.
+
+    Unconfirmed (the group has not leased it yet) it lasts one confirmation timeout; confirmed, until the
+    lease ends.
+    """
+
+    amounts: dict[str, float]
+    until_ms: int
+    confirmed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +141,7 @@ class Unit:
     gateway_bdseq: int = -1
     gateway_online: bool = False
     rtt_ms: float = _DEFAULT_RTT_MS
-    reserved: dict[str, float] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)  # by task id
     leases: int = 0
 
     @property
@@ -130,9 +149,24 @@ class Unit:
         """(site, group)."""
         return (self.site, self.group)
 
+    @property
+    def reserved(self) -> dict[str, float]:
+        """Capacity held here by this region's placements, per kind (summed from the holds)."""
+        total: dict[str, float] = {}
+        for hold in self.holds.values():
+            for kind, amount in hold.amounts.items():
+                total[kind] = total.get(kind, 0.0) + amount
+        return total
+
     def free(self, kind: str) -> float:
         """Capacity of ``kind`` not yet handed out through this region."""
-        return self.summary.capacity.get(kind, 0.0) - self.reserved.get(kind, 0.0)
+        held = sum(h.amounts.get(kind, 0.0) for h in self.holds.values())
+        return self.summary.capacity.get(kind, 0.0) - held
+
+    def expire_holds(self, now_ms: int) -> None:
+        """Drop reservations whose time is up (a lease that ended, a confirmation that never came)."""
+        for task_id in [t for t, h in self.holds.items() if h.until_ms <= now_ms]:
+            del self.holds[task_id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +200,22 @@ class LeaseGranted:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskPlaced:
+    """The region's decision: the task goes to this unit, whose capacity is reserved here now.
+
+    The unit confirms with its signed lease (:class:`LeaseGranted`) or refuses; on a refusal or no
+    answer the region places the task again (another :class:`TaskPlaced`, ``attempt`` one higher) or
+    gives up (:class:`TaskRefused`).
+    """
+
+    task_id: str
+    site: str
+    group: str
+    attempt: int
+    placed_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRefused:
     """No group took the task."""
 
@@ -196,7 +246,15 @@ class DrillVerdict:
 
 
 RegionEffect = (
-    Publish | Rejection | UnitChange | PinUnit | LeaseGranted | TaskRefused | StreamItem | DrillVerdict
+    Publish
+    | Rejection
+    | UnitChange
+    | PinUnit
+    | TaskPlaced
+    | LeaseGranted
+    | TaskRefused
+    | StreamItem
+    | DrillVerdict
 )
 
 
@@ -364,8 +422,8 @@ class Region:
         _check_summary(msg)
         effects: list[RegionEffect] = []
         self.accepted["summary"] += 1
-        self._dirty = True
         if unit is None:
+            self._dirty = True  # a unit joined: the tier above hears of it at the next tick
             if len(self.units) >= self.config.max_units:
                 raise RejectedMessage(Reason.GROUP_FULL, f"region holds {self.config.max_units} units")
             unit = Unit(key[0], key[1], opened.kid, msg, payload, now_ms)
@@ -379,9 +437,12 @@ class Region:
                 effects.append(PinUnit(key[0], key[1], opened.kid))
             return effects
         if msg.epoch != unit.summary.epoch:
-            unit.reserved.clear()  # a new coordinator epoch: its summary is the truth again
+            # A new coordinator epoch: its summary is the truth again for what it leased; placements
+            # still waiting for its confirmation keep their reservation.
+            unit.holds = {t: h for t, h in unit.holds.items() if not h.confirmed}
         unit.summary, unit.envelope, unit.last_seen_ms = msg, payload, now_ms
         if not unit.alive:
+            self._dirty = True
             unit.alive, unit.why = True, ""
             self._touched[key] = None
             effects.append(UnitChange(key[0], key[1], True, "summary"))
@@ -570,6 +631,8 @@ class Region:
         """Why ``unit`` cannot take ``task`` (``""``: it can), in words a refusal can count."""
         if not unit.alive:
             return "dead"
+        if len(unit.holds) >= _MAX_HOLDS:
+            return "holding too many reservations"
         for kind, amount in task.resources.items():
             if unit.free(kind.value) < amount:
                 return f"short of {kind.value}"
@@ -603,7 +666,31 @@ class Region:
             return self._refuse(task.task_id, why, requester, request_txid)
         pending = _Pending(task, found, 0, now_ms, "", requester, request_txid)
         self._pending[task.task_id] = pending
-        return [self._ask(pending, now_ms)]
+        return self._place(pending, now_ms)
+
+    def _place(self, pending: _Pending, now_ms: int) -> list[RegionEffect]:
+        """Reserve the current candidate's capacity, say so, and ask the unit to confirm with a lease."""
+        key = pending.candidates[pending.attempt]
+        unit = self.units[key]
+        task = pending.task
+        amounts = {kind.value: amount for kind, amount in task.resources.items()}
+        # Released when the unit refuses or the confirmation times out; the expiry is only a backstop.
+        until = now_ms + 2 * self.config.task_timeout_ms
+        unit.holds[task.task_id] = Hold(amounts, until, confirmed=False)
+        self.accepted["task_placed"] += 1
+        effects: list[RegionEffect] = [TaskPlaced(task.task_id, key[0], key[1], pending.attempt, now_ms)]
+        if pending.requester:
+            result = {"status": "placed", "site": key[0], "group": key[1], "attempt": pending.attempt}
+            effects.append(self._answer(pending.requester, pending.request_txid, ok=True, result=result))
+        effects.append(self._ask(pending, now_ms))
+        return effects
+
+    def _release(self, pending: _Pending) -> None:
+        unit = self.units.get(pending.candidates[pending.attempt])
+        if unit is not None:
+            hold = unit.holds.get(pending.task.task_id)
+            if hold is not None and not hold.confirmed:
+                del unit.holds[pending.task.task_id]
 
     def _ask(self, pending: _Pending, now_ms: int) -> Publish:
         key = pending.candidates[pending.attempt]
@@ -655,9 +742,13 @@ class Region:
         return self._next(pending, now_ms, f"{key[0]}/{key[1]}: {msg.error}")
 
     def _next(self, pending: _Pending, now_ms: int, why: str) -> list[RegionEffect]:
+        self._release(pending)
         pending.attempt += 1
-        if pending.attempt < len(pending.candidates):
-            return [self._ask(pending, now_ms)]
+        while pending.attempt < len(pending.candidates):
+            unit = self.units.get(pending.candidates[pending.attempt])
+            if unit is not None and not self._unfit(unit, pending.task):  # others may have taken it since
+                return self._place(pending, now_ms)
+            pending.attempt += 1
         del self._pending[pending.task.task_id]
         return self._refuse(
             pending.task.task_id,
@@ -670,13 +761,22 @@ class Region:
         pending = self._pending.pop(lease.task_id, None)
         if pending is None:
             return []  # the other path reported it first, or not one of ours
+        if pending.candidates[pending.attempt] != unit.key_id:
+            self._release(pending)  # a late lease from a unit asked before: that one holds it now
         unit.leases += 1
-        for kind, amount in pending.task.resources.items():
-            unit.reserved[kind.value] = unit.reserved.get(kind.value, 0.0) + amount
+        amounts = {kind.value: amount for kind, amount in pending.task.resources.items()}
+        if len(unit.holds) < _MAX_HOLDS or lease.task_id in unit.holds:
+            unit.holds[lease.task_id] = Hold(amounts, lease.end_ms, confirmed=True)
         self.accepted["lease"] += 1
         effects: list[RegionEffect] = [LeaseGranted(lease.task_id, unit.site, unit.group, lease, via)]
         if pending.requester:
-            result = {"site": unit.site, "group": unit.group, "node": lease.node, "lease_id": lease.lease_id}
+            result = {
+                "status": "leased",
+                "site": unit.site,
+                "group": unit.group,
+                "node": lease.node,
+                "lease_id": lease.lease_id,
+            }
             effects.append(self._answer(pending.requester, pending.request_txid, ok=True, result=result))
         return effects
 
@@ -727,6 +827,8 @@ class Region:
         for unit in self.units.values():
             if unit.alive and unit.last_seen_ms < limit:
                 effects.append(self._kill(unit, "silent"))
+            if unit.holds:
+                unit.expire_holds(now_ms)
         timeout = self.config.task_timeout_ms
         for pending in [p for p in self._pending.values() if now_ms - p.sent_ms > timeout]:
             key = pending.candidates[pending.attempt]

@@ -222,14 +222,19 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
             # The region routes on the group's last summary; the group allocates on its live view, which
             # right after a join or the broker's restart may briefly hold the member back: a refusal is
             # answered, and the task submitted again (a new id) until the deadline.
+            # The region answers each submit twice: "placed" at once (its decision), then "leased" when the
+            # group confirms, or a refusal.
             topic = t.api(t.Kind.API_REQ, RSITE, REGION, "submit", me.node_id)
             tries = 0
 
+            def final(a: m.ApiResponse) -> bool:
+                return not a.ok or a.result.get("status") == "leased"
+
             async def leased() -> bool:
                 nonlocal tries
-                if any(a.ok for a in answers):
+                if any(a.ok and final(a) for a in answers):
                     return True
-                if len(answers) == tries:  # the last one was answered (refused): try again
+                if sum(map(final, answers)) == tries:  # the last one was answered (refused): try again
                     tries += 1
                     task = TaskSpec(
                         task_id=f"t-cli-{tries}",
@@ -245,7 +250,9 @@ async def test_three_coordinate_groups_federate_through_gateways_with_acls(
                 return False
 
             await until(leased, "a lease for a task submitted at the region", procs, deadline)
-            (answer,) = [a for a in answers if a.ok]
+            (answer,) = [a for a in answers if a.ok and final(a)]
+            placed = [a for a in answers if a.txid == answer.txid and a.result.get("status") == "placed"]
+            assert placed and (placed[-1].result["site"], placed[-1].result["group"]) == ("far", "g3")
             assert (answer.result["site"], answer.result["group"]) == ("far", "g3"), answers
             assert f"node {answer.result['node']} " in procs.log("g3-agent")  # g3's own member
             # The dashboard URL the region printed carries a read-only login that reads what the page

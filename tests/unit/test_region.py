@@ -31,6 +31,7 @@ from prsm_edge.protocol.region import (
     Region,
     RegionConfig,
     StreamItem,
+    TaskPlaced,
     TaskRefused,
     UnitChange,
 )
@@ -292,13 +293,17 @@ def test_task_goes_to_own_site_first_then_the_next_candidate_on_refusal() -> Non
     for g in (near, near2, far):
         r.receive(*g.summary(NOW), NOW)
     task = TaskSpec(task_id="t1", resources={ResourceType.COMPUTE_CPU: 6.0}, origin_site="lab")
-    (ask,) = r.submit(task, NOW, random.Random(1))
-    assert isinstance(ask, Publish)
+    placed, ask = r.submit(task, NOW, random.Random(1))
+    assert isinstance(ask, Publish) and isinstance(placed, TaskPlaced)
     first = t.parse(ask.topic).unit_group
     assert first in ("g1", "g2")  # own site, though far has more capacity
+    assert (placed.group, placed.attempt) == (first, 0)
     group = near if first == "g1" else near2
-    (ask2,) = _answer(r, group, ask, NOW + 5, ok=False)
+    assert r.units[(group.site, group.group)].reserved == {"compute_cpu": 6.0}  # reserved at once
+    placed2, ask2 = _answer(r, group, ask, NOW + 5, ok=False)
     assert isinstance(ask2, Publish) and t.parse(ask2.topic).unit_group not in (first,)
+    assert isinstance(placed2, TaskPlaced) and placed2.attempt == 1
+    assert r.units[(group.site, group.group)].reserved == {}  # the refusal released it
     other = {"g1": near, "g2": near2, "g3": far}[t.parse(ask2.topic).unit_group]
     (granted,) = _answer(r, other, ask2, NOW + 10)
     assert isinstance(granted, LeaseGranted) and granted.task_id == "t1" and granted.via == "response"
@@ -331,7 +336,7 @@ def test_unanswered_task_moves_on_after_the_timeout_and_a_stream_lease_settles_i
     a, b = FakeGroup("lab", "g1"), FakeGroup("lab", "g2")
     r.receive(*a.summary(NOW), NOW)
     r.receive(*b.summary(NOW), NOW)
-    (ask,) = r.submit(TaskSpec(task_id="t9", resources={ResourceType.COMPUTE_CPU: 1}), NOW, random.Random(3))
+    _, ask = r.submit(TaskSpec(task_id="t9", resources={ResourceType.COMPUTE_CPU: 1}), NOW, random.Random(3))
     asks = [e for e in r.tick(NOW + 1001) if isinstance(e, Publish) and isinstance(e.message, ApiRequest)]
     assert len(asks) == 1 and t.parse(asks[0].topic).unit_group != t.parse(ask.topic).unit_group
     second = a if t.parse(asks[0].topic).unit_group == "g1" else b
@@ -358,6 +363,69 @@ def test_region_summary_nests_one_tier_up() -> None:
     births = top.receive(topic, signer.seal(s, NOW + 1000), NOW + 1000)
     assert births[0] == UnitChange(RS, R, True, "birth")
     assert top.summary().online == 27
+
+
+def test_placement_reserves_at_once_so_a_burst_is_spread_and_a_confirmed_lease_holds_until_it_ends() -> None:
+    r = region()
+    a, b = FakeGroup("lab", "g1", cpu=8), FakeGroup("lab", "g2", cpu=8)
+    for g in (a, b):
+        r.receive(*g.summary(NOW), NOW)
+    # Two tasks of 6 cores each, decided before any group answered: the second cannot go where the
+    # first was reserved (8 - 6 < 6), so it goes to the other group.
+    first = r.submit(TaskSpec(task_id="t1", resources={ResourceType.COMPUTE_CPU: 6.0}), NOW, random.Random(1))
+    second = r.submit(
+        TaskSpec(task_id="t2", resources={ResourceType.COMPUTE_CPU: 6.0}), NOW, random.Random(1)
+    )
+    p1, p2 = first[0], second[0]
+    assert isinstance(p1, TaskPlaced) and isinstance(p2, TaskPlaced) and p1.group != p2.group
+    # A third finds no room anywhere: refused at once, without asking a group.
+    third = r.submit(TaskSpec(task_id="t3", resources={ResourceType.COMPUTE_CPU: 6.0}), NOW, random.Random(1))
+    assert [type(e) for e in third] == [TaskRefused]
+    # The group confirms: the reservation now lasts as long as the lease, then frees the capacity.
+    g1 = a if p1.group == "g1" else b
+    ask = first[1]
+    assert isinstance(ask, Publish)
+    (granted,) = _answer(r, g1, ask, NOW + 10)
+    assert isinstance(granted, LeaseGranted)
+    unit = r.units[(g1.site, g1.group)]
+    assert unit.holds["t1"].confirmed and unit.holds["t1"].until_ms == granted.lease.end_ms
+    r.tick(granted.lease.end_ms)
+    assert unit.reserved == {}
+
+
+def test_a_placement_the_group_never_confirms_is_released_and_placed_again() -> None:
+    r = region(task_timeout_ms=1000)
+    a, b = FakeGroup("lab", "g1", cpu=8), FakeGroup("lab", "g2", cpu=8)
+    for g in (a, b):
+        r.receive(*g.summary(NOW), NOW)
+    placed, _ = r.submit(
+        TaskSpec(task_id="t", resources={ResourceType.COMPUTE_CPU: 6.0}), NOW, random.Random(2)
+    )
+    assert isinstance(placed, TaskPlaced)
+    again = [e for e in r.tick(NOW + 1001) if isinstance(e, TaskPlaced)]
+    assert len(again) == 1 and again[0].group != placed.group and again[0].attempt == 1
+    assert r.units[(placed.site, placed.group)].reserved == {}
+    assert r.units[(again[0].site, again[0].group)].reserved == {"compute_cpu": 6.0}
+
+
+def test_a_submit_over_mqtt_is_answered_placed_at_once_then_leased() -> None:
+    r = region()
+    g = FakeGroup("lab", "g1")
+    r.receive(*g.summary(NOW), NOW)
+    client = Signer(SigningKey.generate())
+    params = {"task_id": "t", "resources": {"compute_cpu": 1.0}}
+    req = ApiRequest(txid="q1", method="submit", requester=client.node_id, params=params)
+    topic = t.api(t.Kind.API_REQ, RS, R, "submit", client.node_id)
+    effects = r.receive(topic, client.seal(req, NOW), NOW)
+    answers = [e for e in effects if isinstance(e, Publish) and isinstance(e.message, ApiResponse)]
+    (placed,) = answers
+    assert isinstance(placed.message, ApiResponse) and placed.message.ok
+    assert placed.message.result["status"] == "placed" and placed.message.result["group"] == "g1"
+    ask = next(e for e in effects if isinstance(e, Publish) and isinstance(e.message, ApiRequest))
+    confirmed = [e for e in _answer(r, g, ask, NOW + 5) if isinstance(e, Publish)]
+    (leased,) = confirmed
+    assert isinstance(leased.message, ApiResponse) and leased.message.txid == "q1"
+    assert leased.message.result["status"] == "leased"
 
 
 def test_each_units_standing_is_published_signed_and_retained_when_it_changes() -> None:
@@ -403,3 +471,21 @@ def test_an_overwritten_or_replayed_standing_is_restated() -> None:
     r.tick(NOW + 30_000)  # silent: dead
     (restated,) = r.receive(topic, signer.seal(born.message, NOW), NOW + 31_000)
     assert isinstance(restated.message, UnitState) and not restated.message.alive
+
+
+def test_region_summary_goes_out_at_once_for_a_birth_and_on_the_interval_for_newer_figures() -> None:
+    r = region(summary_interval_ms=10_000)
+
+    def summaries(effects: list[object]) -> int:
+        return sum(isinstance(e, Publish) and isinstance(e.message, GroupSummary) for e in effects)
+
+    a, b = FakeGroup("lab", "g1"), FakeGroup("lab", "g2")
+    r.receive(*a.summary(NOW), NOW)
+    assert summaries(r.tick(NOW)) == 1  # the first
+    r.receive(*a.summary(NOW + 500, online=5), NOW + 500)  # newer figures of a known unit
+    assert summaries(r.tick(NOW + 1_000)) == 0
+    r.receive(*b.summary(NOW + 1_500), NOW + 1_500)  # a birth
+    assert summaries(r.tick(NOW + 2_000)) == 1
+    r.receive(*a.summary(NOW + 3_000, online=6), NOW + 3_000)
+    assert summaries(r.tick(NOW + 4_000)) == 0
+    assert summaries(r.tick(NOW + 12_000)) == 1  # the interval
