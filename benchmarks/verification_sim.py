@@ -274,6 +274,7 @@ class Sim:
             coordinator=c.node_id,
             round_ms=ROUND_MS,
             credit_net_of_network=self.args.credit_net,
+            credit_estimator=self.args.credit_estimator,
         )
         self.verifier = Verifier(cfg, Ledger(list(self.store_ledger)), secret=self.rng.randbytes(32))
         self.verifier.restore_evidence(
@@ -931,6 +932,13 @@ def main() -> None:
         "--credit-net",
         action="store_true",
         help="credit rates net of the coordinator-observed round trip (VerifierConfig.credit_net_of_network)",
+    )
+    ap.add_argument(
+        "--credit-estimator",
+        choices=credit.ESTIMATORS,
+        default=VerifierConfig.credit_estimator,
+        help=f"how credit is estimated from measurements (VerifierConfig.credit_estimator; default "
+        f"{VerifierConfig.credit_estimator})",
     )
     ap.add_argument("--quick", action="store_true", help="shorter calibration at start")
     args = ap.parse_args()

@@ -12,6 +12,10 @@ there are four or fewer): what the node has delivered in at least three of four 
 that claims more than it delivers gains nothing by it; an honest node is credited a little under its
 claim (the network's share of the timed interval and the low side of its noise), and more as its checks
 accumulate. A workload never checked keeps its claim (it earns no level above self-reported either).
+Opt-in (:func:`mean_margin`, ``VerifierConfig.credit_estimator = "mean"``): the mean less
+:data:`MARGIN_Z` standard errors, the spread floored at the noise model's (:data:`PROOF_SPREAD`). It
+lets an in-band overclaimer gain no more often than the lower quartile at any number of measurements,
+and credits honest nodes more from four on, less below (``benchmarks/credit_margin.py``).
 
 :func:`credited_resources` maps the credited rates back onto the resources: where the claimed capacity
 sets the rate (CPU: cores × per-core rate; bandwidth: Mbit/s) the capacity is scaled; where it does not
@@ -40,11 +44,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from prsm_edge.errors import ConfigError
 from prsm_edge.protocol import proofs
 from prsm_edge.protocol.messages import ResourceSpec
 
 __all__ = [
     "ALLOWANCE_SHARE",
+    "ESTIMATORS",
+    "MARGIN_Z",
+    "PROOF_SPREAD",
     "WINDOW",
     "Measured",
     "OverclaimTest",
@@ -54,6 +62,7 @@ __all__ = [
     "credited_resources",
     "estimate",
     "implied_rate",
+    "mean_margin",
     "net_rate",
     "null_ratio",
 ]
@@ -65,12 +74,43 @@ TRIPS_KEPT: Final = 256  # round trips kept, group-wide, per workload
 TRIPS_MIN: Final = 16  # round trips needed before any network time is taken out
 
 
-def estimate(rates: Sequence[float]) -> float:
+PROOF_SPREAD: Final = 0.15 / math.sqrt(3.0)  # sd of one proof's rate / mean under ±15 % uniform noise
+MARGIN_Z: Final = 1.75  # the mean estimator's margin in standard errors (benchmarks/credit_margin.py)
+ESTIMATORS: Final = ("quartile", "mean")
+
+
+def lower_quartile(rates: Sequence[float]) -> float:
     """The lower quartile of ``rates`` (the lowest of four or fewer); 0 for none."""
     values = sorted(r for r in rates if math.isfinite(r) and r > 0)
     if not values:
         return 0.0
     return values[(len(values) - 1) // 4]
+
+
+def mean_margin(rates: Sequence[float], z: float = MARGIN_Z) -> float:
+    """The mean of ``rates`` less ``z`` standard errors, never below 0; 0 for none.
+
+    The spread is the sample's, floored at :data:`PROOF_SPREAD` of the mean (the noise model's spread of
+    one honest proof), so two lucky runs that happen to agree cannot shrink the margin: the margin
+    follows the measured spread where it is wider and narrows as ``1/√n`` as measurements accumulate.
+    """
+    values = [r for r in rates if math.isfinite(r) and r > 0]
+    if not values:
+        return 0.0
+    n = len(values)
+    mean = math.fsum(values) / n
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    spread = max(math.sqrt(var), PROOF_SPREAD * mean)
+    return max(0.0, mean - z * spread / math.sqrt(n))
+
+
+def estimate(rates: Sequence[float], method: str = "quartile") -> float:
+    """The rate credited from ``rates`` by ``method`` (:data:`ESTIMATORS`); 0 for none."""
+    if method == "mean":
+        return mean_margin(rates)
+    if method == "quartile":
+        return lower_quartile(rates)
+    raise ConfigError(f"unknown credit estimator {method!r}: use one of {', '.join(ESTIMATORS)}")
 
 
 def implied_rate(measured: float, checked: float, claimed: float) -> float:
@@ -173,9 +213,9 @@ class Measured:
     log_wealth: float = 0.0
     flagged_ms: int | None = None  # when the test recorded an overclaim
 
-    def estimate(self) -> float:
-        """The rate credited from measurement (0: none yet)."""
-        return estimate(self.rates)
+    def estimate(self, method: str = "quartile") -> float:
+        """The rate credited from measurement by ``method`` (0: none yet)."""
+        return estimate(self.rates, method)
 
     def add(self, rate: float) -> None:
         """A check whose work was verified (accepted, or only too slow) measured ``rate``."""

@@ -175,6 +175,10 @@ class VerifierConfig:
     # in-band overclaimer's lucky runs be credited above its true rate several times as often
     # (docs/verification.md, "Credit by measurement"); it wants an estimator with a tighter margin first.
     credit_net_of_network: bool = False
+    # How the credited rate is estimated from the recent measurements (credit.ESTIMATORS): "quartile",
+    # the lower quartile; "mean", the mean less credit.MARGIN_Z standard errors (spread floored at the
+    # noise model's, credit.PROOF_SPREAD). Figures: benchmarks/README.md, "credit_margin".
+    credit_estimator: str = "quartile"
 
     def params(self, workload: str) -> proofs.Params:
         """How ``workload`` is challenged and judged here: its ``proofs.PARAMS``, with the operator's
@@ -438,12 +442,12 @@ class Verifier:
         state, ev = self._see(member, self._clock)
         return self._estimates(state, ev)
 
-    @staticmethod
-    def _estimates(state: _Node, ev: TrustEvidence) -> dict[str, float]:
-        out = {w: e for w, m in ev.measured.items() if (e := m.estimate()) > 0}
+    def _estimates(self, state: _Node, ev: TrustEvidence) -> dict[str, float]:
+        how = self.config.credit_estimator
+        out = {w: e for w, m in ev.measured.items() if (e := m.estimate(how)) > 0}
         for older in reversed(state.evidence_by_claim.values()):
             for w, m in older.measured.items():
-                if w not in out and (e := m.estimate()) > 0:
+                if w not in out and (e := m.estimate(how)) > 0:
                     out[w] = e
         return out
 
@@ -510,7 +514,7 @@ class Verifier:
         measured.add(credit.implied_rate(max(rate, net), ch.claimed_rate, claimed))
         null = credit.null_ratio(proofs.expected_ms(ch), network_ms)
         if measured.observe(rate / ch.claimed_rate, null, now_ms, self.config.overclaim):
-            est = measured.estimate()
+            est = measured.estimate(self.config.credit_estimator)
             share = f"{est / ch.claimed_rate:.0%}" if est > 0 else "less"
             ev.history.append(
                 (
